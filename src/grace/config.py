@@ -1,0 +1,111 @@
+"""Dataclass configs driven from the command line: ``--config file.{json,yaml}`` plus one flag per field.
+
+Every subcommand is a thin driver over one dataclass (as in tevatron): ``add_dataclass_args`` adds the
+flags, ``dataclass_from_args`` builds the config (file values first, explicit flags override).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from grace.errors import InputError
+
+T = TypeVar("T")
+_UNSET = object()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    """Strip Optional[...] and return the underlying type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return tp
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, config_flag: bool = True) -> None:
+    """Add ``--config`` and one ``--field-name`` flag per dataclass field (defaults stay in the class)."""
+    if config_flag:
+        parser.add_argument("--config", type=Path, default=None, help="JSON or YAML file with config values")
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        tp = _base_type(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kwargs: dict[str, Any] = {"dest": field.name, "default": _UNSET, "help": f"{help_text} (default: {default})"}
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin in (list, tuple):
+            (inner, *_) = typing.get_args(tp) or (str,)
+            kwargs.update(nargs="+", type=inner if inner is not Ellipsis else str)
+        elif tp in (int, float, str, Path):
+            kwargs["type"] = tp
+        else:
+            kwargs["type"] = str
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(_flag(field.name), **kwargs)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            import json
+
+            data = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types
+        raise InputError(f"cannot parse config: {exc}".splitlines()[0], path=path) from None
+    if not isinstance(data, dict):
+        raise InputError("config must be a mapping of field names to values", path=path)
+    return data
+
+
+def dataclass_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys and converting paths/tuples."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(f"unknown config keys {unknown}; known: {sorted(names)}", path=source)
+    converted = {}
+    for key, value in values.items():
+        tp = _base_type(hints[key])
+        if value is not None and tp is Path:
+            value = Path(value)
+        elif value is not None and typing.get_origin(tp) is tuple:
+            value = tuple(value)
+        converted[key] = value
+    return cls(**converted)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Config file values (``args.config``) overridden by the flags the user actually passed."""
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        values.update(load_config_file(config_path))
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, _UNSET)
+        if value is not _UNSET:
+            values[field.name] = value
+    return dataclass_from_dict(cls, values, source=str(config_path or "command line"))

@@ -1,0 +1,156 @@
+"""The dataset type every stage reads: images with captions, in the Karpathy-split JSON form.
+
+Karpathy form (``dataset_flickr30k.json``, ``dataset_coco.json``)::
+
+    {"dataset": "flickr30k", "images": [{"filename": "1000092795.jpg", "filepath": "...",
+      "split": "train|val|test|restval", "sentences": [{"raw": "Two young guys ..."}], ...}]}
+
+Image ids are strings: an explicit ``image_id`` key when present (our builders write one), else
+``cocoid``, else the file name without its extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grace.errors import InputError
+from grace.io_utils import read_json, write_json
+
+SPLITS = ("train", "val", "test", "restval")
+TRAIN_SPLITS = ("train", "restval")
+
+
+@dataclass
+class ImageRecord:
+    """One image of a corpus: its string id, file, split and human-written texts."""
+
+    image_id: str
+    path: Path
+    split: str
+    texts: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    """A corpus of images; ``images`` keeps file order, ids are unique."""
+
+    images: list[ImageRecord]
+    name: str = "dataset"
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        counts = Counter(r.image_id for r in self.images)
+        dupes = [i for i, c in counts.items() if c > 1]
+        if dupes:
+            raise InputError(f"duplicate image ids {dupes[:5]}", path=self.name)
+        self._by_id = {r.image_id: r for r in self.images}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, image_id: str) -> ImageRecord:
+        return self._by_id[image_id]
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._by_id
+
+    def split(self, *names: str) -> list[ImageRecord]:
+        """Records of the given splits (``"train"`` also takes Karpathy's ``restval``)."""
+        wanted = set(names)
+        if "train" in wanted:
+            wanted.update(TRAIN_SPLITS)
+        return [r for r in self.images if r.split in wanted]
+
+    def image_ids(self) -> list[str]:
+        return [r.image_id for r in self.images]
+
+    def split_counts(self) -> dict[str, int]:
+        return dict(Counter(r.split for r in self.images))
+
+    def subset(self, image_ids: list[str], name: str | None = None) -> "Dataset":
+        """A dataset with only the given images (in the given order)."""
+        return Dataset([self._by_id[i] for i in image_ids], name=name or self.name, root=self.root)
+
+
+def _image_id(entry: dict, index: int) -> str:
+    if "image_id" in entry:
+        return str(entry["image_id"])
+    if "cocoid" in entry:
+        return str(entry["cocoid"])
+    return Path(entry["filename"]).stem
+
+
+def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *, check_files: bool = True) -> Dataset:
+    """Load a Karpathy-split JSON; image paths are ``image_root/[filepath/]filename``.
+
+    ``image_root`` defaults to ``<json dir>/images`` when that folder exists, else the JSON's folder.
+    Raises :class:`InputError` naming the file and entry for malformed entries, missing images,
+    empty captions and duplicate ids.
+    """
+    json_path = Path(json_path)
+    data = read_json(json_path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputError("expected an object with an 'images' list (Karpathy form)", path=json_path)
+    if image_root is None:
+        image_root = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
+    image_root = Path(image_root)
+    records: list[ImageRecord] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict) or "filename" not in entry:
+            raise InputError("entry has no 'filename'", path=json_path, entry=index)
+        image_id = _image_id(entry, index)
+        if image_id in seen:
+            raise InputError(f"duplicate image id {image_id!r} (also entry {seen[image_id]})", path=json_path, entry=index)
+        seen[image_id] = index
+        split = entry.get("split", "train")
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; expected one of {SPLITS}", path=json_path, entry=index)
+        sentences = entry.get("sentences", [])
+        texts = [s["raw"].strip() if isinstance(s, dict) else str(s).strip() for s in sentences]
+        if not texts or any(not t for t in texts):
+            raise InputError(f"image {image_id!r} has an empty caption", path=json_path, entry=index)
+        path = image_root / entry.get("filepath", "") / entry["filename"]
+        if check_files and not path.is_file():
+            raise InputError(f"image file not found: {path}", path=json_path, entry=index)
+        meta = {k: v for k, v in entry.items() if k not in ("filename", "filepath", "split", "sentences", "image_id")}
+        records.append(ImageRecord(image_id=image_id, path=path, split=split, texts=texts, meta=meta))
+    return Dataset(records, name=str(data.get("dataset", json_path.stem)), root=image_root)
+
+
+def save_karpathy(dataset: Dataset, json_path: str | Path) -> Path:
+    """Write ``dataset`` in the Karpathy form (atomically); paths are stored relative to the JSON's
+    ``images/`` folder when they are inside it."""
+    json_path = Path(json_path)
+    image_root = json_path.parent / "images"
+    images = []
+    for record in dataset.images:
+        try:
+            rel = record.path.resolve().relative_to(image_root.resolve())
+            filepath, filename = str(rel.parent) if str(rel.parent) != "." else "", rel.name
+        except ValueError:
+            filepath, filename = str(record.path.parent), record.path.name
+        entry = {"image_id": record.image_id, "filename": filename, "split": record.split,
+                 "sentences": [{"raw": t, "tokens": t.lower().split()} for t in record.texts]}
+        if filepath:
+            entry["filepath"] = filepath
+        entry.update(record.meta)
+        images.append(entry)
+    return write_json(json_path, {"dataset": dataset.name, "images": images})
+
+
+def test_queries(dataset: Dataset, split: str = "test") -> tuple[list[str], list[str]]:
+    """Held-out queries of a split: every text of every image, with its gold image id."""
+    texts, gold = [], []
+    for record in dataset.split(split):
+        for text in record.texts:
+            texts.append(text)
+            gold.append(record.image_id)
+    return texts, gold
+
+
+test_queries.__test__ = False  # not a pytest test
