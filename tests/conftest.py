@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny datasets the tests build themselves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """24 coloured-shape images (20 train, 4 test) in the Karpathy form under ``tmp_path/data``."""
+    from grace.data_process.synthetic import build_synthetic
+
+    return build_synthetic(tmp_path / "data", n_images=24)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_dataset(tmp_path_factory):
+    """Session-scoped version of ``tiny_dataset`` (do not modify it)."""
+    from grace.data_process.synthetic import build_synthetic
+
+    return build_synthetic(tmp_path_factory.mktemp("shared") / "data", n_images=24)
