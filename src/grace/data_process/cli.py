@@ -1,0 +1,175 @@
+"""``grace data build|features|pseudo-queries`` and ``grace shards build``: thin drivers over dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+BENCHMARKS = ("emoji", "openclipart", "synthetic")
+
+
+@dataclass
+class DataBuildConfig:
+    """Build an offline benchmark in the Karpathy form (``OUT/dataset.json`` + ``OUT/images/``)."""
+
+    out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/val/test split"})
+    limit: int = field(default=0, metadata={"help": "keep at most this many images (0: all)"})
+    image_size: int = field(default=0, metadata={"help": "rendered image size in pixels (0: the builder's default)"})
+    test_fraction: float = field(default=0.12, metadata={"help": "share of images held out as test"})
+    drop_skin_tones: bool = field(default=True, metadata={"help": "emoji: drop skin-tone variants"})
+    n_images: int = field(default=64, metadata={"help": "synthetic: number of shapes (at most 64)"})
+
+
+@dataclass
+class FeaturesConfig:
+    """Encode every image of a dataset with a frozen encoder into a reusable cache."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    out: Optional[Path] = field(default=None, metadata={"help": "cache folder (meta.json, pooled.npy, tokens.npy)"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 | open_clip:A/P | hf:ID"})
+    tokens: bool = field(default=False, metadata={"help": "also store the (N, T, D) visual tokens"})
+    batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
+
+
+@dataclass
+class PseudoQueriesConfig:
+    """Pseudo-queries for the held-out images (never equal to a held-out query)."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
+    generator: str = field(default="keywords", metadata={"help": "keywords | captioner:MODEL_ID"})
+    split: str = field(default="test", metadata={"help": "split whose images get pseudo-queries"})
+
+
+@dataclass
+class ShardsBuildConfig:
+    """Write i2id + t2id webdataset shards for one identifier scheme."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
+    out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
+    pseudo_queries: Optional[Path] = field(default=None, metadata={
+        "help": "JSON from `grace data pseudo-queries` (default: keyword pseudo-queries of the test split)"})
+    max_per_shard: int = field(default=1000, metadata={"help": "samples per shard"})
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from grace.config import add_dataclass_args
+
+    data = subparsers.add_parser("data", help="datasets, features, pseudo-queries")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="VERB")
+    p = sub.add_parser("build", help="build an offline benchmark: emoji | openclipart | synthetic")
+    p.add_argument("benchmark", choices=BENCHMARKS)
+    add_dataclass_args(p, DataBuildConfig)
+    p.set_defaults(func=_data_build)
+    for name, cls, func, text in (("features", FeaturesConfig, _features, "cache frozen image features"),
+                                  ("pseudo-queries", PseudoQueriesConfig, _pseudo_queries, "pseudo-queries")):
+        p = sub.add_parser(name, help=text)
+        add_dataclass_args(p, cls)
+        p.set_defaults(func=func)
+    shards = subparsers.add_parser("shards", help="i2id / t2id webdataset shards")
+    p = shards.add_subparsers(dest="shards_command", required=True, metavar="VERB").add_parser(
+        "build", help="write i2id + t2id shards for one identifier scheme")
+    add_dataclass_args(p, ShardsBuildConfig)
+    p.set_defaults(func=_shards_build)
+
+
+def _require(cfg, *names: str) -> None:
+    from grace.errors import GraceError
+
+    missing = [n for n in names if getattr(cfg, n) is None]
+    if missing:
+        raise GraceError(f"missing required option(s): {', '.join('--' + n.replace('_', '-') for n in missing)}")
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    import time
+
+    from grace.config import dataclass_from_args
+    from grace.io_utils import save_config
+
+    cfg = dataclass_from_args(DataBuildConfig, args)
+    _require(cfg, "out")
+    start = time.perf_counter()
+    size = {"image_size": cfg.image_size} if cfg.image_size else {}
+    if args.benchmark == "emoji":
+        from grace.data_process.emoji import build_emoji
+
+        dataset = build_emoji(cfg.out, drop_skin_tones=cfg.drop_skin_tones, test_fraction=cfg.test_fraction,
+                              seed=cfg.seed, limit=cfg.limit or None, **size)
+    elif args.benchmark == "openclipart":
+        from grace.data_process.openclipart import build_openclipart
+
+        dataset = build_openclipart(cfg.out, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                                    limit=cfg.limit or None, **size)
+    else:
+        from grace.data_process.synthetic import build_synthetic
+
+        dataset = build_synthetic(cfg.out, n_images=cfg.n_images, **size)
+    save_config(cfg.out, {"benchmark": args.benchmark, **vars(cfg), "out": str(cfg.out)}, name="build_config.json")
+    texts = sum(len(r.texts) for r in dataset.images)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(dataset.split_counts().items()))
+    print(f"{args.benchmark}: {len(dataset)} images ({splits}), {texts} texts, "
+          f"{time.perf_counter() - start:.1f} s -> {Path(cfg.out) / 'dataset.json'}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    import time
+
+    from grace.config import dataclass_from_args
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.features import image_features
+
+    cfg = dataclass_from_args(FeaturesConfig, args)
+    _require(cfg, "dataset", "out")
+    start = time.perf_counter()
+    fs = image_features(load_karpathy(cfg.dataset), encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
+                        batch_size=cfg.batch_size)
+    print(f"features {cfg.encoder}: {tuple(fs.array.shape)} in {time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return 0
+
+
+def _pseudo_queries(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator
+    from grace.io_utils import write_json
+
+    cfg = dataclass_from_args(PseudoQueriesConfig, args)
+    _require(cfg, "dataset", "out")
+    dataset = load_karpathy(cfg.dataset, check_files=not cfg.generator == "keywords")
+    queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator), split=cfg.split)
+    write_json(cfg.out, queries)
+    print(f"pseudo-queries ({cfg.generator}): {len(queries)} images, {sum(map(len, queries.values()))} texts "
+          f"-> {cfg.out}")
+    return 0
+
+
+def _shards_build(args: argparse.Namespace) -> int:
+    import time
+
+    from grace.config import dataclass_from_args
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
+    from grace.data_process.shards import write_shards
+    from grace.identifiers import IdentifierMap
+    from grace.io_utils import read_json, save_config
+
+    cfg = dataclass_from_args(ShardsBuildConfig, args)
+    _require(cfg, "dataset", "ids", "out")
+    start = time.perf_counter()
+    dataset = load_karpathy(cfg.dataset)
+    idmap = IdentifierMap.load(cfg.ids)
+    if cfg.pseudo_queries is not None:
+        queries = read_json(cfg.pseudo_queries)
+    else:
+        queries = build_pseudo_queries(dataset, KeywordPseudoQueries(), split="test")
+    save_config(cfg.out, cfg)
+    summary = write_shards(dataset, idmap, cfg.out, pseudo_queries=queries, max_per_shard=cfg.max_per_shard)
+    counts = ", ".join(f"{t} {v['samples']} samples in {len(v['shards'])} shards" for t, v in summary["tasks"].items())
+    print(f"shards: {counts}; {time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return 0

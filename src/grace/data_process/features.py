@@ -1,0 +1,165 @@
+"""Image features from a frozen encoder, cached on disk and reused by every stage.
+
+Layout of a cache folder (``RUN/features/<encoder>/``)::
+
+    meta.json     {"encoder", "ids", "dim", "tokens_shape", "dataset", "dtype"}
+    pooled.npy    (N, D) float32 — mean of the visual tokens (structured ids, CLIP+FAISS heads)
+    tokens.npy    (N, T, D) float16 — visual tokens (training the perceiver), only when asked for
+
+The cache is reused when its encoder and image ids match; a run killed while encoding keeps the finished
+chunks in ``.partial/`` and resumes from them, and the final files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from grace.errors import InputError
+from grace.io_utils import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+CHUNK = 512
+
+
+@dataclass
+class FeatureSet:
+    """Features of a list of images: ``array`` is (N, D) pooled or (N, T, D) tokens, rows follow ``ids``."""
+
+    ids: list[str]
+    array: np.ndarray
+    encoder: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.array):
+            raise InputError(f"{len(self.ids)} ids but {len(self.array)} feature rows", path=self.encoder)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Feature rows of ``image_ids`` in that order (one-line error for unknown ids)."""
+        where = {image_id: i for i, image_id in enumerate(self.ids)}
+        missing = [i for i in image_ids if i not in where]
+        if missing:
+            raise InputError(f"{len(missing)} images have no features, e.g. {missing[0]!r}", path=self.encoder)
+        return self.array[[where[i] for i in image_ids]]
+
+    @classmethod
+    def load(cls, cache_dir: str | Path, *, tokens: bool = False, mmap: bool = True) -> "FeatureSet":
+        """Read ``tokens.npy`` (``tokens=True``) or ``pooled.npy`` of a cache folder."""
+        cache_dir = Path(cache_dir)
+        meta = read_json(cache_dir / "meta.json")
+        name = "tokens.npy" if tokens else "pooled.npy"
+        if not (cache_dir / name).is_file():
+            raise InputError(f"features cache has no {name}", path=cache_dir)
+        array = np.load(cache_dir / name, mmap_mode="r" if mmap else None)
+        ids = [str(i) for i in meta.get("ids", [])]
+        if len(ids) != len(array):
+            raise InputError(f"meta.json lists {len(ids)} ids but {name} has {len(array)} rows", path=cache_dir)
+        return cls(ids=ids, array=array, encoder=str(meta.get("encoder", "")), meta=meta)
+
+
+def open_image(path: str | Path):
+    """Open an image fully (so corrupt files fail here) with a one-line error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("image file not found", path=path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"unreadable or corrupt image ({type(exc).__name__}: {exc})".splitlines()[0], path=path) from None
+
+
+def _cache_matches(cache_dir: Path, encoder: str, ids: list[str], tokens: bool) -> bool:
+    if not (cache_dir / "meta.json").is_file():
+        return False
+    try:
+        meta = read_json(cache_dir / "meta.json")
+    except InputError:
+        return False
+    wanted = ["pooled.npy"] + (["tokens.npy"] if tokens else [])
+    return (meta.get("encoder") == encoder and meta.get("ids") == ids
+            and all((cache_dir / name).is_file() for name in wanted))
+
+
+def _encode_chunk(encoder, paths: Sequence[Path], batch_size: int, tokens: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    pooled, toks = [], []
+    for start in range(0, len(paths), batch_size):
+        images = [open_image(p) for p in paths[start:start + batch_size]]
+        visual = encoder.encode_tokens(images)  # (B, T, D) float32
+        pooled.append(visual.mean(dim=1).numpy().astype(np.float32))
+        if tokens:
+            toks.append(visual.numpy().astype(np.float16))
+    return np.concatenate(pooled), (np.concatenate(toks) if tokens else None)
+
+
+def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str | Path | None = None, *,
+                   tokens: bool = False, batch_size: int = 32, progress: bool = True) -> FeatureSet:
+    """Features of every image of ``dataset`` (in dataset order) from the frozen ``encoder``.
+
+    Returns pooled (N, D) features, or (N, T, D) visual tokens with ``tokens=True``. With ``cache_dir``
+    the result is cached there and reused when encoder and ids match; encoding resumes chunk by chunk.
+    """
+    ids = dataset.image_ids()
+    if not ids:
+        raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None and _cache_matches(cache, encoder, ids, tokens):
+        log.info("features: reusing cache %s (%d images, %s)", cache, len(ids), encoder)
+        return FeatureSet.load(cache, tokens=tokens)
+
+    from tqdm import tqdm
+
+    from grace.data_process.encoders import create_image_encoder
+
+    model = create_image_encoder(encoder)
+    paths = [r.path for r in dataset.images]
+    partial = cache / ".partial" if cache is not None else None
+    if partial is not None:
+        key = {"encoder": encoder, "ids": ids, "tokens": tokens}
+        if (partial / "key.json").is_file() and read_json(partial / "key.json") != key:
+            shutil.rmtree(partial)  # chunks of another encoder / image list: start over
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(partial / "key.json", key)
+    pooled_parts, token_parts = [], []
+    for start in tqdm(range(0, len(ids), CHUNK), desc=f"features {encoder}", unit="chunk", disable=not progress):
+        chunk_file = partial / f"chunk-{start // CHUNK:06d}.npz" if partial is not None else None
+        if chunk_file is not None and chunk_file.is_file():
+            with np.load(chunk_file) as saved:
+                pooled, toks = saved["pooled"], (saved["tokens"] if tokens else None)
+        else:
+            pooled, toks = _encode_chunk(model, paths[start:start + CHUNK], batch_size, tokens)
+            if chunk_file is not None:
+                with atomic_path(chunk_file, suffix=".npz") as tmp:
+                    arrays = {"pooled": pooled, **({"tokens": toks} if tokens else {})}
+                    with open(tmp, "wb") as handle:
+                        np.savez(handle, **arrays)
+        pooled_parts.append(pooled)
+        if tokens:
+            token_parts.append(toks)
+    pooled = np.concatenate(pooled_parts)
+    token_array = np.concatenate(token_parts) if tokens else None
+    meta = {"encoder": encoder, "ids": ids, "dim": int(pooled.shape[1]), "dataset": getattr(dataset, "name", ""),
+            "tokens_shape": list(token_array.shape[1:]) if tokens else None, "pooled_dtype": "float32",
+            "tokens_dtype": "float16"}
+    if cache is not None:
+        for name, array in (("pooled.npy", pooled), ("tokens.npy", token_array)):
+            if array is not None:
+                with atomic_path(cache / name, suffix=".npy") as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.save(handle, array)
+        write_json(cache / "meta.json", meta)  # last: marks the cache complete
+        shutil.rmtree(partial, ignore_errors=True)
+        log.info("features: %d images encoded with %s -> %s", len(ids), encoder, cache)
+    return FeatureSet(ids=ids, array=token_array if tokens else pooled, encoder=encoder, meta=meta)

@@ -1,0 +1,117 @@
+"""``grace ids build`` and ``grace trie build``: thin drivers over :class:`IdsBuildConfig` / :class:`TrieBuildConfig`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SCHEME_NAMES = ("numeric", "string", "semantic", "structured", "atomic")
+
+
+@dataclass
+class IdsBuildConfig:
+    """Build an IdentifierMap (+ its tokenizer) for one scheme."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    scheme: str = field(default="numeric", metadata={"help": "identifier scheme", "choices": SCHEME_NAMES})
+    out: Optional[Path] = field(default=None, metadata={"help": "output folder (ids.json, config.json, tokenizer/)"})
+    features_cache: Optional[Path] = field(default=None, metadata={"help": "structured: image feature cache folder"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "structured: image encoder"})
+    k: int = field(default=30, metadata={"help": "structured: clusters per level"})
+    c: int = field(default=30, metadata={"help": "structured: max images per leaf"})
+    kmeans: str = field(default="faiss", metadata={"help": "structured: k-means backend", "choices": ("faiss", "sklearn")})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer: smollm2, byte, a folder or HF id"})
+
+
+@dataclass
+class TrieBuildConfig:
+    """Build the constraint trie over the identifiers of one split."""
+
+    ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
+    dataset: Optional[Path] = field(default=None, metadata={"help": "dataset JSON (needed unless --split all)"})
+    split: str = field(default="test", metadata={"help": "images in the trie", "choices": ("test", "val", "train", "all")})
+    out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from grace.config import add_dataclass_args
+
+    ids = subparsers.add_parser("ids", help="identifier schemes").add_subparsers(dest="ids_command", required=True)
+    p = ids.add_parser("build", help="give every image an identifier (numeric|string|semantic|structured|atomic)")
+    add_dataclass_args(p, IdsBuildConfig)
+    p.set_defaults(func=_ids_build)
+    trie = subparsers.add_parser("trie", help="constraint tries").add_subparsers(dest="trie_command", required=True)
+    p = trie.add_parser("build", help="trie over the identifiers of a split")
+    add_dataclass_args(p, TrieBuildConfig)
+    p.set_defaults(func=_trie_build)
+
+
+def _require(cfg, *names: str) -> None:
+    from grace.errors import GraceError
+
+    missing = [n for n in names if getattr(cfg, n) is None]
+    if missing:
+        raise GraceError(f"missing required option(s): {', '.join('--' + n.replace('_', '-') for n in missing)}")
+
+
+def _ids_build(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from grace.config import dataclass_from_args
+    from grace.data_process.dataset import load_karpathy
+    from grace.errors import GraceError
+    from grace.identifiers import create_scheme
+
+    cfg = dataclass_from_args(IdsBuildConfig, args)
+    _require(cfg, "dataset", "out")
+    start = time.perf_counter()
+    dataset = load_karpathy(cfg.dataset, check_files=cfg.scheme == "structured")
+    features = None
+    if cfg.scheme == "structured":
+        try:
+            from grace.data_process.features import image_features
+        except ImportError:
+            raise GraceError("structured ids need grace.data_process.features (not installed in this build)") from None
+        cache = cfg.features_cache or Path(cfg.out) / "features"
+        features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
+    scheme = create_scheme(cfg.scheme, seed=cfg.seed, tokenizer=cfg.tokenizer, k=cfg.k, c=cfg.c,
+                           kmeans=cfg.kmeans, encoder=cfg.encoder)
+    idmap = scheme.build(dataset, features)
+    idmap.save(cfg.out)
+    tok = idmap.tokenizer()
+    lengths = np.array([len(tok.encode_identifier(i)) for i in idmap.identifiers()])
+    print(f"scheme {cfg.scheme}: {len(dataset)} images, {len(set(idmap.identifiers()))} unique ids, "
+          f"{len(tok.new_tokens)} new tokens, id length in tokens max {lengths.max()} mean {lengths.mean():.2f}, "
+          f"{time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return 0
+
+
+def _trie_build(args: argparse.Namespace) -> int:
+    import time
+
+    from grace.config import dataclass_from_args
+    from grace.data_process.dataset import load_karpathy
+    from grace.identifiers import IdentifierMap
+    from grace.identifiers.trie import build_trie
+
+    cfg = dataclass_from_args(TrieBuildConfig, args)
+    _require(cfg, "ids", "out")
+    start = time.perf_counter()
+    idmap = IdentifierMap.load(cfg.ids)
+    tokenizer = idmap.load_tokenizer(cfg.ids)
+    image_ids = None
+    if cfg.split != "all":
+        _require(cfg, "dataset")
+        dataset = load_karpathy(cfg.dataset, check_files=False)
+        image_ids = [r.image_id for r in dataset.split(cfg.split)]
+    trie = build_trie(idmap, tokenizer, image_ids=image_ids)
+    trie.save(cfg.out, config={"ids": str(cfg.ids), "split": cfg.split, "scheme": idmap.scheme})
+    table = trie.transitions()
+    print(f"trie over {len(trie)} identifiers ({cfg.split}): {table.num_nodes} nodes, {table.num_edges} edges, "
+          f"{time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return 0

@@ -1,0 +1,211 @@
+"""Identifier schemes: ``numeric | string | semantic | structured | atomic`` → an :class:`IdentifierMap`.
+
+``create_scheme(name, **cfg).build(dataset, features)``; every scheme is deterministic under ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from grace.errors import GraceError, InputError
+from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
+from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
+
+log = logging.getLogger(__name__)
+SCHEMES = tuple(SCHEME_MODES)
+TRAIN_SPLITS = ("train", "restval")
+
+
+@dataclass
+class SchemeConfig:
+    """Settings of an identifier scheme (saved as the IdentifierMap's ``config.json``)."""
+
+    scheme: str = field(default="numeric", metadata={"help": "identifier scheme", "choices": SCHEMES})
+    seed: int = field(default=0, metadata={"help": "seed of the random permutation / k-means"})
+    tokenizer: str = field(default="smollm2", metadata={"help": "base LM tokenizer: smollm2, byte, folder or HF id"})
+    k: int = field(default=30, metadata={"help": "structured: clusters per level"})
+    c: int = field(default=30, metadata={"help": "structured: max images per leaf"})
+    kmeans: str = field(default="faiss", metadata={"help": "structured: k-means backend", "choices": BACKENDS})
+    niter: int = field(default=20, metadata={"help": "structured: k-means iterations"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "structured: image feature encoder"})
+
+
+def _check_dataset(dataset) -> None:
+    if dataset is None or len(dataset) == 0:
+        raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def _feature_matrix(dataset, features) -> np.ndarray:
+    """(N, D) float32 aligned with ``dataset.images`` from an array or a FeatureSet (reordered by ids)."""
+    if features is None:
+        raise InputError("the structured scheme needs image features (an (N, D) array or a FeatureSet)",
+                         path=dataset.name)
+    ids = getattr(features, "ids", None)
+    array = np.asarray(getattr(features, "array", features))
+    if ids is not None:
+        where = {image_id: i for i, image_id in enumerate(ids)}
+        missing = [r.image_id for r in dataset.images if r.image_id not in where]
+        if missing:
+            raise InputError(f"{len(missing)} images have no features, e.g. {missing[0]!r}", path=dataset.name)
+        array = array[[where[r.image_id] for r in dataset.images]]
+    if array.ndim == 3:  # token features: mean-pool
+        array = array.mean(axis=1)
+    if array.ndim != 2 or len(array) != len(dataset):
+        raise InputError(f"features have shape {tuple(array.shape)} but the dataset has {len(dataset)} images; "
+                         "expected (N, D) aligned with dataset.images", path=dataset.name)
+    if not np.isfinite(array).all():
+        raise InputError("features contain NaN or inf", path=dataset.name)
+    return array.astype(np.float32, copy=False)
+
+
+def _permutation(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _disambiguate(names: list[str]) -> list[str]:
+    """Make names unique by suffixing repeats with " 2", " 3", … (never colliding with another name)."""
+    taken = set(names)
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        if name in seen:
+            n = 2
+            while f"{name} {n}" in taken:
+                n += 1
+            name = f"{name} {n}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def _pseudo_queries(dataset) -> dict[str, list[str]]:
+    """Pseudo-queries of the non-train images: the data stage's generator when present, else keywords.
+    Never returns a held-out text of the image (compared case/space-normalised)."""
+    held_out = [r for r in dataset.images if r.split not in TRAIN_SPLITS]
+    try:
+        from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
+
+        found: dict[str, list[str]] = {}
+        generator = KeywordPseudoQueries()
+        for split in sorted({r.split for r in held_out}):
+            found.update(build_pseudo_queries(dataset, generator, split=split))
+    except ImportError:
+        found = {r.image_id: [str(k) for k in r.meta.get("keywords", [])] for r in held_out}
+    out = {}
+    for record in held_out:
+        banned = {_normalise(t) for t in record.texts}
+        out[record.image_id] = [q for q in found.get(record.image_id, []) if q.strip() and _normalise(q) not in banned]
+    return out
+
+
+class Scheme:
+    """Base: ``build(dataset, features) -> IdentifierMap``."""
+
+    name = ""
+
+    def __init__(self, config: SchemeConfig):
+        self.config = config
+
+    def build(self, dataset, features=None) -> IdentifierMap:
+        _check_dataset(dataset)
+        ids, aliases = self.assign(dataset, features)
+        config = dataclasses.asdict(self.config) | {"images": len(dataset), "dataset": dataset.name}
+        return IdentifierMap(self.name, dict(zip(dataset.image_ids(), ids)), config, aliases=aliases)
+
+    def assign(self, dataset, features) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+
+class NumericScheme(Scheme):
+    """A random permutation of image indices, one digit per token: ``"3 5 1 7"``."""
+
+    name = "numeric"
+
+    def assign(self, dataset, features):
+        return [" ".join(str(int(i))) for i in _permutation(len(dataset), self.config.seed)], {}
+
+
+class StringScheme(Scheme):
+    """The same permuted index as plain text (``"3517"``), tokenised by the LM's own tokenizer."""
+
+    name = "string"
+
+    def assign(self, dataset, features):
+        return [str(int(i)) for i in _permutation(len(dataset), self.config.seed)], {}
+
+
+class AtomicScheme(Scheme):
+    """One new token per image: ``<img_123>`` (dataset order)."""
+
+    name = "atomic"
+
+    def assign(self, dataset, features):
+        return [f"<img_{i}>" for i in range(len(dataset))], {}
+
+
+class SemanticScheme(Scheme):
+    """A text as identifier: train images their first caption (avoiding held-out query texts), other
+    images a pseudo-query (never a held-out caption); repeats get " 2", " 3"…; other train captions become aliases."""
+
+    name = "semantic"
+
+    def assign(self, dataset, features):
+        pseudo = _pseudo_queries(dataset)
+        held_out = {_normalise(t) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts}
+        names, fallback = [], 0
+        for record in dataset.images:
+            if record.split in TRAIN_SPLITS:  # first caption that is not also some held-out query
+                fresh = [t for t in record.texts if _normalise(t) not in held_out]
+                names.append((fresh or record.texts)[0].strip())
+            elif pseudo.get(record.image_id):
+                names.append(pseudo[record.image_id][0].strip())
+            else:
+                fallback += 1
+                names.append(f"image {record.image_id}")
+        if fallback:
+            log.warning("%d held-out images have no pseudo-query; their identifier is 'image <id>'", fallback)
+        ids = _disambiguate(names)
+        taken = set(ids)
+        counts: dict[str, int] = {}
+        for record in dataset.split("train"):
+            for text in record.texts[1:]:
+                counts[text.strip()] = counts.get(text.strip(), 0) + 1
+        aliases = {text.strip(): record.image_id for record in dataset.split("train") for text in record.texts[1:]
+                   if counts[text.strip()] == 1 and text.strip() not in taken}
+        return ids, aliases
+
+
+class StructuredScheme(Scheme):
+    """Hierarchical k-means over image features: ``<L0_12><L1_3><L2_7>`` (last level = leaf position)."""
+
+    name = "structured"
+
+    def assign(self, dataset, features):
+        cfg = self.config
+        paths = hierarchical_kmeans(_feature_matrix(dataset, features), k=cfg.k, c=cfg.c, seed=cfg.seed,
+                                    niter=cfg.niter, backend=cfg.kmeans)
+        return ["".join(f"<L{level}_{j}>" for level, j in enumerate(path)) for path in paths], {}
+
+
+_CLASSES = {cls.name: cls for cls in (NumericScheme, StringScheme, SemanticScheme, StructuredScheme, AtomicScheme)}
+
+
+def create_scheme(name: str, **cfg) -> Scheme:
+    """A scheme by name with :class:`SchemeConfig` settings (unknown settings are an error)."""
+    if name not in _CLASSES:
+        raise GraceError(f"unknown identifier scheme {name!r}; expected one of {list(_CLASSES)}")
+    known = {f.name for f in dataclasses.fields(SchemeConfig)} - {"scheme"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise GraceError(f"unknown settings {unknown} for scheme {name!r}; known: {sorted(known)}")
+    return _CLASSES[name](SchemeConfig(scheme=name, **cfg))

@@ -1,0 +1,216 @@
+"""A batched, fully vectorised beam search over ``model.forward`` with a KV cache and a trie constraint.
+
+Why our own loop rather than ``model.generate``: HF's logits processors never see the beam indices, so
+a per-row trie state (one node id per beam) cannot be re-indexed there; the alternative — re-walking
+every row's generated suffix through the CSR table each step — costs O(length) per step. Here the loop
+owns the beam order, so the constraint state is gathered with the same indices as the KV cache, and
+each step is O(1) tensor ops. The selection logic mirrors transformers' vectorised ``_beam_search``
+(top-2K continuations, a finished pool of ``num_beams`` hypotheses, length penalty, the default early
+stop heuristic), so with the GENRE reference constraint it returns the same ranking as
+``model.generate(prefix_allowed_tokens_fn=...)`` (tested).
+
+The model side is an :class:`DecoderAdapter`: ``prefill`` the prompt once per query, expand the cache to
+the beams, then ``step`` one token per beam with ``reorder`` between steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from grace.model.hf_compat import cache_kwarg, output_cache
+
+NEG = -1.0e9
+
+
+class DecoderAdapter(Protocol):
+    """Incremental decoding interface the beam loop drives."""
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
+        """Run the (B, L) prompt; keep a cache expanded to B*num_beams rows; return (B*num_beams, V)."""
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Re-index the cache rows with flat beam indices (B*num_beams,)."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B*num_beams,); return next-token logits (B*num_beams, V)."""
+
+
+class CausalLMAdapter:
+    """Adapter for any Hugging Face causal LM (``input_ids``, ``attention_mask``, ``position_ids``, cache).
+
+    ``extra`` kwargs (e.g. ``vision_features``) go to every forward call, expanded to the beams when
+    their first dim equals the batch size; ``input_key`` renames ``input_ids`` (``lang_x`` for Flamingo).
+    """
+
+    def __init__(self, model: Any, *, input_key: str = "input_ids", position_ids: bool = True, **extra: Any):
+        self.model = model
+        self.input_key = input_key
+        self.use_position_ids = position_ids
+        self.extra = extra
+        self.past = None
+        self.mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, extra: dict) -> torch.Tensor:
+        kwargs = {self.input_key: ids, "attention_mask": mask, "use_cache": True, cache_kwarg(self.model): self.past}
+        if self.use_position_ids:
+            kwargs["position_ids"] = positions
+        out = self.model(**kwargs, **extra)
+        self.past = output_cache(out)
+        return out.logits[:, -1, :].float()
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
+        self.past = None
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        batch = input_ids.shape[0]
+        extra = {k: v for k, v in self.extra.items()}
+        logits = self._forward(input_ids, attention_mask, positions, extra)
+        self.past = _repeat_cache(self.past, num_beams)
+        self.mask = attention_mask.repeat_interleave(num_beams, 0)
+        self.positions = positions[:, -1].repeat_interleave(num_beams, 0)
+        self.extra = {k: (v.repeat_interleave(num_beams, 0) if torch.is_tensor(v) and v.shape[0] == batch else v)
+                      for k, v in self.extra.items()}
+        return logits.repeat_interleave(num_beams, 0)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        self.past = _reorder_cache(self.past, beam_idx)
+        self.mask = self.mask[beam_idx]
+        self.positions = self.positions[beam_idx]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        self.positions = self.positions + 1
+        return self._forward(tokens[:, None], self.mask, self.positions[:, None], self.extra)
+
+
+#: per-row tensors a model keeps on its cache object (FlamingoModel: media seen so far per row); they
+#: follow the cache rows through beam expansion and re-ordering.
+CACHE_ROW_ATTRS = ("_grace_media_count",)
+
+
+def _index_row_attrs(past: Any, fn) -> None:
+    for name in CACHE_ROW_ATTRS:
+        value = getattr(past, name, None)
+        if torch.is_tensor(value):
+            setattr(past, name, fn(value))
+
+
+def _repeat_cache(past: Any, repeats: int) -> Any:
+    if hasattr(past, "batch_repeat_interleave"):
+        past.batch_repeat_interleave(repeats)
+        _index_row_attrs(past, lambda t: t.repeat_interleave(repeats, 0))
+        return past
+    return tuple(tuple(t.repeat_interleave(repeats, 0) for t in layer) for layer in past)
+
+
+def _reorder_cache(past: Any, beam_idx: torch.Tensor) -> Any:
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(beam_idx)
+        _index_row_attrs(past, lambda t: t.index_select(0, beam_idx.to(t.device)))
+        return past
+    return tuple(tuple(t.index_select(0, beam_idx) for t in layer) for layer in past)
+
+
+@dataclass
+class BeamOutput:
+    """Finished hypotheses per query, best first: ``sequences`` (B, R, T) generated tokens (padded with
+    ``pad``), ``lengths`` (B, R), ``scores`` (B, R) length-normalised log-probs (``NEG`` = no hypothesis)."""
+
+    sequences: torch.Tensor
+    lengths: torch.Tensor
+    scores: torch.Tensor
+
+    def hypotheses(self, row: int) -> list[tuple[list[int], float]]:
+        """Valid (tokens, score) pairs of one query, best first."""
+        out = []
+        for seq, length, score in zip(self.sequences[row].tolist(), self.lengths[row].tolist(), self.scores[row].tolist()):
+            if score > NEG / 10:
+                out.append((seq[:length], score))
+        return out
+
+
+def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather along dim 1 of (B, K, ...) with a (B, K') index."""
+    shape = index.shape + tensor.shape[2:]
+    idx = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(shape)
+    return tensor.gather(1, idx)
+
+
+@torch.no_grad()
+def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                num_beams: int, max_new_tokens: int, eos_token_id: int, constraint: Any = None,
+                length_penalty: float = 1.0, pad_token_id: int = 0) -> BeamOutput:
+    """Beam search for (B, L) left-padded prompts; returns ``num_beams`` finished hypotheses per prompt.
+
+    A hypothesis finishes when it emits ``eos_token_id`` (under a trie: the end-of-chunk token that
+    closes every identifier) or reaches ``max_new_tokens``. Scores are sum-log-probs / length**penalty.
+    """
+    batch = input_ids.shape[0]
+    device = input_ids.device
+    keep = 2 * num_beams
+    top_mask = torch.arange(keep, device=device) < num_beams
+    running = torch.full((batch, num_beams, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    finished = running.clone()
+    finished_len = torch.zeros((batch, num_beams), dtype=torch.long, device=device)
+    running_scores = torch.zeros((batch, num_beams), device=device)
+    running_scores[:, 1:] = NEG
+    finished_scores = torch.full((batch, num_beams), NEG, device=device)
+    is_finished = torch.zeros((batch, num_beams), dtype=torch.bool, device=device)
+    improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
+    state = constraint.init_state(batch * num_beams, device) if constraint is not None else None
+    batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
+
+    logits = adapter.prefill(input_ids, attention_mask, num_beams)
+    prompt_rows = input_ids.repeat_interleave(num_beams, 0)
+    for cur in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if constraint is not None:
+            flat_seqs = None  # only a sequence-reading constraint (the GENRE reference) needs the rows
+            if getattr(constraint, "needs_sequences", True):
+                flat_seqs = torch.cat([prompt_rows, running[:, :, :cur].reshape(batch * num_beams, cur)], dim=1)
+            log_probs = constraint.apply(flat_seqs, log_probs, state)
+        vocab = log_probs.shape[-1]
+        log_probs = log_probs.view(batch, num_beams, vocab) + running_scores[:, :, None]
+        top_scores, top_index = torch.topk(log_probs.view(batch, -1), k=keep)
+        top_beam = top_index // vocab
+        top_tokens = top_index % vocab
+        top_seqs = _gather(running, top_beam)
+        top_seqs[:, :, cur] = top_tokens
+        if constraint is not None:
+            flat_src = (top_beam + batch_offset).view(-1)
+            top_state = constraint.advance(constraint.select(state, flat_src), top_tokens.view(-1))
+        done = (top_tokens == eos_token_id) | (cur + 1 >= max_new_tokens)
+
+        # live beams: the best num_beams continuations that did not finish
+        live_scores = top_scores + done.float() * NEG
+        next_index = torch.topk(live_scores, k=num_beams)[1]
+        running = _gather(top_seqs, next_index)
+        running_scores = live_scores.gather(1, next_index)
+        beam_idx = (_gather(top_beam, next_index) + batch_offset).view(-1)
+        if constraint is not None:
+            state = constraint.select(top_state, (next_index + torch.arange(batch, device=device)[:, None] * keep).view(-1))
+
+        # finished pool: merge the newly finished (among the top num_beams) and keep the best num_beams
+        just_done = done & top_mask[None, :]
+        normed = top_scores / float(cur + 1) ** length_penalty
+        normed = normed + (~improvable).float() * NEG + (~just_done).float() * NEG
+        merged_seqs = torch.cat([finished, top_seqs], dim=1)
+        merged_scores = torch.cat([finished_scores, normed], dim=1)
+        merged_len = torch.cat([finished_len, torch.full_like(top_tokens, cur + 1)], dim=1)
+        merged_done = torch.cat([is_finished, just_done], dim=1)
+        pick = torch.topk(merged_scores, k=num_beams)[1]
+        finished, finished_scores = _gather(merged_seqs, pick), merged_scores.gather(1, pick)
+        finished_len, is_finished = merged_len.gather(1, pick), merged_done.gather(1, pick)
+
+        # HF's default heuristic: stop a query when its best live beam cannot beat its worst finished one
+        best_live = running_scores[:, :1] / float(cur + 1) ** length_penalty
+        worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], torch.full_like(finished_scores, NEG))
+        improvable = improvable & (best_live > worst_done).any(dim=-1, keepdim=True)
+        if cur + 1 >= max_new_tokens or not bool(improvable.any()) or bool(done.all()):
+            break
+        adapter.reorder(beam_idx)
+        logits = adapter.step(running[:, :, cur].reshape(-1))
+    return BeamOutput(sequences=finished, lengths=finished_len, scores=finished_scores)

@@ -1,0 +1,79 @@
+"""``grace eval``, ``grace ablate``, ``grace demo``, ``grace bench decode`` — thin drivers over dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class _Extend(argparse.Action):
+    """Like action="extend", starting from an empty list when the default is config's unset sentinel."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (current if isinstance(current, list) else []) + list(values))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.eval_run import EvalConfig, run_eval
+    from grace.infer.evaluate import _world
+    from grace.infer.report import markdown_table, recall_rows
+
+    config = dataclass_from_args(EvalConfig, args)
+    results = run_eval(config)
+    if _world()[1] == 0:
+        columns = ["retriever"] + [f"R@{k}" for k in config.ks] + ["latency_ms", "num_queries", "corpus_size"]
+        print(markdown_table(recall_rows(results, config.ks), columns), end="")
+        print(f"wrote {config.out}/results.json, table.md, recall.png, latency.png")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.ablate import AblateConfig, run_ablation
+
+    run_ablation(dataclass_from_args(AblateConfig, args))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.demo import DemoConfig, run_demo
+
+    run_demo(dataclass_from_args(DemoConfig, args))
+    return 0
+
+
+def _bench_decode(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.bench import BenchConfig, run_bench
+
+    run_bench(dataclass_from_args(BenchConfig, args))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the infer stage's subcommands (dataclasses imported lazily for their flags)."""
+    from grace.config import _UNSET, add_dataclass_args
+    from grace.infer.configs import AblateConfig, BenchConfig, DemoConfig, EvalConfig
+
+    p = subparsers.add_parser("eval", help="Recall@K + latency of retrievers (KIND:PATH); works under torchrun",
+                              conflict_handler="resolve")
+    add_dataclass_args(p, EvalConfig)
+    # --retriever is repeatable: `--retriever generative:A --retriever clip_faiss:B` (or several after one flag)
+    p.add_argument("--retriever", dest="retriever", action=_Extend, nargs="+", default=_UNSET,
+                   help="KIND:PATH of a retriever, repeatable (the random baseline is always added)")
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("ablate", help="identifier schemes: ids → shards → trie → train → eval, one table")
+    add_dataclass_args(p, AblateConfig)
+    p.set_defaults(func=_ablate)
+
+    p = subparsers.add_parser("demo", help="the whole pipeline on the embedded emoji benchmark (--quick on CPU)")
+    add_dataclass_args(p, DemoConfig)
+    p.set_defaults(func=_demo)
+
+    bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("decode", help="P1 constrained vs unconstrained beam search; P2 latency vs trie size")
+    add_dataclass_args(p, BenchConfig)
+    p.set_defaults(func=_bench_decode)

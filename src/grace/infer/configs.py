@@ -1,0 +1,79 @@
+"""Dataclass configs of the infer stage's subcommands (light imports: the CLI builds flags from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
+
+
+@dataclass
+class EvalConfig:
+    """Score retrievers (``KIND:PATH``) on the held-out queries of a dataset split."""
+
+    dataset: Path = field(default=Path("runs/emoji/data/dataset.json"), metadata={"help": "Karpathy-form dataset.json"})
+    retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (generative:RUN/ckpt/structured/export)"})
+    split: str = field(default="test", metadata={"help": "split whose texts are the queries"})
+    out: Path = field(default=Path("runs/emoji/results"), metadata={"help": "output folder"})
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs"})
+    num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam-search length penalty"})
+    batch_size: int = field(default=16, metadata={"help": "queries per search call"})
+    max_queries: int = field(default=0, metadata={"help": "use only the first N queries (0 = all)"})
+    seed: int = field(default=0, metadata={"help": "seed (random baseline)"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bars"})
+
+
+@dataclass
+class AblateConfig:
+    """For each identifier scheme: ids → shards → trie → train → eval, reusing built artefacts."""
+
+    run: Path = field(default=Path("runs/emoji"), metadata={"help": "run folder (RUN/data, RUN/ids/<scheme>, ...)"})
+    dataset: Path | None = field(default=None, metadata={"help": "dataset.json (default RUN/data/dataset.json, built from emoji if absent)"})
+    schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
+    limit: int = field(default=0, metadata={"help": "emoji images to build when the dataset is absent (0 = all)"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "image encoder for features"})
+    tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer of the ids (smollm2, byte, HF id)"})
+    model: str = field(default="tiny", metadata={"help": "model config (tiny, smollm2-effnet, ...)"})
+    steps: int = field(default=200, metadata={"help": "training steps per scheme"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    batch_size_i2id: int = field(default=16, metadata={"help": "i2id samples per step"})
+    batch_size_t2id: int = field(default=16, metadata={"help": "t2id samples per step"})
+    nproc: int = field(default=1, metadata={"help": "training processes (torchrun) per scheme"})
+    train_overrides: str = field(default="", metadata={"help": "JSON dict of extra TrainConfig fields"})
+    num_beams: int = field(default=10, metadata={"help": "beams at evaluation"})
+    max_queries: int = field(default=0, metadata={"help": "evaluate only the first N test queries (0 = all)"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    force: bool = field(default=False, metadata={"help": "rebuild artefacts even when present"})
+
+
+@dataclass
+class DemoConfig:
+    """The whole pipeline on the embedded emoji benchmark; ``--quick`` is the CPU preset."""
+
+    out: Path = field(default=Path("runs/demo"), metadata={"help": "run folder"})
+    quick: bool = field(default=False, metadata={"help": "CPU preset (<= 15 min on 2 cores)"})
+    schemes: list[str] = field(default_factory=list, metadata={"help": "schemes (default: preset's)"})
+    limit: int = field(default=-1, metadata={"help": "emoji images (-1 = preset's, 0 = all)"})
+    model: str = field(default="", metadata={"help": "model config (default: preset's)"})
+    steps: int = field(default=0, metadata={"help": "training steps (0 = preset's)"})
+    nproc: int = field(default=0, metadata={"help": "training processes (0 = preset's)"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+
+@dataclass
+class BenchConfig:
+    """P1: constrained vs unconstrained beam search and vectorised vs reference processor; P2: latency vs trie size."""
+
+    out: Path = field(default=Path("runs/bench_decode"), metadata={"help": "output folder (results.json, results.md)"})
+    model: str = field(default="smollm2", metadata={"help": "smollm2 (offline SmolLM2-135M) or tiny-llama"})
+    num_beams: int = field(default=10, metadata={"help": "beams"})
+    batch_size: int = field(default=8, metadata={"help": "queries per search"})
+    id_digits: int = field(default=6, metadata={"help": "digits of the synthetic numeric ids (P1)"})
+    p1_ids: int = field(default=10000, metadata={"help": "identifiers in the P1 trie"})
+    p1_repeats: int = field(default=5, metadata={"help": "timed repeats (P1)"})
+    sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000, 1000000], metadata={"help": "trie sizes (P2)"})
+    p2_queries: int = field(default=16, metadata={"help": "queries timed per size (P2)"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    seed: int = field(default=0, metadata={"help": "seed"})

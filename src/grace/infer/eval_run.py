@@ -1,0 +1,96 @@
+"""``grace eval``: score retrievers on a dataset split, single process or under torchrun.
+
+``RUN/results/results.json`` holds one entry per retriever (the random baseline always included),
+``table.md`` the Markdown table, ``recall.png`` the Recall@K bars and ``latency.png`` latency vs corpus
+size (one point per evaluated corpus size, accumulated in ``history.json`` across runs).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from grace.errors import GraceError
+from grace.infer.configs import EvalConfig
+from grace.io_utils import read_json, save_config, seed_everything, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _load(spec: str, config: EvalConfig):
+    from grace.retriever import load_retriever
+
+    kind = spec.partition(":")[0]
+    kwargs: dict[str, Any] = {}
+    if kind == "generative":
+        kwargs = {"num_beams": config.num_beams, "length_penalty": config.length_penalty}
+    elif kind == "random":
+        kwargs = {"split": config.split, "seed": config.seed}
+    return load_retriever(spec, **kwargs)
+
+
+def evaluate_retrievers(retrievers: dict[str, Any], queries: list[str], gold: list, config: EvalConfig,
+                        corpus_size: int, extra: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Evaluate already-loaded retrievers (rank 0 writes the artefacts); returns the results."""
+    from grace.infer.evaluate import evaluate
+
+    results: dict[str, dict] = {}
+    for name, retriever in retrievers.items():
+        res = evaluate(retriever, queries, gold, tuple(config.ks), batch_size=config.batch_size, progress=config.progress)
+        res["corpus_size"] = corpus_size
+        res.update((extra or {}).get(name, {}))
+        results[name] = res
+        log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
+    return results
+
+
+def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results") -> None:
+    """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size)."""
+    from grace.infer.report import plot_latency_vs_size, plot_recall_bars, recall_rows, write_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    save_config(out, config)
+    columns = ["retriever"] + [f"R@{k}" for k in ks] + ["latency_ms", "num_queries", "corpus_size"]
+    if any("train_s" in r for r in results.values()):
+        columns.append("train_s")
+    write_table(out / "table.md", title, recall_rows(results, ks), columns, notes="Recall in %, latency in ms/query.")
+    plot_recall_bars(results, ks, out / "recall.png", title=title)
+    history_path = out / "history.json"
+    history = read_json(history_path) if history_path.is_file() else {}
+    for name, res in results.items():
+        pts = {tuple(p) for p in history.get(name, [])}
+        pts.add((res["corpus_size"], res["latency_ms"]))
+        history[name] = sorted(pts)
+    write_json(history_path, history)
+    plot_latency_vs_size({k: [tuple(p) for p in v] for k, v in history.items()}, out / "latency.png")
+
+
+def run_eval(config: EvalConfig) -> dict[str, dict]:
+    """Load every retriever (+ the random baseline), evaluate, write artefacts on rank 0."""
+    from grace.data_process.dataset import load_karpathy, test_queries
+    from grace.infer.evaluate import init_distributed
+
+    world, rank = init_distributed()
+    seed_everything(config.seed)
+    dataset = load_karpathy(config.dataset, check_files=False)
+    queries, gold = test_queries(dataset, config.split)
+    if config.max_queries:
+        queries, gold = queries[: config.max_queries], gold[: config.max_queries]
+    if not queries:
+        raise GraceError(f"{config.dataset}: split {config.split!r} has no queries")
+    specs = list(config.retriever)
+    if not any(s.startswith("random:") for s in specs):
+        specs.append(f"random:{config.dataset}")
+    retrievers = {}
+    for spec in specs:
+        name = spec.partition(":")[0]
+        name = name if name not in retrievers else spec
+        retrievers[name] = _load(spec, config)
+    results = evaluate_retrievers(retrievers, queries, gold, config, corpus_size=len(dataset.split(config.split)))
+    for res in results.values():
+        res["world_size"] = world
+    if rank == 0:
+        write_results(Path(config.out), results, config, list(config.ks))
+    return results

@@ -1,0 +1,219 @@
+"""Idempotent pipeline stages shared by ``grace ablate`` and ``grace demo`` (run layout of DESIGN.md).
+
+Each stage writes one folder under RUN/ next to the config that made it and is skipped when that
+folder is complete (``force`` rebuilds): RUN/data, RUN/features/<enc>, RUN/ids/<scheme>,
+RUN/trie/<scheme>, RUN/shards/<scheme>, RUN/ckpt/<scheme> (+ export/), RUN/results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grace.errors import GraceError
+from grace.io_utils import read_json, save_config, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimer:
+    """Seconds per stage (``skipped`` when reused) — printed by the demo and the ablation."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+
+    def run(self, name: str, done: bool, fn: Callable[[], Any], load: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        if done:
+            self.skipped.add(name)
+            result = load()
+            print(f"[{name}] reused (already built)")
+        else:
+            result = fn()
+        self.seconds[name] = time.perf_counter() - t0
+        if not done:
+            print(f"[{name}] built in {self.seconds[name]:.1f} s")
+        return result
+
+
+def _need(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("grace"):
+            raise GraceError(f"{what} needs {module}, which is not in this build") from None
+        raise
+
+
+def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0):
+    """RUN/data/dataset.json (the emoji benchmark is built there when no dataset is given)."""
+    from grace.data_process.dataset import load_karpathy
+
+    if dataset is not None:
+        return timer.run("data", True, lambda: None, lambda: load_karpathy(dataset))
+    target = run / "data" / "dataset.json"
+
+    def build():
+        emoji = _need("grace.data_process.emoji", "building the emoji benchmark")
+        return emoji.build_emoji(run / "data", seed=seed, limit=limit or None)
+
+    return timer.run("data", target.is_file(), build, lambda: load_karpathy(target))
+
+
+def stage_features(run: Path, dataset, encoder: str, timer: StageTimer):
+    """RUN/features/<encoder>: pooled image features (cached by data_process.features)."""
+    features = _need("grace.data_process.features", "image features")
+    cache = run / "features" / encoder.replace("/", "_").replace(":", "_")
+    return timer.run("features", (cache / "meta.json").is_file(),
+                     lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache),
+                     lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
+
+
+def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False, **cfg):
+    """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer)."""
+    ids_mod = _need("grace.identifiers", "identifier schemes")
+    out = run / "ids" / scheme
+
+    def build():
+        idmap = ids_mod.create_scheme(scheme, **cfg).build(dataset, features)
+        idmap.save(out)
+        return idmap
+
+    return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and not force, build,
+                     lambda: ids_mod.IdentifierMap.load(out))
+
+
+def load_tokenizer(ids_dir: Path):
+    from grace.identifiers.tokenization import IdentifierTokenizer
+
+    return IdentifierTokenizer.load(ids_dir / "tokenizer")
+
+
+def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTimer, split: str = "test",
+               force: bool = False):
+    """RUN/trie/<scheme>: the trie over the identifiers of the ``split`` images (the retrieval corpus)."""
+    trie_mod = _need("grace.identifiers.trie", "the trie")
+    out = run / "trie" / scheme
+    image_ids = [r.image_id for r in dataset.split(split)]
+
+    def build():
+        trie = trie_mod.build_trie(idmap, tokenizer, image_ids=image_ids)
+        trie.save(out)
+        save_config(out, {"scheme": scheme, "split": split, "images": len(image_ids)}, name="corpus.json")
+        return trie
+
+    done = (out / "corpus.json").is_file() and not force
+    return timer.run(f"trie/{scheme}", done, build, lambda: trie_mod.Trie.load(out))
+
+
+def stage_pseudo_queries(run: Path, dataset, timer: StageTimer) -> dict[str, list[str]]:
+    """RUN/data/pseudo_queries.json: t2id texts for test images (never a held-out query)."""
+    pq = _need("grace.data_process.pseudo_queries", "pseudo-queries")
+    path = run / "data" / "pseudo_queries.json"
+
+    def build():
+        queries = pq.build_pseudo_queries(dataset, pq.KeywordPseudoQueries(), split="test")
+        write_json(path, queries)
+        return queries
+
+    return timer.run("pseudo-queries", path.is_file(), build, lambda: read_json(path))
+
+
+def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: StageTimer, force: bool = False):
+    """RUN/shards/<scheme>: i2id + t2id webdataset shards (write_shards resumes by itself)."""
+    shards = _need("grace.data_process.shards", "shards")
+    out = run / "shards" / scheme
+    return timer.run(f"shards/{scheme}", (out / "shards.json").is_file() and not force,
+                     lambda: shards.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries), lambda: out)
+
+
+def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
+                        batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None) -> dict:
+    """TrainConfig values for one scheme, keeping only the fields grace.train's TrainConfig has."""
+    train_mod = _need("grace.train", "training")
+    cls = train_mod.TrainConfig
+    names = {f.name for f in dataclasses.fields(cls)}
+    features_dir = run / "features" / encoder.replace("/", "_").replace(":", "_")
+    wanted = {"shards": run / "shards" / scheme, "shards_dir": run / "shards" / scheme, "ids": run / "ids" / scheme,
+              "ids_dir": run / "ids" / scheme, "features_cache": features_dir, "features": features_dir,
+              "model": model, "model_config": model, "steps": steps, "max_steps": steps, "lr": lr,
+              "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
+              "output_dir": run / "ckpt" / scheme, "out": run / "ckpt" / scheme, "output": run / "ckpt" / scheme,
+              "seed": seed, "trie": run / "trie" / scheme, "trie_dir": run / "trie" / scheme, "image_encoder": encoder}
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in wanted.items() if k in names}
+    values.update(overrides or {})
+    return values
+
+
+def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: int = 1, force: bool = False) -> Path:
+    """RUN/ckpt/<scheme>/export via ``grace train`` (in-process, or torchrun with ``nproc`` > 1)."""
+    out = run / "ckpt" / scheme
+    export = out / "export"
+    config_path = out / "train_request.json"
+
+    def build():
+        write_json(config_path, values)
+        if nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "grace.cli",
+                   "train", "--config", str(config_path)]
+            subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+        else:
+            from grace.config import dataclass_from_dict
+            from grace.train import TrainConfig, train
+
+            result = train(dataclass_from_dict(TrainConfig, dict(values), source=str(config_path)))
+            if Path(result.export_dir) != export and Path(result.export_dir).is_dir():
+                return Path(result.export_dir)
+        return export
+
+    done = export.is_dir() and config_path.is_file() and not force and json.loads(config_path.read_text()) == values
+    return timer.run(f"train/{scheme}", done, build, lambda: export)
+
+
+def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, trie, tokenizer, timer: StageTimer, *,
+               num_beams: int = 10, max_queries: int = 0, seed: int = 0) -> dict:
+    """Evaluate the trained model on the held-out test queries → RUN/results/<scheme>.json."""
+    from grace.data_process.dataset import test_queries
+    from grace.infer.evaluate import evaluate
+    from grace.infer.retriever import GenerativeRetriever
+
+    queries, gold = test_queries(dataset, "test")
+    if max_queries:
+        queries, gold = queries[:max_queries], gold[:max_queries]
+
+    def build():
+        model_mod = _need("grace.model", "loading the trained model")
+        model, tok = model_mod.load_pretrained(export)
+        retriever = GenerativeRetriever(model, tok or tokenizer, idmap, trie, num_beams=num_beams)
+        res = evaluate(retriever, queries, gold)
+        write_json(run / "results" / f"{scheme}.json", res)
+        return res
+
+    return timer.run(f"eval/{scheme}", False, build, lambda: None)
+
+
+def random_baseline(dataset, *, max_queries: int = 0, seed: int = 0) -> dict:
+    """Recall of the random ranking over the test images (+ its analytic expectation K/N)."""
+    from grace.data_process.dataset import test_queries
+    from grace.infer.evaluate import evaluate
+    from grace.retriever import RandomRetriever
+
+    queries, gold = test_queries(dataset, "test")
+    if max_queries:
+        queries, gold = queries[:max_queries], gold[:max_queries]
+    corpus = [r.image_id for r in dataset.split("test")]
+    res = evaluate(RandomRetriever(corpus, seed=seed), queries, gold, progress=False)
+    res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in (1, 5, 10)}
+    return res

@@ -1,0 +1,170 @@
+"""``GenerativeRetriever``: a text query → trie-constrained beam search → identifiers → image ids.
+
+Prompt (the same token-id concatenation as training, never a re-tokenised joined string)::
+
+    encode_text("caption:" + query) + [image_token_id] + encode_text("id")
+
+with the *null image* (zero vision features) as the vision input. Results are the distinct images of
+the finished hypotheses, best first (several identifiers may name one image, e.g. semantic ids).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grace.errors import GraceError, InputError
+from grace.infer.beam_search import CausalLMAdapter, beam_search
+from grace.infer.constraint import TrieLogitsProcessor
+from grace.retriever import Hit, Query, Retriever
+
+log = logging.getLogger(__name__)
+
+
+def build_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of the t2id prompt for one query (training's layout: grace.train.data.build_sequence)."""
+    from grace.train.data import ID_CUE, QUERY_PREFIX
+
+    return list(tokenizer.encode_text(QUERY_PREFIX + text)) + [tokenizer.image_token_id] + list(tokenizer.encode_text(ID_CUE))
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) left-padded ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def make_adapter(model: Any, batch_size: int, device: torch.device) -> CausalLMAdapter:
+    """A Flamingo model gets ``lang_x`` + null vision features; any HF causal LM gets ``input_ids``."""
+    params = inspect.signature(model.forward).parameters
+    if "lang_x" in params:
+        extra = {}
+        if hasattr(model, "null_vision_features"):
+            extra["vision_features"] = model.null_vision_features(batch_size).to(device)
+        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params, **extra)
+    return CausalLMAdapter(model)
+
+
+def trie_depth(trie: Any) -> int:
+    """Longest sequence in the trie (the beam search's max_new_tokens)."""
+    depth = getattr(trie, "max_length", None) or getattr(trie, "max_len", None)
+    return int(depth) if depth else max(len(seq) for seq in trie)
+
+
+class GenerativeRetriever(Retriever):
+    """Ranks images by generating their identifiers with a (Flamingo) LM under the trie constraint."""
+
+    name = "generative"
+
+    def __init__(self, model: Any, tokenizer: Any, idmap: Any, trie: Any, *, num_beams: int = 10,
+                 length_penalty: float = 1.0, batch_size: int = 16, device: str | torch.device = "cpu",
+                 decode: Any = None):
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.idmap = idmap
+        self.trie = trie
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.processor = TrieLogitsProcessor(trie.transitions(), device=self.device)
+        self.max_new_tokens = trie_depth(trie)
+        self._decode = decode or self._decode_with_tokenizer
+        self._cache: dict[tuple[int, ...], str | None] = {}
+
+    def _decode_with_tokenizer(self, tokens: list[int]) -> str | None:
+        """Token ids (ending with end-of-chunk) → image id: the trie's own value when it stores one, else
+        decode the identifier and look it up in the identifier map; None if unknown."""
+        image = self.trie.map_sequence(tokens) if hasattr(self.trie, "map_sequence") else None
+        if image:
+            return image
+        body = tokens[:-1] if tokens and tokens[-1] == self.tokenizer.eoc_token_id else tokens
+        try:
+            return self.idmap.to_image(self.tokenizer.decode_identifier(body))
+        except (KeyError, GraceError):
+            return None
+
+    def image_of(self, tokens: list[int]) -> str | None:
+        key = tuple(tokens)
+        if key not in self._cache:
+            self._cache[key] = self._decode(list(tokens))
+        return self._cache[key]
+
+    @torch.no_grad()
+    def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
+        results: list[list[Hit]] = []
+        beams = max(self.num_beams, k)
+        for start in range(0, len(queries), self.batch_size):
+            batch = queries[start:start + self.batch_size]
+            rows = []
+            for i, query in enumerate(batch):
+                if query.text is None:
+                    raise InputError("the generative retriever takes text queries", entry=start + i)
+                rows.append(build_prompt(self.tokenizer, query.text))
+            ids, mask = left_pad(rows, self.tokenizer.pad_token_id)
+            adapter = make_adapter(self.model, len(rows), self.device)
+            out = beam_search(adapter, ids.to(self.device), mask.to(self.device), num_beams=beams,
+                              max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eoc_token_id,
+                              constraint=self.processor, length_penalty=self.length_penalty,
+                              pad_token_id=self.tokenizer.pad_token_id)
+            for row in range(len(rows)):
+                hits, seen = [], set()
+                for tokens, score in out.hypotheses(row):
+                    image = self.image_of(tokens)
+                    if image is not None and image not in seen:
+                        seen.add(image)
+                        hits.append(Hit(image, score))
+                results.append(hits[:k])
+        return results
+
+    @classmethod
+    def load(cls, path: str | Path, *, ids: str | Path | None = None, trie: str | Path | None = None,
+             device: str | None = None, **kwargs: Any) -> GenerativeRetriever:
+        """Load ``export_dir`` (model + tokenizer from training's export) with its ``ids/`` and ``trie/``.
+
+        ``ids``/``trie`` override where the identifier map and trie live (default: inside the export
+        folder, else the run layout ``RUN/ids/<scheme>``, ``RUN/trie/<scheme>`` for ``RUN/ckpt/<scheme>/export``).
+        A missing trie is built from the identifier map over all its images.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError("export folder not found", path=path)
+        from grace.identifiers import IdentifierMap, Trie
+        from grace.model import load_pretrained
+
+        ids_dir = Path(ids) if ids else _find_artefact(path, "ids")
+        trie_dir = Path(trie) if trie else _find_artefact(path, "trie", required=False)
+        model, tokenizer = load_pretrained(path)
+        idmap = IdentifierMap.load(ids_dir)
+        if trie_dir is not None and trie_dir.is_dir():
+            trie_obj = Trie.load(trie_dir)
+        else:
+            from grace.identifiers.trie import build_trie
+
+            log.info("no trie beside %s: building one over all %d identifiers", path, len(idmap.image_to_id))
+            trie_obj = build_trie(idmap, tokenizer)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, tokenizer, idmap, trie_obj, device=device, **kwargs)
+
+
+def _find_artefact(export_dir: Path, kind: str, required: bool = True) -> Path | None:
+    """``export_dir/kind`` or, in the run layout, ``RUN/kind/<scheme>`` for ``RUN/ckpt/<scheme>/export``."""
+    candidates = [export_dir / kind]
+    if export_dir.name == "export" and export_dir.parent.parent.name == "ckpt":
+        scheme = export_dir.parent.name
+        candidates.append(export_dir.parent.parent.parent / kind / scheme)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    if required:
+        raise InputError(f"no {kind}/ folder found (looked in {', '.join(map(str, candidates))})", path=export_dir)
+    return None

@@ -1,0 +1,207 @@
+"""One factory for every Flamingo config, plus export / reload without DeepSpeed."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from grace.errors import GraceError, InputError
+from grace.model.config import FlamingoConfig, resolve_config
+from grace.model.flamingo import FlamingoModel
+
+log = logging.getLogger(__name__)
+WEIGHTS_NAME = "model.safetensors"
+LM_CONFIG_DIR = "lm"
+TOKENIZER_DIR = "tokenizer"
+_KEEP = object()
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise GraceError(f"unknown dtype {name!r} (use float32, bfloat16 or float16)")
+    return dtype
+
+
+def build_lm(config: FlamingoConfig, *, pretrained: bool = True, lm_config: Any = None) -> nn.Module:
+    """The causal LM: pretrained (SmolLM2 GGUF offline, or a hub id/dir) or randomly initialised from
+    ``lm_config`` (a transformers config object, or the config's ``{'model_type': ..., ...}`` dict)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = _dtype(config.dtype)
+    if lm_config is None and (not pretrained or config.lm == "random"):
+        if not config.lm_config:
+            raise GraceError(f"model config {config.name!r} has no lm_config for a randomly initialised LM")
+        values = dict(config.lm_config)
+        model_type = values.pop("model_type", None)
+        if model_type is None:
+            raise GraceError(f"model config {config.name!r}: lm_config needs a 'model_type' (e.g. llama)")
+        lm_config = AutoConfig.for_model(model_type, **values)
+    if lm_config is not None:
+        return AutoModelForCausalLM.from_config(lm_config, dtype=dtype,
+                                                trust_remote_code=config.trust_remote_code)
+    source, gguf = config.lm, config.lm_gguf
+    if source == "smollm2":
+        from grace.data_process.encoders import smollm2_gguf
+
+        directory, gguf = smollm2_gguf()
+        source = str(directory)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise GraceError(f"cannot load language model {source!r} (offline? use lm='smollm2' or "
+                         f"pretrained_lm=False): {str(exc).splitlines()[0]}") from None
+
+
+def _token_fields(tokenizer: Any, vocab_size: int | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if tokenizer is not None:
+        fields = {"vocab_size": len(tokenizer), "image_token_id": tokenizer.image_token_id,
+                  "eoc_token_id": tokenizer.eoc_token_id, "pad_token_id": getattr(tokenizer, "pad_token_id", None)}
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    return fields
+
+
+def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", *, tokenizer: Any = None,
+                 vocab_size: int | None = None, pretrained_lm: bool = True, vision_encoder: Any = _KEEP,
+                 lm_config: Any = None, **overrides: Any) -> FlamingoModel:
+    """Build a :class:`FlamingoModel` from a packaged config name, JSON path, dict or config.
+
+    ``tokenizer`` (an ``IdentifierTokenizer``) sets the vocabulary size and media token ids;
+    ``pretrained_lm=False`` builds the LM from ``lm_config`` with random weights; ``vision_encoder``
+    passes a ready module (or None) instead of the config's encoder; ``overrides`` are config fields.
+    """
+    config = resolve_config(name_or_config, **overrides, **_token_fields(tokenizer, vocab_size))
+    if config.image_token_id is None:
+        raise GraceError("create_model needs tokenizer= (an IdentifierTokenizer) or image_token_id=")
+    if vision_encoder is _KEEP:
+        vision_encoder = None
+        if config.vision_encoder:
+            from grace.model.vision import create_vision_encoder
+
+            vision_encoder = create_vision_encoder(config.vision_encoder)
+    if vision_encoder is not None and getattr(vision_encoder, "dim", config.vis_dim) != config.vis_dim:
+        raise GraceError(f"vision encoder {config.vision_encoder!r} gives {vision_encoder.dim}-d tokens but "
+                         f"vis_dim is {config.vis_dim}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        lm = build_lm(config, pretrained=pretrained_lm, lm_config=lm_config)
+        n_vocab = lm.get_input_embeddings().weight.shape[0]
+        if config.vocab_size is not None and config.vocab_size != n_vocab:
+            lm.resize_token_embeddings(config.vocab_size, mean_resizing=False)
+        config = dataclasses.replace(config, vocab_size=lm.get_input_embeddings().weight.shape[0])
+        if config.image_token_id >= config.vocab_size:
+            raise GraceError(f"image_token_id {config.image_token_id} is outside the vocabulary ({config.vocab_size})")
+        model = FlamingoModel(config, lm, vision_encoder)
+    model.to(_dtype(config.dtype))
+    apply_freezing(model)
+    return model
+
+
+def apply_freezing(model: FlamingoModel) -> None:
+    """``freeze_lm``: only perceiver, cross-attention (and embeddings with ``train_embeddings``) train."""
+    cfg = model.config
+    model.requires_grad_(True)
+    if model.vision_encoder is not None:
+        model.vision_encoder.requires_grad_(False)
+    if cfg.freeze_lm:
+        model.lang_encoder.requires_grad_(False)
+        model.gated_cross_attn_layers.requires_grad_(True)
+        if cfg.train_embeddings:
+            model.lang_encoder.get_input_embeddings().requires_grad_(True)
+            out = model.lang_encoder.get_output_embeddings()
+            if out is not None:
+                out.requires_grad_(True)
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    """Identifies tensors that alias one parameter (OpenFlamingo registers each layer twice)."""
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+
+
+def _unique_state(model: FlamingoModel) -> dict[str, torch.Tensor]:
+    """State dict without the vision encoder (rebuilt from its name) and without aliases of one tensor."""
+    seen: set[tuple] = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("vision_encoder."):
+            continue
+        key = _storage_key(tensor)
+        if key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.detach().contiguous().cpu()
+    return state
+
+
+def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: Any = None) -> Path:
+    """``directory/{model.safetensors, config.json, lm/config.json, tokenizer/}``, each written atomically."""
+    from safetensors.torch import save_file
+
+    from grace.io_utils import atomic_path, save_config
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(_unique_state(model), str(tmp), metadata={"format": "pt"})
+    model.lang_encoder.config.save_pretrained(directory / LM_CONFIG_DIR)
+    if tokenizer is not None:
+        tokenizer.save(directory / TOKENIZER_DIR)
+    save_config(directory, model.config)
+    return directory
+
+
+def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "cpu",
+                    vision_encoder: Any = _KEEP) -> tuple[FlamingoModel, Any]:
+    """Reload an export: ``(model, IdentifierTokenizer or None)``; no DeepSpeed, no hub access for the LM."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from grace.io_utils import read_json
+
+    directory = Path(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise InputError(f"no {WEIGHTS_NAME}: not a grace model export", path=directory)
+    config = resolve_config(read_json(directory / "config.json"))
+    lm_config = AutoConfig.from_pretrained(directory / LM_CONFIG_DIR, trust_remote_code=config.trust_remote_code)
+    model = create_model(config, pretrained_lm=False, lm_config=lm_config, vision_encoder=vision_encoder)
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise InputError(f"cannot read weights: {str(exc).splitlines()[0]}", path=weights) from None
+    load_state(model, state, source=weights)
+    tokenizer = None
+    if (directory / TOKENIZER_DIR).is_dir():
+        try:
+            from grace.identifiers.tokenization import IdentifierTokenizer
+        except ImportError as exc:
+            raise GraceError(f"{directory / TOKENIZER_DIR}: cannot load the tokenizer ({exc})") from None
+        tokenizer = IdentifierTokenizer.load(directory / TOKENIZER_DIR)
+    return model.to(device).eval(), tokenizer
+
+
+def load_state(model: FlamingoModel, state: dict[str, torch.Tensor], *, source: Any = "state dict") -> None:
+    """Load our export or an OpenFlamingo checkpoint (same key layout; aliases and the frozen vision
+    encoder may be absent). Raises on unexpected keys or on any missing non-alias parameter."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise InputError(f"unexpected keys {result.unexpected_keys[:5]} (of {len(result.unexpected_keys)})",
+                         path=source)
+    current = model.state_dict()
+    covered = {_storage_key(t) for n, t in current.items() if n in state}
+    missing = [n for n in result.missing_keys
+               if not n.startswith("vision_encoder.") and _storage_key(current[n]) not in covered]
+    if missing:
+        raise InputError(f"missing weights {missing[:5]} (of {len(missing)})", path=source)

@@ -1,0 +1,100 @@
+"""``ClipFaissRetriever``: the dense baseline behind :class:`grace.retriever.Retriever`.
+
+``load(INDEX_DIR)`` reads the index folder of ``build-index`` and the dual encoder named in its config.
+Text queries search image keys (text → image) or caption keys (text → text → owner image); image
+queries are embedded with the image tower. Hits are distinct images, best first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from grace.errors import InputError
+from grace.retriever import Hit, Query, Retriever
+
+
+class ClipFaissRetriever(Retriever):
+    """Dual encoder + FAISS index; a query with both text and image uses the sum of both embeddings."""
+
+    name = "clip_faiss"
+
+    def __init__(self, index, encoder, *, oversample: int = 4):
+        from grace.retrieval_baselines.clip_faiss.index import DenseIndex
+
+        self.index: DenseIndex = index
+        self.encoder = encoder
+        self.oversample = oversample
+        if encoder.dim != index.dim:
+            raise InputError(f"encoder {encoder.spec} gives {encoder.dim}-d vectors, the index holds {index.dim}-d")
+        self.name = f"clip_faiss[{index.config.get('index', 'Flat')},{index.config.get('feature_mode', 'image')}]"
+
+    def embed(self, queries: list[Query]) -> np.ndarray:
+        """(Q, D) L2-normalised query vectors."""
+        from grace.retrieval_baselines.clip_faiss.dual_encoder import open_images
+
+        out = np.zeros((len(queries), self.index.dim), np.float32)
+        text_rows = [i for i, q in enumerate(queries) if q.text is not None and q.text.strip()]
+        image_rows = [i for i, q in enumerate(queries) if q.image is not None]
+        if text_rows:
+            out[text_rows] += self.encoder.encode_texts([queries[i].text for i in text_rows])
+        if image_rows:
+            out[image_rows] += self.encoder.encode_images(open_images([queries[i].image for i in image_rows]))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def search_rows(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (row, score) per query vector, rows of distinct images."""
+        n_rows = self.index.index.ntotal
+        fetch = k if self.index.config.get("feature_mode") == "image" else k * self.oversample
+        while True:
+            scores, rows = self.index.search(vectors, min(fetch, n_rows))
+            results = []
+            for srow, rrow in zip(scores, rows):
+                seen, picked = set(), []
+                for score, row in zip(srow, rrow):
+                    image_id = self.index.row_images[row] if row >= 0 else None
+                    if image_id is None or image_id in seen:
+                        continue
+                    seen.add(image_id)
+                    picked.append((int(row), float(score)))
+                    if len(picked) == k:
+                        break
+                results.append(picked)
+            short = any(len(p) < k for p in results)
+            if not short or fetch >= n_rows:
+                return results
+            fetch *= 4
+
+    def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
+        if not queries:
+            return []
+        queries = [q if isinstance(q, Query) else Query(text=q) for q in queries]
+        rows = self.search_rows(self.embed(queries), k)
+        return [[Hit(self.index.row_images[r], s) for r, s in picked] for picked in rows]
+
+    def search_texts(self, images: list[str | Path], k: int) -> list[list[tuple[str, str, float]]]:
+        """Image → text: top-``k`` (caption, image id, score) per query image (caption keys give the
+        matched caption; image keys give the first caption of the matched image)."""
+        vectors = self.embed([Query(image=Path(p)) for p in images])
+        scores, rows = self.index.search(vectors, k)
+        out = []
+        for srow, rrow in zip(scores, rows):
+            hits = []
+            for score, row in zip(srow, rrow):
+                if row < 0:
+                    continue
+                image_id = self.index.row_images[row]
+                text = self.index.keys["row_text"][row] or (self.index.keys["captions"].get(image_id) or [""])[0]
+                hits.append((text, image_id, float(score)))
+            out.append(hits)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", use_gpu: bool = True, encoder=None, **_) -> ClipFaissRetriever:
+        """``path`` = an index folder written by ``grace baselines clip-faiss build-index``."""
+        from grace.retrieval_baselines.clip_faiss.dual_encoder import load_dual_encoder
+        from grace.retrieval_baselines.clip_faiss.index import DenseIndex
+
+        index = DenseIndex.load(path, use_gpu=use_gpu)
+        return cls(index, encoder or load_dual_encoder(index.config["model"], device))

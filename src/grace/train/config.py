@@ -1,0 +1,82 @@
+"""``TrainConfig`` (what ``grace train`` reads) and ``TrainResult`` (what ``train()`` returns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grace.errors import GraceError, InputError
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """One GRACE training run: i2id + t2id shards → DeepSpeed ZeRO-3 → checkpoints + ``export/``."""
+
+    shards_dir: Path | None = field(default=None, metadata=_help("folder with i2id-*.tar and t2id-*.tar shards"))
+    ids_dir: Path | None = field(default=None, metadata=_help("identifier map folder (ids.json, tokenizer/)"))
+    trie_dir: Path | None = field(default=None, metadata=_help("trie folder, copied into export/ (optional)"))
+    features_cache: Path | None = field(
+        default=None, metadata=_help("cached image features (pooled.npy|tokens.npy + meta.json); else encode images"))
+    image_encoder: str = field(default="efficientnet-lite0", metadata=_help("frozen encoder when no features cache"))
+    model: str = field(default="tiny", metadata=_help("model config name, JSON path, or module:factory"))
+    tokenizer: str = field(default="", metadata=_help("tokenizer loader module:callable(dir) (default: IdentifierTokenizer)"))
+    output_dir: Path = field(default=Path("runs/train"), metadata=_help("checkpoints/ and export/ go here"))
+    steps: int = field(default=100, metadata=_help("optimizer steps in total"))
+    lr: float = field(default=1e-4, metadata=_help("peak learning rate"))
+    warmup_steps: int = field(default=10, metadata=_help("linear warmup steps"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    batch_size_i2id: int = field(default=8, metadata=_help("i2id (memorise) samples per micro-batch per process"))
+    batch_size_t2id: int = field(default=8, metadata=_help("t2id (retrieve) samples per micro-batch per process"))
+    grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
+    max_length: int = field(default=64, metadata=_help("truncate token sequences to this length"))
+    checkpoint_every: int = field(default=0, metadata=_help("save a resumable checkpoint every N steps (0: end only)"))
+    keep_checkpoints: int = field(default=2, metadata=_help("how many checkpoints to keep (0: all)"))
+    seed: int = field(default=0, metadata=_help("seed for init, data order and dropout"))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("recompute activations in backward"))
+    deepspeed_config: Path | None = field(default=None, metadata=_help("DeepSpeed JSON overriding the packaged one"))
+    device: str = field(default="auto", metadata=_help("auto|cpu|cuda", choices=["auto", "cpu", "cuda"]))
+    report_to: str = field(default="none", metadata=_help("none|wandb", choices=["none", "wandb"]))
+    resume: bool = field(default=True, metadata=_help("continue from output_dir/checkpoints/latest when present"))
+    resume_from: Path | None = field(default=None, metadata=_help("a checkpoint folder (…/checkpoints/stepN) to start from"))
+    stop_after: int | None = field(default=None, metadata=_help("stop (after checkpointing) at this step, as if killed"))
+    export: bool = field(default=True, metadata=_help("write the consolidated export/ at the end"))
+    log_every: int = field(default=1, metadata=_help("update the progress bar / wandb every N steps"))
+
+    def validate(self) -> None:
+        """Raise a one-line error for a config that cannot train."""
+        if self.shards_dir is None:
+            raise GraceError("train: shards_dir is required (the folder with i2id-*.tar / t2id-*.tar)")
+        shards_dir = Path(self.shards_dir)
+        if not shards_dir.is_dir():
+            raise InputError("shards folder not found", path=shards_dir)
+        if self.ids_dir is not None and not Path(self.ids_dir).is_dir():
+            raise InputError("ids folder not found", path=self.ids_dir)
+        if self.features_cache is not None and not Path(self.features_cache).is_dir():
+            raise InputError("features cache folder not found", path=self.features_cache)
+        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
+            raise InputError("DeepSpeed config not found", path=self.deepspeed_config)
+        if self.resume_from is not None and not Path(self.resume_from).is_dir():
+            raise InputError("checkpoint folder not found", path=self.resume_from)
+        for name in ("steps", "grad_accum", "max_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise GraceError(f"train: {name} must be >= 1 (got {getattr(self, name)})")
+        if self.batch_size_i2id < 0 or self.batch_size_t2id < 0 or self.batch_size_i2id + self.batch_size_t2id == 0:
+            raise GraceError("train: batch_size_i2id and batch_size_t2id must be >= 0 and not both 0")
+        if self.lr <= 0:
+            raise GraceError(f"train: lr must be > 0 (got {self.lr})")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step mean loss (global, over all processes) for the steps run *now*."""
+
+    losses: list[float]
+    steps: list[int]
+    seconds_per_step: float
+    export_dir: Path | None
+    checkpoint_dir: Path | None = None
+    start_step: int = 0

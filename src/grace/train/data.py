@@ -1,0 +1,219 @@
+"""Training data: i2id/t2id shards → GRACE token sequences, in a seeded order that can fast-forward.
+
+Sequences are built by concatenating token-id lists (never by re-tokenising a joined string):
+
+- i2id (memorise): ``<image> id {ID}<|endofchunk|>`` with the image's features;
+- t2id (retrieve): ``caption:{query}<image> id {ID}<|endofchunk|>`` with the null image.
+
+Only the identifier tokens and the final ``<|endofchunk|>`` carry labels; everything else is -100.
+The order is an endless stream of seeded permutations (one per epoch); micro-step ``m`` of rank ``r``
+reads stream positions ``(m * world + r) * b … + b``, so a resumed run jumps straight to its position.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grace.errors import InputError
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+QUERY_PREFIX = "caption:"
+ID_CUE = "id"
+TASKS = ("i2id", "t2id")
+_IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class Sample:
+    """One shard sample (image bytes only kept when the encoder must see them)."""
+
+    key: str
+    image_id: str
+    identifier: str
+    text: str
+    task: str
+    image: bytes | None = None
+
+
+def shard_files(shards_dir: Path, task: str) -> list[Path]:
+    """Sorted ``{task}-*.tar`` files of a shards folder."""
+    return sorted(Path(shards_dir).glob(f"{task}-*.tar"))
+
+
+def _every_shard(urls):
+    """Every rank reads every shard: ranks split the *sample stream* (see :class:`SampleOrder`)."""
+    return urls
+
+
+def load_samples(shards_dir: Path, task: str, *, keep_images: bool) -> list[Sample]:
+    """Read every sample of the ``task`` shards (webdataset), in shard order."""
+    import webdataset as wds
+
+    samples: list[Sample] = []
+    for path in shard_files(shards_dir, task):
+        dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
+        for entry, raw in enumerate(dataset):
+            if "json" not in raw:
+                raise InputError("sample has no json member", path=path, entry=raw.get("__key__", entry))
+            try:
+                meta = json.loads(raw["json"])
+                image = next((raw[k] for k in _IMAGE_KEYS if k in raw), None) if keep_images else None
+                samples.append(Sample(raw["__key__"], str(meta["image_id"]), str(meta["identifier"]),
+                                      str(meta.get("text", "")), task, image))
+            except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"malformed sample json ({exc})", path=path, entry=raw.get("__key__")) from None
+            if keep_images and samples[-1].image is None and task == "i2id":
+                raise InputError("i2id sample has no image bytes (png/jpg)", path=path, entry=raw["__key__"])
+    return samples
+
+
+class SampleOrder:
+    """Deterministic per-rank sample order: seeded permutation per epoch, O(1) fast-forward."""
+
+    def __init__(self, num_samples: int, batch_size: int, *, rank: int, world_size: int, seed: int, stream: int):
+        self.n, self.b, self.rank, self.world = num_samples, batch_size, rank, world_size
+        self.seed, self.stream = seed, stream
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            self._perms[epoch] = rng.permutation(self.n)
+        return self._perms[epoch]
+
+    def indices(self, micro_step: int) -> list[int]:
+        """Sample indices this rank reads at global micro-step ``micro_step``."""
+        if self.b == 0 or self.n == 0:
+            return []
+        start = (micro_step * self.world + self.rank) * self.b
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.b)]
+
+
+def build_sequence(tokenizer: Any, identifier: str, text: str | None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one GRACE sample; ``text`` None/"" gives the i2id prompt."""
+    prompt: list[int] = []
+    if text:
+        prompt += list(tokenizer.encode_text(QUERY_PREFIX + text))
+    prompt += [tokenizer.image_token_id] + list(tokenizer.encode_text(ID_CUE))
+    target = list(tokenizer.encode_identifier(identifier)) + [tokenizer.eoc_token_id]
+    return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+
+
+def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """Right-pad (and left-truncate the prompt of) sequences into lang_x / attention_mask / labels."""
+    rows = []
+    for ids, labels in sequences:
+        if len(ids) > max_length:  # keep the target: drop prompt tokens from the left
+            ids, labels = ids[-max_length:], labels[-max_length:]
+        rows.append((ids, labels))
+    length = max(len(ids) for ids, _ in rows)
+    lang_x = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    labels_t = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (ids, labels) in enumerate(rows):
+        lang_x[i, : len(ids)] = torch.tensor(ids)
+        labels_t[i, : len(labels)] = torch.tensor(labels)
+        mask[i, : len(ids)] = 1
+    return {"lang_x": lang_x, "attention_mask": mask, "labels": labels_t}
+
+
+class MixedBatches:
+    """Per micro-step: ``batch_size_i2id`` i2id + ``batch_size_t2id`` t2id samples of this rank."""
+
+    def __init__(self, shards_dir: Path, tokenizer: Any, *, batch_size_i2id: int, batch_size_t2id: int,
+                 rank: int, world_size: int, seed: int, max_length: int, keep_images: bool):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.samples = {task: load_samples(shards_dir, task, keep_images=keep_images and task == "i2id")
+                        for task in TASKS}
+        sizes = {"i2id": batch_size_i2id, "t2id": batch_size_t2id}
+        for task in TASKS:
+            if sizes[task] and not self.samples[task]:
+                raise InputError(f"no {task} samples ({task}-*.tar) but batch_size_{task} = {sizes[task]}",
+                                 path=shards_dir)
+        self.orders = {task: SampleOrder(len(self.samples[task]), sizes[task], rank=rank, world_size=world_size,
+                                         seed=seed, stream=i) for i, task in enumerate(TASKS)}
+
+    def batch(self, micro_step: int) -> tuple[dict[str, torch.Tensor], list[Sample]]:
+        """Token tensors + the i2id samples (whose images fill the first rows' vision features)."""
+        i2id = [self.samples["i2id"][i] for i in self.orders["i2id"].indices(micro_step)]
+        t2id = [self.samples["t2id"][i] for i in self.orders["t2id"].indices(micro_step)]
+        seqs = [build_sequence(self.tokenizer, s.identifier, None) for s in i2id]
+        seqs += [build_sequence(self.tokenizer, s.identifier, s.text) for s in t2id]
+        return collate(seqs, self.tokenizer.pad_token_id, self.max_length), i2id
+
+
+class VisionSource:
+    """Image features by image id: from the cached FeatureSet, or the frozen encoder on shard bytes."""
+
+    def __init__(self, *, features_cache: Path | None, encoder: Any = None, device: str = "cpu"):
+        self.encoder, self.device = encoder, device
+        self.table: dict[str, int] = {}
+        self.array: np.ndarray | None = None
+        if features_cache is not None:
+            ids, array = load_feature_cache(Path(features_cache))
+            self.table = {image_id: i for i, image_id in enumerate(ids)}
+            self.array = array if array.ndim == 3 else array[:, None, :]  # (N, T, D)
+        elif encoder is None:
+            raise InputError("no features cache and no image encoder to compute features")
+
+    def check_dim(self, vis_dim: int | None, source: str) -> None:
+        """One-line error when the features do not have the model's ``vis_dim``."""
+        dim = self.array.shape[-1] if self.array is not None else getattr(self.encoder, "dim", None)
+        if vis_dim is not None and dim is not None and dim != vis_dim:
+            raise InputError(f"image features are {dim}-d but the model expects vis_dim={vis_dim} "
+                             f"(use a features cache / image_encoder of that width, or another model)", path=source)
+
+    @property
+    def uses_images(self) -> bool:
+        return self.array is None
+
+    def features(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """(len(samples), T, D) float32 visual tokens."""
+        if self.array is not None:
+            missing = [s.image_id for s in samples if s.image_id not in self.table]
+            if missing:
+                raise InputError(f"image ids {missing[:3]} not in the features cache", entry=samples[0].key)
+            return torch.from_numpy(self.array[[self.table[s.image_id] for s in samples]].astype(np.float32))
+        from PIL import Image
+
+        images = [Image.open(io.BytesIO(s.image)) for s in samples]
+        return self.encoder.encode_tokens(images).float()
+
+
+def load_feature_cache(cache_dir: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, array) of a features cache: ``FeatureSet.load`` when available, else the documented files."""
+    try:
+        from grace.data_process.features import FeatureSet
+    except ImportError:
+        FeatureSet = None
+    if FeatureSet is not None and hasattr(FeatureSet, "load"):
+        for kwargs in ({"tokens": True}, {}):  # prefer visual tokens, else pooled features
+            try:
+                fs = FeatureSet.load(cache_dir, **kwargs)
+                return list(fs.ids), np.asarray(fs.array)
+            except Exception as exc:  # noqa: BLE001 -- other layouts / versions: fall back to reading the files below
+                log.debug("FeatureSet.load(%s, %s) failed: %s", cache_dir, kwargs, exc)
+    meta_path = cache_dir / "meta.json"
+    if not meta_path.is_file():
+        raise InputError("features cache has no meta.json", path=cache_dir)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for name in ("tokens.npy", "pooled.npy"):
+        if (cache_dir / name).is_file():
+            array = np.load(cache_dir / name, mmap_mode="r")
+            ids = meta.get("ids") or meta.get("image_ids")
+            if ids is None or len(ids) != len(array):
+                raise InputError(f"meta.json ids do not match {name} ({len(array)} rows)", path=meta_path)
+            return [str(i) for i in ids], array
+    raise InputError("features cache has neither tokens.npy nor pooled.npy", path=cache_dir)

@@ -1,0 +1,283 @@
+"""DeepSpeed plumbing: process group, ZeRO-3 config, model/tokenizer, resumable state, consolidated export."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grace.errors import GraceError, InputError
+from grace.io_utils import read_json, save_config, write_json
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+STATE_NAME = "trainer_state_rank{rank}.json"
+
+
+# ---------------------------------------------------------------- process group
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_libraries() -> None:
+    """Silence torch.distributed deprecation warnings and DeepSpeed's info logs (once per step otherwise)."""
+    import warnings
+
+    import deepspeed
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """Start (or join) the process group; a plain ``python`` run becomes a 1-process group.
+
+    Without RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT DeepSpeed would look for mpi4py, so set them.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    quiet_libraries()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"])
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GraceError("train: device=cuda but no CUDA GPU is visible")
+    return device
+
+
+# ---------------------------------------------------------------- DeepSpeed config
+def deepspeed_config(cfg: Any, device: str) -> dict:
+    """The packaged ZeRO-3 JSON (or ``cfg.deepspeed_config``) with its "auto" values filled from ``cfg``."""
+    default = CONFIG_DIR / ("zero3_gpu.json" if device == "cuda" else "zero3_cpu.json")
+    path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else default
+    config = copy.deepcopy(read_json(path))
+    auto = {"train_micro_batch_size_per_gpu": cfg.batch_size_i2id + cfg.batch_size_t2id,
+            "gradient_accumulation_steps": cfg.grad_accum, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "warmup_max_lr": cfg.lr, "warmup_num_steps": max(1, cfg.warmup_steps),
+            "total_num_steps": max(cfg.steps, cfg.warmup_steps + 1)}
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (auto[k] if v == "auto" and k in auto else fill(v)) for k, v in node.items()}
+        return node
+
+    config = fill(config)
+    config.pop("train_batch_size", None)  # derived from micro batch × accumulation × world size
+    leftover = [k for k, v in _walk(config) if v == "auto"]
+    if leftover:
+        raise InputError(f"unsupported 'auto' values {leftover}", path=path)
+    if device == "cpu":
+        config.setdefault("bf16", {})["enabled"] = False
+        config.setdefault("fp16", {})["enabled"] = False
+    return config
+
+
+def _walk(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+# ---------------------------------------------------------------- model and tokenizer
+def _import_callable(spec: str, what: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise GraceError(f"train: cannot import {what} {spec!r}: {exc}") from None
+
+
+def load_tokenizer(cfg: Any) -> Any:
+    """The ONE tokenizer saved with the identifiers (``ids_dir/tokenizer``)."""
+    if cfg.ids_dir is None:
+        raise GraceError("train: ids_dir is required (its tokenizer/ is the one used for training and inference)")
+    tok_dir = Path(cfg.ids_dir) / "tokenizer"
+    if cfg.tokenizer:
+        return _import_callable(cfg.tokenizer, "tokenizer loader")(tok_dir)
+    from grace.identifiers import IdentifierTokenizer
+
+    if not tok_dir.is_dir():
+        raise InputError("no tokenizer/ folder in the ids folder", path=cfg.ids_dir)
+    return IdentifierTokenizer.load(tok_dir)
+
+
+def create_model(spec: str, tokenizer: Any) -> Any:
+    """``module:factory`` (called with tokenizer=) or a grace.model config name / JSON path."""
+    if ":" in spec and not Path(spec).exists():
+        return _import_callable(spec, "model factory")(tokenizer=tokenizer)
+    from grace.model import create_model as grace_create_model
+
+    return grace_create_model(spec, tokenizer=tokenizer)
+
+
+def detach_vision_encoder(model: Any) -> Any:
+    """Take the frozen encoder out of the module so ZeRO-3 neither partitions nor optimises it."""
+    encoder = getattr(model, "vision_encoder", None)
+    if encoder is not None:
+        model.vision_encoder = None
+        encoder.requires_grad_(False).eval()
+    return encoder
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else model.parameters()
+    params = [p for p in params if isinstance(p, torch.nn.Parameter) and p.requires_grad]
+    if not params:
+        raise GraceError("train: the model has no trainable parameters")
+    return params
+
+
+# ---------------------------------------------------------------- resumable state
+def rng_state() -> dict:
+    state = {"python": _jsonable(random.getstate()), "torch": torch.get_rng_state().tolist()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], np_state[1].tolist(), *[_jsonable(x) for x in np_state[2:]]]
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuplify(state["python"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def save_checkpoint(engine: Any, ckpt_root: Path, step: int, micro_step: int, rank: int, keep: int) -> Path:
+    """DeepSpeed checkpoint ``ckpt_root/stepNNNNNNNN`` + per-rank trainer state (step, data position, RNG).
+
+    The per-rank JSON is written before DeepSpeed updates ``latest``, so ``latest`` never names a
+    checkpoint without it; a run killed mid-save resumes from the previous one.
+    """
+    import torch.distributed as dist
+
+    tag = f"step{step:08d}"
+    write_json(ckpt_root / tag / STATE_NAME.format(rank=rank),
+               {"step": step, "micro_step": micro_step, "world_size": dist.get_world_size(), "rng": rng_state()})
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_root), tag=tag)
+    dist.barrier()
+    if rank == 0 and keep > 0:
+        old = sorted(p for p in ckpt_root.glob("step*") if p.is_dir() and p.name != tag)
+        for stale in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return ckpt_root / tag
+
+
+def find_resume_point(cfg: Any, ckpt_root: Path) -> Path | None:
+    """The checkpoint folder to resume from: ``resume_from``, else ``ckpt_root/latest`` when resuming."""
+    if cfg.resume_from is not None:
+        return Path(cfg.resume_from)
+    latest = ckpt_root / "latest"
+    if cfg.resume and latest.is_file():
+        tag_dir = ckpt_root / latest.read_text().strip()
+        if tag_dir.is_dir():
+            return tag_dir
+    return None
+
+
+def load_checkpoint(engine: Any, tag_dir: Path, rank: int) -> dict:
+    """Restore model, optimizer, scheduler (DeepSpeed) and this rank's trainer state; returns the state."""
+    import torch.distributed as dist
+
+    state_path = tag_dir / STATE_NAME.format(rank=rank)
+    if not state_path.is_file():
+        raise InputError(f"no trainer state for rank {rank} (was the checkpoint written with another "
+                         f"number of processes than {dist.get_world_size()}?)", path=tag_dir)
+    state = read_json(state_path)
+    if state.get("world_size", dist.get_world_size()) != dist.get_world_size():
+        raise InputError(f"checkpoint written by {state['world_size']} processes, now {dist.get_world_size()}",
+                         path=tag_dir)
+    path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    if path is None:
+        raise InputError("DeepSpeed could not load this checkpoint", path=tag_dir)
+    set_rng_state(state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------- export
+def export_model(engine: Any, encoder: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int) -> Path:
+    """Gather the ZeRO-3 shards and write an HF-style folder that ``grace.model.load_pretrained`` reads.
+
+    ``export/`` holds the model's safetensors + config.json, ``tokenizer/``, and copies of ``ids/``
+    and ``trie/`` so inference needs nothing else; written to a temp folder, then renamed.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    module = engine.module
+    tmp = export_dir.with_name(f".{export_dir.name}.tmp")
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            if encoder is not None:
+                module.vision_encoder = encoder
+            try:
+                if "tokenizer" in inspect.signature(module.save_pretrained).parameters:
+                    module.save_pretrained(tmp, tokenizer=tokenizer)
+                else:
+                    module.save_pretrained(tmp)
+            finally:
+                if encoder is not None:
+                    module.vision_encoder = None
+    if rank == 0:
+        if not (tmp / "tokenizer").exists() and hasattr(tokenizer, "save"):
+            tokenizer.save(tmp / "tokenizer")
+        for name, src in (("ids", cfg.ids_dir), ("trie", cfg.trie_dir)):
+            if src is not None and Path(src).is_dir():
+                shutil.copytree(src, tmp / name)
+        save_config(tmp, cfg, name="train_config.json")
+        shutil.rmtree(export_dir, ignore_errors=True)
+        os.replace(tmp, export_dir)
+        log.info("exported %s", export_dir)
+    dist.barrier()
+    return export_dir
+
+
+def write_metrics(path: Path, losses: list[float], steps: list[int], seconds_per_step: float) -> None:
+    """``metrics.json`` beside the checkpoints, appended across resumed runs."""
+    old = json.loads(path.read_text()) if path.is_file() else {"steps": [], "losses": []}
+    keep = [(s, l) for s, l in zip(old["steps"], old["losses"]) if s not in set(steps)]
+    merged = sorted(keep + list(zip(steps, losses)))
+    write_json(path, {"steps": [s for s, _ in merged], "losses": [l for _, l in merged],
+                      "seconds_per_step_last_run": seconds_per_step})

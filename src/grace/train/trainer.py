@@ -1,0 +1,145 @@
+"""``train(config) -> TrainResult``: the GRACE training loop under DeepSpeed ZeRO-3 (1 or N processes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grace.io_utils import save_config, seed_everything
+from grace.train import engine as E
+from grace.train.config import TrainConfig, TrainResult
+from grace.train.data import MixedBatches, VisionSource
+
+log = logging.getLogger(__name__)
+
+
+def vision_batch(module: Any, vision: VisionSource, i2id: list, batch_size: int, device: str,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, T, D): the i2id images' features in the first rows, the null image (zeros) after them."""
+    if not i2id:
+        return module.null_vision_features(batch_size).to(device=device, dtype=dtype)
+    feats = vision.features(i2id)  # (b, T, D)
+    out = torch.zeros((batch_size, *feats.shape[1:]), dtype=dtype, device=device)
+    out[: len(i2id)] = feats.to(device=device, dtype=dtype)
+    return out.unsqueeze(1)
+
+
+def _mean_step_time(times: list[float]) -> float:
+    """Mean seconds per step, leaving out the first (warm-up) step when there are more."""
+    timed = times[1:] if len(times) > 1 else times
+    return sum(timed) / len(timed) if timed else 0.0
+
+
+def _reporter(cfg: TrainConfig, rank: int):
+    if cfg.report_to != "wandb" or rank != 0:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        from grace.errors import GraceError
+
+        raise GraceError("train: report_to=wandb needs `pip install wandb`") from None
+    from grace.io_utils import to_jsonable
+
+    return wandb.init(project="grace", config=to_jsonable(cfg), dir=str(cfg.output_dir))
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) one run; call it in-process (1 process) or in every ``torchrun`` process."""
+    import deepspeed
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    device = E.resolve_device(cfg.device)
+    rank, world, local_rank = E.init_distributed(device)
+    dev = f"cuda:{local_rank}" if device == "cuda" else "cpu"
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out, cfg)
+
+    tokenizer = E.load_tokenizer(cfg)
+    model = E.create_model(cfg.model, tokenizer)
+    encoder = E.detach_vision_encoder(model)
+    if cfg.features_cache is None and encoder is None:
+        from grace.data_process.encoders import create_image_encoder
+
+        encoder = create_image_encoder(cfg.image_encoder)
+    if encoder is not None:
+        encoder.to(dev)
+    vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder)
+    vision.check_dim(getattr(getattr(model, "config", None), "vis_dim", None),
+                     str(cfg.features_cache or cfg.image_encoder))
+    data = MixedBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
+                        batch_size_t2id=cfg.batch_size_t2id, rank=rank, world_size=world, seed=cfg.seed,
+                        max_length=cfg.max_length, keep_images=vision.uses_images)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ds_config = E.deepspeed_config(cfg, device)
+    dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=E.trainable_parameters(model), config=ds_config)
+    engine.train()
+
+    step, micro_step = 0, 0
+    resume_dir = E.find_resume_point(cfg, ckpt_root)
+    if resume_dir is not None:
+        state = E.load_checkpoint(engine, resume_dir, rank)
+        step, micro_step = int(state["step"]), int(state["micro_step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", resume_dir, step)
+    start_step = step
+    end_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    reporter = _reporter(cfg, rank)
+    samples_per_step = (cfg.batch_size_i2id + cfg.batch_size_t2id) * cfg.grad_accum * world
+    losses, steps, times = [], [], []
+    last_ckpt = None
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    while step < end_step:
+        t0 = time.perf_counter()
+        total = torch.zeros((), dtype=torch.float64)
+        for _ in range(cfg.grad_accum):
+            batch, i2id = data.batch(micro_step)
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype)
+            output = engine(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
+                            vision_features=feats, labels=batch["labels"])
+            engine.backward(output.loss)
+            engine.step()
+            total += output.loss.detach().double().cpu()
+            micro_step += 1
+        step += 1
+        loss = total.to(dev)
+        dist.all_reduce(loss)
+        loss = float(loss) / (world * cfg.grad_accum)
+        losses.append(loss)
+        steps.append(step)
+        times.append(time.perf_counter() - t0)
+        if step % cfg.log_every == 0 or step == end_step:
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_step / times[-1]:.1f}")
+            if reporter is not None:
+                reporter.log({"loss": loss, "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / times[-1]},
+                             step=step)
+        bar.update(1)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step:
+            last_ckpt = E.save_checkpoint(engine, ckpt_root, step, micro_step, rank, cfg.keep_checkpoints)
+            if rank == 0:  # a killed run keeps its loss history up to its last checkpoint
+                E.write_metrics(out / "metrics.json", losses, steps, _mean_step_time(times))
+    bar.close()
+
+    seconds_per_step = _mean_step_time(times)
+    if rank == 0:
+        E.write_metrics(out / "metrics.json", losses, steps, seconds_per_step)
+    export_dir = None
+    if cfg.export and step >= cfg.steps:
+        export_dir = E.export_model(engine, encoder, tokenizer, cfg, out / "export", rank)
+    if reporter is not None:
+        reporter.finish()
+    return TrainResult(losses=losses, steps=steps, seconds_per_step=seconds_per_step, export_dir=export_dir,
+                       checkpoint_dir=last_ckpt, start_step=start_step)

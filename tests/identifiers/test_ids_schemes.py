@@ -1,0 +1,138 @@
+"""Identifier schemes: uniqueness, round trip, determinism, structured shape, semantic leakage, bad input."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from ids_helpers import random_features
+
+from grace.data_process.dataset import Dataset, ImageRecord
+from grace.errors import GraceError
+from grace.identifiers import IdentifierMap, create_scheme
+from grace.identifiers.kmeans import hierarchical_kmeans
+
+SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
+
+
+def _build(name, dataset, seed=0, **cfg):
+    return create_scheme(name, seed=seed, tokenizer="byte", **cfg).build(dataset, random_features(len(dataset), seed=seed))
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_unique_round_trip_and_save_load(name, shared_tiny_dataset, tmp_path):
+    idmap = _build(name, shared_tiny_dataset, k=3, c=4)
+    ids = idmap.identifiers()
+    assert len(ids) == len(shared_tiny_dataset) == len(set(ids))
+    for record in shared_tiny_dataset.images:
+        assert idmap.to_image(idmap.to_id(record.image_id)) == record.image_id
+    idmap.save(tmp_path / name)
+    assert {"ids.json", "config.json", "tokenizer"} <= {p.name for p in (tmp_path / name).iterdir()}
+    again = IdentifierMap.load(tmp_path / name)
+    assert again.image_to_id == idmap.image_to_id and again.scheme == name
+    assert again.config["seed"] == 0 and again.config["scheme"] == name
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_deterministic_under_seed(name, shared_tiny_dataset):
+    a = _build(name, shared_tiny_dataset, seed=1, k=3, c=4).image_to_id
+    b = _build(name, shared_tiny_dataset, seed=1, k=3, c=4).image_to_id
+    assert a == b
+    if name in ("numeric", "string", "structured"):  # random schemes: another seed gives other ids
+        assert a != _build(name, shared_tiny_dataset, seed=2, k=3, c=4).image_to_id
+
+
+def test_formats(shared_tiny_dataset):
+    numeric = _build("numeric", shared_tiny_dataset)
+    string = _build("string", shared_tiny_dataset)
+    for image_id in shared_tiny_dataset.image_ids():
+        assert re.fullmatch(r"\d( \d)*", numeric.to_id(image_id))
+        assert numeric.to_id(image_id).replace(" ", "") == string.to_id(image_id)  # same permuted index
+    assert sorted(int(s) for s in string.identifiers()) == list(range(len(shared_tiny_dataset)))
+    atomic = _build("atomic", shared_tiny_dataset)
+    assert atomic.identifiers()[:2] == ["<img_0>", "<img_1>"]
+
+
+def _paths(idmap):
+    return [tuple(int(x) for x in re.findall(r"<L\d+_(\d+)>", i)) for i in idmap.identifiers()]
+
+
+@pytest.mark.parametrize("k,c,n", [(3, 4, 24), (2, 1, 24), (30, 30, 10), (4, 5, 200)])
+def test_structured_shape(k, c, n):
+    paths = hierarchical_kmeans(random_features(n, seed=n), k=k, c=c, seed=0, progress=False)
+    assert len(set(paths)) == n
+    children: dict[tuple, set] = {}
+    for path in paths:
+        for depth in range(len(path) - 1):
+            children.setdefault(path[:depth], set()).add(path[depth])
+    assert all(len(v) <= k for v in children.values())  # no node has more than k clusters
+    leaves = Counter(p[:-1] for p in paths)
+    assert max(leaves.values()) <= c  # leaves hold at most c images
+    assert all(p[-1] < c for p in paths)
+    if n <= c:
+        assert all(len(p) == 1 for p in paths)  # N < k (and <= c): one leaf, ids = positions
+
+
+def test_structured_levels_and_identical_features(shared_tiny_dataset):
+    idmap = _build("structured", shared_tiny_dataset, k=3, c=4)
+    assert all(re.fullmatch(r"(<L\d+_\d+>)+", i) for i in idmap.identifiers())
+    for identifier in idmap.identifiers():  # one token per level, levels 0, 1, 2, ... in order
+        levels = [int(x) for x in re.findall(r"<L(\d+)_\d+>", identifier)]
+        assert levels == list(range(len(levels)))
+    assert max(len(p) for p in _paths(idmap)) >= 2  # 24 images, c=4: really hierarchical
+    # identical features cannot be split by k-means: the fallback still terminates with unique ids
+    same = np.ones((50, 4), dtype=np.float32)
+    paths = hierarchical_kmeans(same, k=3, c=4, seed=0, progress=False)
+    assert len(set(paths)) == 50 and max(Counter(p[:-1] for p in paths).values()) <= 4
+
+
+def test_structured_featureset_reordered(shared_tiny_dataset):
+    from types import SimpleNamespace
+
+    feats = random_features(len(shared_tiny_dataset))
+    ids = shared_tiny_dataset.image_ids()
+    order = np.random.default_rng(0).permutation(len(ids))
+    fs = SimpleNamespace(ids=[ids[i] for i in order], array=feats[order], encoder="x")
+    scheme = create_scheme("structured", tokenizer="byte", k=3, c=4)
+    assert scheme.build(shared_tiny_dataset, fs).image_to_id == scheme.build(shared_tiny_dataset, feats).image_to_id
+
+
+def test_semantic_never_uses_held_out_captions(shared_tiny_dataset):
+    idmap = _build("semantic", shared_tiny_dataset)
+    held_out = {t.lower() for r in shared_tiny_dataset.images if r.split != "train" for t in r.texts}
+    assert held_out
+    for record in shared_tiny_dataset.images:
+        identifier = idmap.to_id(record.image_id)
+        assert identifier.lower() not in held_out
+        if record.split == "train":
+            assert identifier == record.texts[0]
+        else:
+            assert identifier in record.meta["keywords"]
+    # other train captions are aliases of their image
+    record = shared_tiny_dataset.split("train")[0]
+    assert idmap.to_image(record.texts[1]) == record.image_id
+
+
+def test_semantic_duplicates_disambiguated(tmp_path):
+    records = [ImageRecord(f"i{n}", tmp_path / f"{n}.png", "train", ["a dog"]) for n in range(3)]
+    idmap = create_scheme("semantic", tokenizer="byte").build(Dataset(records), None)
+    assert idmap.identifiers() == ["a dog", "a dog 2", "a dog 3"]
+
+
+def test_bad_input(shared_tiny_dataset):
+    with pytest.raises(GraceError, match="unknown identifier scheme"):
+        create_scheme("bogus")
+    with pytest.raises(GraceError, match="unknown settings"):
+        create_scheme("numeric", kk=3)
+    with pytest.raises(GraceError, match="no images"):
+        create_scheme("numeric").build(Dataset([]), None)
+    with pytest.raises(GraceError, match="features have shape"):
+        create_scheme("structured").build(shared_tiny_dataset, random_features(5))
+    with pytest.raises(GraceError, match="needs image features"):
+        create_scheme("structured").build(shared_tiny_dataset, None)
+    with pytest.raises(GraceError, match="shared by several images"):
+        IdentifierMap("numeric", {"a": "1", "b": "1"})
+    with pytest.raises(GraceError, match="unknown identifier"):
+        _build("numeric", shared_tiny_dataset).to_image("9 9 9")

@@ -1,0 +1,129 @@
+"""Stand-ins for the other stages (same interfaces as docs/DESIGN.md) to test the pipeline's orchestration
+without them: each fake writes the marker file the real stage writes, and counts its calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+from pathlib import Path
+
+from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
+
+CALLS: dict[str, int] = {}
+
+
+def _count(name):
+    CALLS[name] = CALLS.get(name, 0) + 1
+
+
+class FakeTokenizer(CharTokenizer):
+    def encode_identifier(self, identifier):
+        return [int(t) for t in identifier.split()]
+
+
+class FakeIdMap:
+    def __init__(self, image_to_id):
+        self.image_to_id = dict(image_to_id)
+        self._inv = {v: k for k, v in self.image_to_id.items()}
+
+    def to_id(self, image_id):
+        return self.image_to_id[image_id]
+
+    def to_image(self, identifier):
+        return self._inv[identifier]
+
+    def save(self, out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "ids.json").write_text(json.dumps(self.image_to_id))
+
+    @classmethod
+    def load(cls, out):
+        return cls(json.loads((Path(out) / "ids.json").read_text()))
+
+
+class FakeScheme:
+    def __init__(self, name, seed=0, **_):
+        self.name, self.seed = name, seed
+
+    def build(self, dataset, features):
+        _count(f"ids:{self.name}")
+        seqs = random_sequences(len(dataset), 40, FakeTokenizer.eoc_token_id, seed=len(self.name))
+        return FakeIdMap({r.image_id: " ".join(map(str, s[:-1])) for r, s in zip(dataset.images, seqs)})
+
+
+class FakeTrie(DictTrie):
+    def save(self, out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "trie.json").write_text(json.dumps(self.sequences))
+
+    @classmethod
+    def load(cls, out):
+        return cls(json.loads((Path(out) / "trie.json").read_text()))
+
+
+def build_trie(idmap, tokenizer, image_ids=None):
+    _count("trie")
+    ids = image_ids or list(idmap.image_to_id)
+    return FakeTrie([tokenizer.encode_identifier(idmap.to_id(i)) + [tokenizer.eoc_token_id] for i in ids])
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    shards: str = ""
+    ids: str = ""
+    model: str = "tiny"
+    steps: int = 1
+    lr: float = 1e-3
+    batch_size_i2id: int = 2
+    batch_size_t2id: int = 2
+    output_dir: str = ""
+    seed: int = 0
+
+
+def train(config):
+    _count("train")
+    export = Path(config.output_dir) / "export"
+    export.mkdir(parents=True, exist_ok=True)
+    return types.SimpleNamespace(export_dir=export, losses=[1.0], steps=config.steps)
+
+
+def image_features(dataset, encoder="efficientnet-lite0", cache_dir=None, tokens=False):
+    _count("features")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cache_dir) / "meta.json").write_text("{}")
+    return types.SimpleNamespace(ids=dataset.image_ids(), array=None, encoder=encoder)
+
+
+def write_shards(dataset, idmap, out_dir, *, pseudo_queries, max_per_shard=1000):
+    _count("shards")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "shards.json").write_text("{}")
+
+
+def install(monkeypatch):
+    """Put the fakes in sys.modules under the real module names."""
+    CALLS.clear()
+    mods = {
+        "grace.data_process.features": {"image_features": image_features},
+        "grace.data_process.pseudo_queries": {
+            "KeywordPseudoQueries": object,
+            "build_pseudo_queries": lambda ds, gen, split="test": {r.image_id: ["kw"] for r in ds.split(split)}},
+        "grace.data_process.shards": {"write_shards": write_shards},
+        "grace.identifiers": {"create_scheme": FakeScheme, "IdentifierMap": FakeIdMap, "Trie": FakeTrie},
+        "grace.identifiers.trie": {"Trie": FakeTrie, "build_trie": build_trie},
+        "grace.identifiers.tokenization": {"IdentifierTokenizer": types.SimpleNamespace(load=lambda d: FakeTokenizer())},
+        "grace.model": {"load_pretrained": lambda d: (tiny_llama(48, 0), FakeTokenizer())},
+    }
+    try:  # the real package stays (inference imports its prompt constants); only training is faked
+        import grace.train as real_train
+
+        monkeypatch.setattr(real_train, "TrainConfig", TrainConfig)
+        monkeypatch.setattr(real_train, "train", train)
+    except ImportError:
+        mods["grace.train"] = {"TrainConfig": TrainConfig, "train": train}
+    for name, attrs in mods.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)

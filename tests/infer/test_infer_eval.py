@@ -1,0 +1,122 @@
+"""Recall@K semantics, the generative retriever, and the eval harness (1 process vs torchrun gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from infer_helpers import tiny_generative_retriever
+
+from grace.infer.evaluate import evaluate, hits_at_k, recall_at_k
+from grace.retriever import Hit, Query, Retriever
+
+HERE = Path(__file__).parent
+
+
+def test_recall_hand_made():
+    rankings = [["a", "b", "c"], ["b", "a", "c"], ["x", "y", "z"], ["c", "c", "c", "a"]]
+    gold = ["a", "a", "a", "a"]
+    r = recall_at_k(rankings, gold, ks=(1, 2, 3))
+    # q0 hits at 1; q1 at 2; q2 never; q3: duplicates collapse to distinct images -> "a" is 2nd distinct
+    assert r == {"recall@1": 0.25, "recall@2": 0.75, "recall@3": 0.75}
+
+
+def test_recall_semantic_ids_count_any_caption_id():
+    """Semantic ids: several identifiers name one image; the retriever maps ids→images, gold may be a set."""
+    id_to_image = {"a red apple": "img1", "apple fruit": "img1", "a banana": "img2"}
+    generated = [["apple fruit", "a banana"], ["a banana", "a red apple"]]
+    rankings = [[id_to_image[i] for i in row] for row in generated]
+    assert recall_at_k(rankings, ["img1", "img1"], ks=(1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}
+    assert hits_at_k(["img3", "img2"], {"img2", "img9"}, ks=(1, 2)) == {1: False, 2: True}
+    with pytest.raises(ValueError):
+        recall_at_k([["a"]], [], ks=(1,))
+
+
+class _Fixed(Retriever):
+    name = "fixed"
+
+    def search(self, queries, k):
+        return [[Hit(q.text, 1.0)][:k] for q in queries]
+
+    @classmethod
+    def load(cls, path, **kw):
+        return cls()
+
+
+def test_evaluate_returns_metrics_and_latency():
+    res = evaluate(_Fixed(), ["a", Query(text="b"), "c"], ["a", "x", "c"], ks=(1, 5), progress=False)
+    assert res["recall@1"] == pytest.approx(2 / 3) and res["recall@5"] == pytest.approx(2 / 3)
+    assert res["latency_ms"] >= 0 and res["num_queries"] == 3
+
+
+def test_generative_retriever_returns_distinct_valid_images():
+    retriever = tiny_generative_retriever(n_images=30, num_beams=6)
+    queries = [Query(text=f"query {i}") for i in range(20)]
+    results = retriever.search(queries, k=5)
+    valid = set(retriever.idmap.image_to_id)
+    assert len(results) == 20
+    for hits in results:
+        ids = [h.image_id for h in hits]
+        assert len(ids) == 5 and len(set(ids)) == 5 and set(ids) <= valid
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # k above num_beams widens the beam so k distinct images come back
+    assert len(retriever.search(queries[:2], k=12)[0]) == 12
+
+
+def _run(cmd):
+    env = dict(os.environ, PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, check=False, cwd=HERE, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[-1][len("RESULT "):])
+
+
+@pytest.mark.multiproc
+def test_torchrun_two_processes_equal_one_process():
+    single = _run([sys.executable, "infer_dist_script.py"])
+    double = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+                   "infer_dist_script.py"])
+    assert single == double
+    assert single["num_queries"] == 23 and 0 < single["recall@10"] <= 1
+
+
+def test_grace_eval_cli_random_baseline(shared_tiny_dataset, tmp_path, capsys):
+    from grace.cli import main
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    out = tmp_path / "results"
+    assert main(["eval", "--dataset", str(dataset_json), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"random"}
+    assert results["random"]["num_queries"] == len(shared_tiny_dataset.split("test"))
+    for name in ("table.md", "recall.png", "latency.png", "config.json"):
+        assert (out / name).is_file()
+    assert "| random |" in capsys.readouterr().out
+    # bad input: a one-line error naming the file
+    assert main(["eval", "--dataset", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+
+
+def test_flamingo_interface_gets_lang_x_and_null_image_per_beam():
+    from infer_helpers import FlamingoLike
+
+    retriever = tiny_generative_retriever(n_images=20, num_beams=3)
+    retriever.model = FlamingoLike(retriever.model)
+    results = retriever.search([Query(text="a"), Query(text="bb b")], k=3)
+    assert all(len(r) == 3 for r in results)
+    shapes = retriever.model.seen_vision
+    assert shapes[0] == (2, 1, 4, 8)  # prefill: one null image per query
+    assert all(s == (6, 1, 4, 8) for s in shapes[1:])  # decoding: expanded to the beams
+
+
+def test_grace_eval_missing_export_is_one_line_error(shared_tiny_dataset, tmp_path, capsys):
+    from grace.cli import main
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    code = main(["eval", "--dataset", str(dataset_json), "--retriever", f"generative:{tmp_path / 'nope'}",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "export folder not found" in err[0] and "nope" in err[0]
