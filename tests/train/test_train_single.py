@@ -7,11 +7,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-from train_helpers import build_tiny_run, real_model, subprocess_env
+from train_helpers import build_tiny_run, subprocess_env
 
 
-@pytest.mark.skipif(not real_model(), reason="needs grace.model's tiny config")
 def test_single_process_with_frozen_encoder(tmp_path, shared_tiny_dataset):
     from grace.model.config import CONFIG_DIR
 

@@ -11,7 +11,6 @@ Image ids are strings: an explicit ``image_id`` key when present (our builders w
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -64,7 +64,6 @@ def _ids_build(args: argparse.Namespace) -> int:
 
     from grace.config import dataclass_from_args
     from grace.data_process.dataset import load_karpathy
-    from grace.errors import GraceError
     from grace.identifiers import create_scheme
 
     cfg = dataclass_from_args(IdsBuildConfig, args)
@@ -73,10 +72,8 @@ def _ids_build(args: argparse.Namespace) -> int:
     dataset = load_karpathy(cfg.dataset, check_files=cfg.scheme == "structured")
     features = None
     if cfg.scheme == "structured":
-        try:
-            from grace.data_process.features import image_features
-        except ImportError:
-            raise GraceError("structured ids need grace.data_process.features (not installed in this build)") from None
+        from grace.data_process.features import image_features
+
         cache = cfg.features_cache or Path(cfg.out) / "features"
         features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
     scheme = create_scheme(cfg.scheme, seed=cfg.seed, tokenizer=cfg.tokenizer, k=cfg.k, c=cfg.c,

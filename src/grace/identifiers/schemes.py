@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from grace.data_process.pseudo_queries import normalise
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
 from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
@@ -38,10 +38,6 @@ class SchemeConfig:
 def _check_dataset(dataset) -> None:
     if dataset is None or len(dataset) == 0:
         raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
-
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
 
 
 def _feature_matrix(dataset, features) -> np.ndarray:
@@ -89,23 +85,14 @@ def _disambiguate(names: list[str]) -> list[str]:
 
 
 def _pseudo_queries(dataset) -> dict[str, list[str]]:
-    """Pseudo-queries of the non-train images: the data stage's generator when present, else keywords.
-    Never returns a held-out text of the image (compared case/space-normalised)."""
-    held_out = [r for r in dataset.images if r.split not in TRAIN_SPLITS]
-    try:
-        from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
+    """Pseudo-queries of every held-out image (the data stage's keyword generator): never a held-out text."""
+    from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
 
-        found: dict[str, list[str]] = {}
-        generator = KeywordPseudoQueries()
-        for split in sorted({r.split for r in held_out}):
-            found.update(build_pseudo_queries(dataset, generator, split=split))
-    except ImportError:
-        found = {r.image_id: [str(k) for k in r.meta.get("keywords", [])] for r in held_out}
-    out = {}
-    for record in held_out:
-        banned = {_normalise(t) for t in record.texts}
-        out[record.image_id] = [q for q in found.get(record.image_id, []) if q.strip() and _normalise(q) not in banned]
-    return out
+    found: dict[str, list[str]] = {}
+    generator = KeywordPseudoQueries()
+    for split in sorted({r.split for r in dataset.images if r.split not in TRAIN_SPLITS}):
+        found.update(build_pseudo_queries(dataset, generator, split=split))
+    return found
 
 
 class Scheme:
@@ -161,11 +148,11 @@ class SemanticScheme(Scheme):
 
     def assign(self, dataset, features):
         pseudo = _pseudo_queries(dataset)
-        held_out = {_normalise(t) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts}
+        held_out = {normalise(t) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts}
         names, fallback = [], 0
         for record in dataset.images:
             if record.split in TRAIN_SPLITS:  # first caption that is not also some held-out query
-                fresh = [t for t in record.texts if _normalise(t) not in held_out]
+                fresh = [t for t in record.texts if normalise(t) not in held_out]
                 names.append((fresh or record.texts)[0].strip())
             elif pseudo.get(record.image_id):
                 names.append(pseudo[record.image_id][0].strip())

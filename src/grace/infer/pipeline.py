@@ -46,15 +46,10 @@ class StageTimer:
         return result
 
 
-def _need(module: str, what: str):
+def _module(name: str):
     import importlib
 
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("grace"):
-            raise GraceError(f"{what} needs {module}, which is not in this build") from None
-        raise
+    return importlib.import_module(name)
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0):
@@ -66,7 +61,7 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
     target = run / "data" / "dataset.json"
 
     def build():
-        emoji = _need("grace.data_process.emoji", "building the emoji benchmark")
+        emoji = _module("grace.data_process.emoji")
         return emoji.build_emoji(run / "data", seed=seed, limit=limit or None)
 
     return timer.run("data", target.is_file(), build, lambda: load_karpathy(target))
@@ -74,7 +69,7 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
 
 def stage_features(run: Path, dataset, encoder: str, timer: StageTimer):
     """RUN/features/<encoder>: pooled image features (cached by data_process.features)."""
-    features = _need("grace.data_process.features", "image features")
+    features = _module("grace.data_process.features")
     cache = run / "features" / encoder.replace("/", "_").replace(":", "_")
     return timer.run("features", (cache / "meta.json").is_file(),
                      lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache),
@@ -83,7 +78,7 @@ def stage_features(run: Path, dataset, encoder: str, timer: StageTimer):
 
 def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False, **cfg):
     """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer)."""
-    ids_mod = _need("grace.identifiers", "identifier schemes")
+    ids_mod = _module("grace.identifiers")
     out = run / "ids" / scheme
 
     def build():
@@ -104,7 +99,7 @@ def load_tokenizer(ids_dir: Path):
 def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTimer, split: str = "test",
                force: bool = False):
     """RUN/trie/<scheme>: the trie over the identifiers of the ``split`` images (the retrieval corpus)."""
-    trie_mod = _need("grace.identifiers.trie", "the trie")
+    trie_mod = _module("grace.identifiers.trie")
     out = run / "trie" / scheme
     image_ids = [r.image_id for r in dataset.split(split)]
 
@@ -120,7 +115,7 @@ def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTi
 
 def stage_pseudo_queries(run: Path, dataset, timer: StageTimer) -> dict[str, list[str]]:
     """RUN/data/pseudo_queries.json: t2id texts for test images (never a held-out query)."""
-    pq = _need("grace.data_process.pseudo_queries", "pseudo-queries")
+    pq = _module("grace.data_process.pseudo_queries")
     path = run / "data" / "pseudo_queries.json"
 
     def build():
@@ -133,7 +128,7 @@ def stage_pseudo_queries(run: Path, dataset, timer: StageTimer) -> dict[str, lis
 
 def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: StageTimer, force: bool = False):
     """RUN/shards/<scheme>: i2id + t2id webdataset shards (write_shards resumes by itself)."""
-    shards = _need("grace.data_process.shards", "shards")
+    shards = _module("grace.data_process.shards")
     out = run / "shards" / scheme
     return timer.run(f"shards/{scheme}", (out / "shards.json").is_file() and not force,
                      lambda: shards.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries), lambda: out)
@@ -142,7 +137,7 @@ def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: 
 def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
                         batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None) -> dict:
     """TrainConfig values for one scheme, keeping only the fields grace.train's TrainConfig has."""
-    train_mod = _need("grace.train", "training")
+    train_mod = _module("grace.train")
     cls = train_mod.TrainConfig
     names = {f.name for f in dataclasses.fields(cls)}
     features_dir = run / "features" / encoder.replace("/", "_").replace(":", "_")
@@ -194,7 +189,7 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, trie, token
         queries, gold = queries[:max_queries], gold[:max_queries]
 
     def build():
-        model_mod = _need("grace.model", "loading the trained model")
+        model_mod = _module("grace.model")
         model, tok = model_mod.load_pretrained(export)
         retriever = GenerativeRetriever(model, tok or tokenizer, idmap, trie, num_beams=num_beams)
         res = evaluate(retriever, queries, gold)

@@ -14,10 +14,4 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("baselines", help="dense (CLIP+FAISS) and late-interaction baselines")
     sub = parser.add_subparsers(dest="baseline", required=True, metavar="BASELINE")
     for module_name in BASELINE_CLIS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("grace."):
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)

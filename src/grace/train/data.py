@@ -193,27 +193,9 @@ class VisionSource:
 
 
 def load_feature_cache(cache_dir: Path) -> tuple[list[str], np.ndarray]:
-    """(ids, array) of a features cache: ``FeatureSet.load`` when available, else the documented files."""
-    try:
-        from grace.data_process.features import FeatureSet
-    except ImportError:
-        FeatureSet = None
-    if FeatureSet is not None and hasattr(FeatureSet, "load"):
-        for kwargs in ({"tokens": True}, {}):  # prefer visual tokens, else pooled features
-            try:
-                fs = FeatureSet.load(cache_dir, **kwargs)
-                return list(fs.ids), np.asarray(fs.array)
-            except Exception as exc:  # noqa: BLE001 -- other layouts / versions: fall back to reading the files below
-                log.debug("FeatureSet.load(%s, %s) failed: %s", cache_dir, kwargs, exc)
-    meta_path = cache_dir / "meta.json"
-    if not meta_path.is_file():
-        raise InputError("features cache has no meta.json", path=cache_dir)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    for name in ("tokens.npy", "pooled.npy"):
-        if (cache_dir / name).is_file():
-            array = np.load(cache_dir / name, mmap_mode="r")
-            ids = meta.get("ids") or meta.get("image_ids")
-            if ids is None or len(ids) != len(array):
-                raise InputError(f"meta.json ids do not match {name} ({len(array)} rows)", path=meta_path)
-            return [str(i) for i in ids], array
-    raise InputError("features cache has neither tokens.npy nor pooled.npy", path=cache_dir)
+    """(ids, array) of a ``grace.data_process.features`` cache: visual tokens when cached, else pooled."""
+    from grace.data_process.features import FeatureSet
+
+    cache_dir = Path(cache_dir)
+    fs = FeatureSet.load(cache_dir, tokens=(cache_dir / "tokens.npy").is_file())
+    return list(fs.ids), fs.array

@@ -59,27 +59,13 @@ def dataset_image_features(dataset, encoder: str = "efficientnet-lite0", cache_d
                            *, batch_size: int = 64, progress: bool = True) -> tuple[list[str], np.ndarray]:
     """Pooled frozen image features of every image of ``dataset`` → (ids, (N, D) float32).
 
-    Uses the shared ``grace.data_process.features.image_features`` cache when that module exists (so the
-    baseline sees exactly the generative model's features); otherwise encodes the images directly.
+    The shared ``grace.data_process.features`` cache, so the baseline sees exactly the features the
+    generative model sees.
     """
-    try:
-        from grace.data_process.features import image_features
-    except ImportError:
-        image_features = None
-    if image_features is not None:
-        fs = image_features(dataset, encoder=encoder, cache_dir=cache_dir, tokens=False)
-        return list(fs.ids), np.asarray(fs.array, dtype=np.float32)
-    from grace.data_process.encoders import create_image_encoder
+    from grace.data_process.features import image_features
 
-    enc = create_image_encoder(encoder)
-    ids = dataset.image_ids()
-    feats = []
-    for start in range(0, len(ids), batch_size):
-        recs = dataset.images[start:start + batch_size]
-        feats.append(encode_pil_batches(enc, open_images([r.path for r in recs]), batch_size))
-    if progress:
-        log.info("encoded %d images with %s", len(ids), encoder)
-    return ids, np.concatenate(feats) if feats else np.zeros((0, enc.dim), np.float32)
+    fs = image_features(dataset, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return list(fs.ids), np.asarray(fs.array, dtype=np.float32)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
