@@ -36,6 +36,10 @@ def test_cache_is_reused_without_loading_the_encoder(shared_tiny_dataset, cached
     assert again.rows([shared_tiny_dataset.images[2].image_id]).shape == (1, 1280)
     with pytest.raises(InputError, match="no features"):
         again.rows(["nope"])
+    subset = shared_tiny_dataset.subset(shared_tiny_dataset.image_ids()[5:1:-1])
+    part = image_features(subset, cache_dir=cache, progress=False)  # served from the full cache
+    assert part.ids == subset.image_ids()
+    np.testing.assert_array_equal(part.array, again.rows(subset.image_ids()))
 
 
 def test_finished_chunks_are_reused_after_a_crash(tiny_dataset, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def test_ablation_smoke_with_stand_in_stages(shared_tiny_dataset, tmp_path, monk
     install(monkeypatch)
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
-                          num_beams=4)
+                          num_beams=4, baselines=["none"])
     results = run_ablation(config)
     assert set(results) == {"numeric", "structured", "random"}
     for scheme in ("numeric", "structured"):
@@ -44,9 +44,26 @@ def test_ablation_smoke_with_stand_in_stages(shared_tiny_dataset, tmp_path, monk
     assert CALLS["train"] == 3 and CALLS["trie"] == 2
 
 
-def test_ablation_rejects_unknown_scheme(tmp_path):
+def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):
     with pytest.raises(GraceError, match="unknown identifier schemes"):
         run_ablation(AblateConfig(run=tmp_path, schemes=["nope"]))
+    with pytest.raises(GraceError, match="unknown baselines"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], baselines=["bm25"]))
+
+
+def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, tmp_path):
+    """The dense baseline stage: LiT heads on train pairs, index over the test images, same queries."""
+    from grace.infer.baseline_stages import stage_baseline
+    from grace.infer.pipeline import StageTimer
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    result = stage_baseline(tmp_path, "clip_faiss", dataset_json, shared_tiny_dataset, StageTimer(),
+                            encoder="efficientnet-lite0")
+    assert result["num_queries"] == sum(len(r.texts) for r in shared_tiny_dataset.split("test"))
+    assert result["recall@10"] == 1.0  # 4 test images: every ranking of 10 holds the gold image
+    index_config = json.loads((tmp_path / "baselines" / "clip_faiss" / "index" / "index_config.json").read_text())
+    assert index_config["ntotal"] == len(shared_tiny_dataset.split("test"))
+    assert (tmp_path / "results" / "clip_faiss.json").is_file()
 
 
 def test_demo_presets_and_overrides(tmp_path):

@@ -81,16 +81,21 @@ def open_image(path: str | Path):
         raise InputError(f"unreadable or corrupt image ({type(exc).__name__}: {exc})".splitlines()[0], path=path) from None
 
 
-def _cache_matches(cache_dir: Path, encoder: str, ids: list[str], tokens: bool) -> bool:
-    if not (cache_dir / "meta.json").is_file():
-        return False
+def _cached_superset(cache_dir: Path, encoder: str, ids: list[str], tokens: bool) -> FeatureSet | None:
+    """The cache of ``cache_dir`` restricted to ``ids`` when it has this encoder and all of them."""
+    if not (cache_dir / "meta.json").is_file() or not (cache_dir / ("tokens.npy" if tokens else "pooled.npy")).is_file():
+        return None
     try:
-        meta = read_json(cache_dir / "meta.json")
+        cached = FeatureSet.load(cache_dir, tokens=tokens)
     except InputError:
-        return False
-    wanted = ["pooled.npy"] + (["tokens.npy"] if tokens else [])
-    return (meta.get("encoder") == encoder and meta.get("ids") == ids
-            and all((cache_dir / name).is_file() for name in wanted))
+        return None
+    if cached.encoder != encoder:
+        return None
+    if cached.ids == ids:
+        return cached
+    if not set(ids) <= set(cached.ids):
+        return None
+    return FeatureSet(ids=list(ids), array=np.asarray(cached.rows(ids)), encoder=encoder, meta=cached.meta)
 
 
 def _encode_chunk(encoder, paths: Sequence[Path], batch_size: int, tokens: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,15 +114,17 @@ def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str 
     """Features of every image of ``dataset`` (in dataset order) from the frozen ``encoder``.
 
     Returns pooled (N, D) features, or (N, T, D) visual tokens with ``tokens=True``. With ``cache_dir``
-    the result is cached there and reused when encoder and ids match; encoding resumes chunk by chunk.
+    the result is cached there and reused when the encoder matches and the cache holds every image (a
+    subset of a cached dataset is served from it); encoding resumes chunk by chunk.
     """
     ids = dataset.image_ids()
     if not ids:
         raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
     cache = Path(cache_dir) if cache_dir is not None else None
-    if cache is not None and _cache_matches(cache, encoder, ids, tokens):
-        log.info("features: reusing cache %s (%d images, %s)", cache, len(ids), encoder)
-        return FeatureSet.load(cache, tokens=tokens)
+    cached = _cached_superset(cache, encoder, ids, tokens) if cache is not None else None
+    if cached is not None:
+        log.info("features: reusing cache %s (%d of its images, %s)", cache, len(ids), encoder)
+        return cached
 
     from tqdm import tqdm
 

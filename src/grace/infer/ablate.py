@@ -11,7 +11,8 @@ from pathlib import Path
 
 from grace.errors import GraceError
 from grace.infer import pipeline as P
-from grace.infer.configs import SCHEMES, AblateConfig
+from grace.infer.baseline_stages import stage_baseline
+from grace.infer.configs import BASELINES, SCHEMES, AblateConfig
 from grace.io_utils import save_config, seed_everything, write_json
 
 KS = (1, 5, 10)
@@ -64,6 +65,10 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     unknown = sorted(set(config.schemes) - set(SCHEMES))
     if unknown:
         raise GraceError(f"unknown identifier schemes {unknown}; known: {list(SCHEMES)}")
+    baselines = [b for b in config.baselines if b != "none"]
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
     seed_everything(config.seed)
     run = Path(config.run)
     timer = P.StageTimer()
@@ -72,6 +77,10 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     pseudo_queries = P.stage_pseudo_queries(run, dataset, timer)
     results = {scheme: run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer)
                for scheme in config.schemes}
+    dataset_json = Path(config.dataset) if config.dataset else run / "data" / "dataset.json"
+    for kind in baselines:
+        results[kind] = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder,
+                                       seed=config.seed, max_queries=config.max_queries)
     results["random"] = P.random_baseline(dataset, max_queries=config.max_queries, seed=config.seed)
     print(write_ablation(run, results, config), end="")
     print(f"stage seconds: { {k: round(v, 1) for k, v in timer.seconds.items()} }")

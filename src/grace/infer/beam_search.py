@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from grace.model.hf_compat import cache_kwarg, output_cache
+from grace.hf_compat import cache_kwarg, output_cache
 
 NEG = -1.0e9
 

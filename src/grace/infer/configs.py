@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
+BASELINES = ("clip_faiss", "late_interaction")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class AblateConfig:
     run: Path = field(default=Path("runs/emoji"), metadata={"help": "run folder (RUN/data, RUN/ids/<scheme>, ...)"})
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json (default RUN/data/dataset.json, built from emoji if absent)"})
     schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
+        "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none)"})
     limit: int = field(default=0, metadata={"help": "emoji images to build when the dataset is absent (0 = all)"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "image encoder for features"})
     tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer of the ids (smollm2, byte, HF id)"})
@@ -55,6 +58,7 @@ class DemoConfig:
     out: Path = field(default=Path("runs/demo"), metadata={"help": "run folder"})
     quick: bool = field(default=False, metadata={"help": "CPU preset (<= 15 min on 2 cores)"})
     schemes: list[str] = field(default_factory=list, metadata={"help": "schemes (default: preset's)"})
+    baselines: list[str] = field(default_factory=list, metadata={"help": "baselines (default: preset's; 'none')"})
     limit: int = field(default=-1, metadata={"help": "emoji images (-1 = preset's, 0 = all)"})
     model: str = field(default="", metadata={"help": "model config (default: preset's)"})
     steps: int = field(default=0, metadata={"help": "training steps (0 = preset's)"})

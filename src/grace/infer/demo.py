@@ -49,6 +49,8 @@ def demo_ablate_config(config: DemoConfig) -> AblateConfig:
     preset = dict(PRESETS["quick" if config.quick else "full"])
     if config.schemes:
         preset["schemes"] = list(config.schemes)
+    if config.baselines:
+        preset["baselines"] = list(config.baselines)
     if config.limit >= 0:
         preset["limit"] = config.limit
     for name in ("model", "steps", "nproc"):
@@ -70,7 +72,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
     results = run_ablation(ablate)
     random = results["random"]
     print("\nHeld-out test queries, Recall@K (%) vs the random ranking:")
-    for scheme in ablate.schemes:
+    for scheme in [*ablate.schemes, *(b for b in ablate.baselines if b in results)]:
         res = results[scheme]
         parts = [f"R@{k} {100 * res[f'recall@{k}']:.1f} (random {100 * random[f'recall@{k}']:.1f})" for k in (1, 5, 10)]
         print(f"  {scheme:>10}: " + ", ".join(parts))

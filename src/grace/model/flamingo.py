@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from grace.errors import GraceError
 from grace.model.config import FlamingoConfig
-from grace.model.hf_compat import cache_from_kwargs, cache_kwarg, output_cache
+from grace.hf_compat import cache_from_kwargs, cache_kwarg, output_cache
 from grace.model.modules import GatedCrossAttentionBlock, PerceiverResampler
 
 MEDIA_COUNT_ATTR = "_grace_media_count"
