@@ -118,3 +118,13 @@ def test_karpathy_loader_bad_inputs(tmp_path, tiny_dataset):
     bad.write_text('{"images": [{"filename": "missing.png", "sentences": [{"raw": "x"}]}]}')
     with pytest.raises(InputError, match="missing.png"):
         load_karpathy(bad, tmp_path)
+
+
+def test_keyword_generator_joins_keywords_first_and_caps(tiny_dataset):
+    from grace.data_process.dataset import ImageRecord
+
+    record = ImageRecord("x", tiny_dataset.images[0].path, "test", ["a query"], {"keywords": ["red", "round", "big"]})
+    assert KeywordPseudoQueries().generate(record) == ["red round big", "red", "round", "big"]
+    assert KeywordPseudoQueries(joined=False, max_queries=2, templates=("a {}",)).generate(record) == ["a red", "a round"]
+    with pytest.raises(Exception, match="at least 1"):
+        KeywordPseudoQueries(max_queries=0)

@@ -69,7 +69,7 @@ def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, t
 def test_demo_presets_and_overrides(tmp_path):
     quick = demo_ablate_config(DemoConfig(out=tmp_path, quick=True))
     assert "structured" in quick.schemes and quick.limit > 0 and quick.run == tmp_path
-    assert quick.tokenizer == "byte" and json.loads(quick.train_overrides)["max_length"] >= 64
+    assert quick.tokenizer == "smollm2" and "clip_faiss" in quick.baselines and json.loads(quick.train_overrides)["max_length"] >= 64
     model = json.loads(Path(quick.model).read_text())  # the quick model config is written into the run folder
     assert model["vis_dim"] == 1280 and model["n_visual_tokens"] == 1 and model["lm"] == "random"
     full = demo_ablate_config(DemoConfig(out=tmp_path, steps=7, schemes=["atomic"], limit=0))

@@ -194,3 +194,31 @@ def test_factory_errors(tmp_path):
         m(lang_x=prompt(), vision_features=torch.zeros(2, 1, 4, 31))
     with pytest.raises(GraceError, match="no vision encoder"):
         m(lang_x=prompt(), vision_x=torch.zeros(2, 1, 1, 3, 16, 16))
+
+
+def test_loss_on_the_labelled_tail_equals_the_full_loss_and_its_gradients(model):
+    """Left-padded training rows: only the last positions get logits, yet loss and gradients are HF's."""
+    ids = prompt(length=12)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    labels = torch.full_like(ids, -100)
+    labels[0, -3:], labels[1, -2:] = ids[0, -3:], ids[1, -2:]
+    kwargs = dict(lang_x=ids, attention_mask=mask, position_ids=positions, vision_features=features())
+    model.zero_grad()
+    tail = model(labels=labels, **kwargs)
+    tail.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert tail.logits.shape[1] == 4  # 3 labelled positions + the one before them
+    model.zero_grad()
+    full = model.lang_encoder  # the same call without the tail shortcut: transformers' own loss
+    model._condition(None, features(), 2)
+    try:
+        ref = full(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
+    finally:
+        model._clear()
+    ref.loss.backward()
+    torch.testing.assert_close(tail.loss, ref.loss, atol=1e-6, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, atol=1e-6, rtol=1e-5)
+    model.zero_grad()

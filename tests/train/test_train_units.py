@@ -40,7 +40,10 @@ def test_mixed_batches_masks_padding_and_orders_i2id_first(tmp_path, shared_tiny
     assert not (labelled & (batch["attention_mask"] == 0)).any()
     eoc_rows = (batch["labels"] == tok.eoc_token_id).sum(1)
     assert eoc_rows.tolist() == [1] * 5
-    assert (batch["lang_x"][:2, 0] == tok.image_token_id).all()  # i2id rows start with <image>
+    first = batch["attention_mask"].argmax(1)  # left padding: the first real token of each row
+    assert (batch["lang_x"][:2].gather(1, first[:2, None]) == tok.image_token_id).all()  # i2id rows start with <image>
+    assert (batch["labels"][:, -1] == tok.eoc_token_id).all()  # every target ends its row
+    assert batch["position_ids"].gather(1, first[:, None]).eq(0).all()
     ids, array = load_feature_cache(Path(values["features_cache"]))
     assert ids == [r.image_id for r in shared_tiny_dataset.images] and array.shape[0] == len(ids)
 

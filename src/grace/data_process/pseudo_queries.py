@@ -48,19 +48,23 @@ class PseudoQueryGenerator(ABC):
 
 
 class KeywordPseudoQueries(PseudoQueryGenerator):
-    """The image's non-query texts (``meta["keywords"]``), each optionally filled into templates."""
+    """The image's non-query texts (``meta["keywords"]``), each optionally filled into templates; with
+    ``joined`` the keywords joined into one phrase come first (closer to a caption than any single word)."""
 
     name = "keywords"
 
-    def __init__(self, *, max_queries: int = 8, templates: Sequence[str] = ("{}",)):
+    def __init__(self, *, max_queries: int = 8, templates: Sequence[str] = ("{}",), joined: bool = True):
         if max_queries < 1:
             raise GraceError("max_queries must be at least 1")
         self.max_queries = max_queries
         self.templates = tuple(templates)
+        self.joined = joined
 
     def generate(self, record: ImageRecord) -> list[str]:
         keywords = [str(k).strip() for k in record.meta.get("keywords", []) if str(k).strip()]
-        return [template.format(k) for k in keywords for template in self.templates][: self.max_queries]
+        phrases = [" ".join(keywords)] if self.joined and len(keywords) > 1 else []
+        phrases += keywords
+        return [template.format(k) for k in phrases for template in self.templates][: self.max_queries]
 
 
 class CaptionerPseudoQueries(PseudoQueryGenerator):

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from grace.errors import GraceError
 from grace.model.config import FlamingoConfig
-from grace.hf_compat import cache_from_kwargs, cache_kwarg, output_cache
+from grace.hf_compat import cache_from_kwargs, cache_kwarg, output_cache, takes_logits_to_keep
 from grace.model.modules import GatedCrossAttentionBlock, PerceiverResampler
 
 MEDIA_COUNT_ATTR = "_grace_media_count"
@@ -99,6 +99,22 @@ class FlamingoLayer(nn.Module):
             if name in ("decoder_layer", "_modules"):
                 raise
             return getattr(self._modules["decoder_layer"], name)
+
+
+def _labelled_tail(labels: torch.Tensor) -> int:
+    """How many last positions hold every label (+1 for the shift); 0 when that is the whole row."""
+    labelled = (labels != -100).any(0).nonzero()
+    if labelled.numel() == 0:
+        return 0
+    keep = labels.shape[1] - int(labelled[0]) + 1
+    return keep if keep < labels.shape[1] else 0
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits`` (B, K, V) against ``labels`` (B, K), mean over labelled tokens
+    (what transformers computes with ``labels=``)."""
+    return nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                       ignore_index=-100)
 
 
 def _expand_rows(x: torch.Tensor, rows: int, what: str) -> torch.Tensor:
@@ -240,6 +256,12 @@ class FlamingoModel(nn.Module):
         self._condition(vision_x, vision_features, lang_x.shape[0])
         try:
             lm_kwargs[cache_kwarg(self.lang_encoder)] = past_key_values
+            keep = _labelled_tail(labels) if labels is not None and takes_logits_to_keep(self.lang_encoder) else 0
+            if keep:  # logits (and the vocabulary softmax) only where the loss needs them
+                output = self.lang_encoder(input_ids=lang_x, attention_mask=attention_mask, use_cache=use_cache,
+                                           position_ids=position_ids, logits_to_keep=keep, **lm_kwargs)
+                output.loss = causal_lm_loss(output.logits, labels[:, -keep:])
+                return output
             return self.lang_encoder(input_ids=lang_x, attention_mask=attention_mask, labels=labels,
                                      use_cache=use_cache, position_ids=position_ids, **lm_kwargs)
         finally:

@@ -112,7 +112,9 @@ def build_sequence(tokenizer: Any, identifier: str, text: str | None) -> tuple[l
 
 
 def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-pad (and left-truncate the prompt of) sequences into lang_x / attention_mask / labels."""
+    """Left-pad (and left-truncate the prompt of) sequences into lang_x / attention_mask / position_ids /
+    labels. Left padding puts every target at the end of its row, as at inference (``left_pad``), so the
+    model only needs logits for the last few positions (see ``FlamingoModel.forward``)."""
     rows = []
     for ids, labels in sequences:
         if len(ids) > max_length:  # keep the target: drop prompt tokens from the left
@@ -123,10 +125,11 @@ def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int,
     labels_t = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for i, (ids, labels) in enumerate(rows):
-        lang_x[i, : len(ids)] = torch.tensor(ids)
-        labels_t[i, : len(labels)] = torch.tensor(labels)
-        mask[i, : len(ids)] = 1
-    return {"lang_x": lang_x, "attention_mask": mask, "labels": labels_t}
+        lang_x[i, length - len(ids):] = torch.tensor(ids)
+        labels_t[i, length - len(labels):] = torch.tensor(labels)
+        mask[i, length - len(ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    return {"lang_x": lang_x, "attention_mask": mask, "position_ids": positions, "labels": labels_t}
 
 
 class MixedBatches:

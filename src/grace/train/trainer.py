@@ -109,7 +109,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             batch = {k: v.to(dev) for k, v in batch.items()}
             feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype)
             output = engine(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
-                            vision_features=feats, labels=batch["labels"])
+                            position_ids=batch["position_ids"], vision_features=feats, labels=batch["labels"])
             engine.backward(output.loss)
             engine.step()
             total += output.loss.detach().double().cpu()
