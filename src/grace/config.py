@@ -109,3 +109,23 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
         if value is not _UNSET:
             values[field.name] = value
     return dataclass_from_dict(cls, values, source=str(config_path or "command line"))
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type, func: Any,
+                help: str | None = None, **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that is a thin driver over dataclass ``cls``: its flags, and ``func(args)`` to run it.
+    ``help`` defaults to the first line of the dataclass docstring."""
+    text = help if help is not None else (cls.__doc__ or "").strip().splitlines()[0]
+    parser = subparsers.add_parser(name, help=text, **parser_kwargs)
+    add_dataclass_args(parser, cls)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def require(config: Any, *names: str) -> None:
+    """One-line error for options a command needs but the config left unset (``None``)."""
+    from grace.errors import GraceError
+
+    missing = [n for n in names if getattr(config, n) is None]
+    if missing:
+        raise GraceError(f"missing required option(s): {', '.join(_flag(n) for n in missing)}")

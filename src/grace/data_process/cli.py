@@ -57,42 +57,28 @@ class ShardsBuildConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from grace.config import add_dataclass_args
+    from grace.config import add_command
 
     data = subparsers.add_parser("data", help="datasets, features, pseudo-queries")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="VERB")
-    p = sub.add_parser("build", help="build an offline benchmark: emoji | openclipart | synthetic")
-    p.add_argument("benchmark", choices=BENCHMARKS)
-    add_dataclass_args(p, DataBuildConfig)
-    p.set_defaults(func=_data_build)
-    for name, cls, func, text in (("features", FeaturesConfig, _features, "cache frozen image features"),
-                                  ("pseudo-queries", PseudoQueriesConfig, _pseudo_queries, "pseudo-queries")):
-        p = sub.add_parser(name, help=text)
-        add_dataclass_args(p, cls)
-        p.set_defaults(func=func)
+    build = add_command(sub, "build", DataBuildConfig, _data_build,
+                        help="build an offline benchmark: emoji | openclipart | synthetic")
+    build.add_argument("benchmark", choices=BENCHMARKS)
+    add_command(sub, "features", FeaturesConfig, _features)
+    add_command(sub, "pseudo-queries", PseudoQueriesConfig, _pseudo_queries)
     shards = subparsers.add_parser("shards", help="i2id / t2id webdataset shards")
-    p = shards.add_subparsers(dest="shards_command", required=True, metavar="VERB").add_parser(
-        "build", help="write i2id + t2id shards for one identifier scheme")
-    add_dataclass_args(p, ShardsBuildConfig)
-    p.set_defaults(func=_shards_build)
-
-
-def _require(cfg, *names: str) -> None:
-    from grace.errors import GraceError
-
-    missing = [n for n in names if getattr(cfg, n) is None]
-    if missing:
-        raise GraceError(f"missing required option(s): {', '.join('--' + n.replace('_', '-') for n in missing)}")
+    add_command(shards.add_subparsers(dest="shards_command", required=True, metavar="VERB"), "build",
+                ShardsBuildConfig, _shards_build)
 
 
 def _data_build(args: argparse.Namespace) -> int:
     import time
 
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.io_utils import save_config
 
     cfg = dataclass_from_args(DataBuildConfig, args)
-    _require(cfg, "out")
+    require(cfg, "out")
     start = time.perf_counter()
     size = {"image_size": cfg.image_size} if cfg.image_size else {}
     if args.benchmark == "emoji":
@@ -120,12 +106,12 @@ def _data_build(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     import time
 
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.features import image_features
 
     cfg = dataclass_from_args(FeaturesConfig, args)
-    _require(cfg, "dataset", "out")
+    require(cfg, "dataset", "out")
     start = time.perf_counter()
     fs = image_features(load_karpathy(cfg.dataset), encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
                         batch_size=cfg.batch_size)
@@ -134,13 +120,13 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _pseudo_queries(args: argparse.Namespace) -> int:
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator
     from grace.io_utils import write_json
 
     cfg = dataclass_from_args(PseudoQueriesConfig, args)
-    _require(cfg, "dataset", "out")
+    require(cfg, "dataset", "out")
     dataset = load_karpathy(cfg.dataset, check_files=not cfg.generator == "keywords")
     queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator), split=cfg.split)
     write_json(cfg.out, queries)
@@ -152,7 +138,7 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
 def _shards_build(args: argparse.Namespace) -> int:
     import time
 
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
     from grace.data_process.shards import write_shards
@@ -160,7 +146,7 @@ def _shards_build(args: argparse.Namespace) -> int:
     from grace.io_utils import read_json, save_config
 
     cfg = dataclass_from_args(ShardsBuildConfig, args)
-    _require(cfg, "dataset", "ids", "out")
+    require(cfg, "dataset", "ids", "out")
     start = time.perf_counter()
     dataset = load_karpathy(cfg.dataset)
     idmap = IdentifierMap.load(cfg.ids)

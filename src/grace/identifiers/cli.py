@@ -37,24 +37,13 @@ class TrieBuildConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from grace.config import add_dataclass_args
+    from grace.config import add_command
 
     ids = subparsers.add_parser("ids", help="identifier schemes").add_subparsers(dest="ids_command", required=True)
-    p = ids.add_parser("build", help="give every image an identifier (numeric|string|semantic|structured|atomic)")
-    add_dataclass_args(p, IdsBuildConfig)
-    p.set_defaults(func=_ids_build)
+    add_command(ids, "build", IdsBuildConfig, _ids_build,
+                help="give every image an identifier (numeric|string|semantic|structured|atomic)")
     trie = subparsers.add_parser("trie", help="constraint tries").add_subparsers(dest="trie_command", required=True)
-    p = trie.add_parser("build", help="trie over the identifiers of a split")
-    add_dataclass_args(p, TrieBuildConfig)
-    p.set_defaults(func=_trie_build)
-
-
-def _require(cfg, *names: str) -> None:
-    from grace.errors import GraceError
-
-    missing = [n for n in names if getattr(cfg, n) is None]
-    if missing:
-        raise GraceError(f"missing required option(s): {', '.join('--' + n.replace('_', '-') for n in missing)}")
+    add_command(trie, "build", TrieBuildConfig, _trie_build, help="trie over the identifiers of a split")
 
 
 def _ids_build(args: argparse.Namespace) -> int:
@@ -62,12 +51,12 @@ def _ids_build(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.identifiers import create_scheme
 
     cfg = dataclass_from_args(IdsBuildConfig, args)
-    _require(cfg, "dataset", "out")
+    require(cfg, "dataset", "out")
     start = time.perf_counter()
     dataset = load_karpathy(cfg.dataset, check_files=cfg.scheme == "structured")
     features = None
@@ -91,19 +80,19 @@ def _ids_build(args: argparse.Namespace) -> int:
 def _trie_build(args: argparse.Namespace) -> int:
     import time
 
-    from grace.config import dataclass_from_args
+    from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.identifiers import IdentifierMap
     from grace.identifiers.trie import build_trie
 
     cfg = dataclass_from_args(TrieBuildConfig, args)
-    _require(cfg, "ids", "out")
+    require(cfg, "ids", "out")
     start = time.perf_counter()
     idmap = IdentifierMap.load(cfg.ids)
     tokenizer = idmap.load_tokenizer(cfg.ids)
     image_ids = None
     if cfg.split != "all":
-        _require(cfg, "dataset")
+        require(cfg, "dataset")
         dataset = load_karpathy(cfg.dataset, check_files=False)
         image_ids = [r.image_id for r in dataset.split(cfg.split)]
     trie = build_trie(idmap, tokenizer, image_ids=image_ids)

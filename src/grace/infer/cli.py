@@ -54,7 +54,7 @@ def _bench_decode(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the infer stage's subcommands (dataclasses imported lazily for their flags)."""
-    from grace.config import _UNSET, add_dataclass_args
+    from grace.config import _UNSET, add_command, add_dataclass_args
     from grace.infer.configs import AblateConfig, BenchConfig, DemoConfig, EvalConfig
 
     p = subparsers.add_parser("eval", help="Recall@K + latency of retrievers (KIND:PATH); works under torchrun",
@@ -65,15 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="KIND:PATH of a retriever, repeatable (the random baseline is always added)")
     p.set_defaults(func=_eval)
 
-    p = subparsers.add_parser("ablate", help="identifier schemes: ids → shards → trie → train → eval, one table")
-    add_dataclass_args(p, AblateConfig)
-    p.set_defaults(func=_ablate)
+    add_command(subparsers, "ablate", AblateConfig, _ablate, help="identifier schemes: ids → shards → trie → train → eval, one table")
 
-    p = subparsers.add_parser("demo", help="the whole pipeline on the embedded emoji benchmark (--quick on CPU)")
-    add_dataclass_args(p, DemoConfig)
-    p.set_defaults(func=_demo)
+    add_command(subparsers, "demo", DemoConfig, _demo, help="the whole pipeline on the embedded emoji benchmark (--quick on CPU)")
 
     bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    p = bench.add_parser("decode", help="P1 constrained vs unconstrained beam search; P2 latency vs trie size")
-    add_dataclass_args(p, BenchConfig)
-    p.set_defaults(func=_bench_decode)
+    add_command(bench, "decode", BenchConfig, _bench_decode,
+                help="P1 constrained vs unconstrained beam search; P2 latency vs trie size")

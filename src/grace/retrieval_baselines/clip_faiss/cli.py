@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grace.config import add_dataclass_args, dataclass_from_args
+from grace.config import add_command, dataclass_from_args
 from grace.retrieval_baselines.clip_faiss import configs as C
 
 
@@ -98,6 +98,4 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("clip-faiss", help="CLIP/LiT + FAISS dense retrieval (REACT's retrieval stage)")
     sub = parser.add_subparsers(dest="clip_faiss_command", required=True, metavar="COMMAND")
     for name, (cls, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0])
-        add_dataclass_args(p, cls)
-        p.set_defaults(func=handler)
+        add_command(sub, name, cls, handler)
