@@ -40,7 +40,8 @@ def build_late_interaction(run: Path, dataset_json: Path, *, encoder: str = "eff
     index over the test images (``grace.retrieval_baselines.late_interaction``)."""
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
-    return build_text_to_image(dataset_json, run / "baselines" / "late_interaction", seed=seed, progress=progress)
+    return build_text_to_image(dataset_json, run / "baselines" / "late_interaction", seed=seed, progress=progress,
+                               cache_dir=run / "features" / _encoder_dir(encoder))
 
 
 BASELINES: dict[str, Callable[..., Retriever]] = {

@@ -1,0 +1,124 @@
+"""``grace baselines late-interaction {train,index,search,kbvqa}``."""
+
+from __future__ import annotations
+
+import json
+
+from grace.config import add_command, dataclass_from_args
+from grace.retrieval_baselines.late_interaction import configs as C
+
+
+def _train(args) -> int:
+    from grace.retrieval_baselines.late_interaction.train import train_t2i
+
+    stats = train_t2i(dataclass_from_args(C.TrainConfig, args))
+    print(json.dumps({k: v for k, v in stats.items() if k != "loss_history"}, indent=2))
+    return 0
+
+
+def _passages(path):
+    """(ids, texts) of a .tsv (id<TAB>text) or .jsonl ({"id", "text"}) passage file."""
+    from pathlib import Path
+
+    from grace.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("passage file not found", path=path)
+    ids, texts = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            if path.suffix == ".tsv":
+                pid, text = line.split("\t", 1)
+            else:
+                obj = json.loads(line)
+                pid, text = obj["id"], obj["text"]
+        except (ValueError, KeyError, TypeError):
+            raise InputError("expected id<TAB>text (.tsv) or {\"id\", \"text\"} (.jsonl)", path=path, entry=n) from None
+        ids.append(str(pid))
+        texts.append(text)
+    return ids, texts
+
+
+def _index(args) -> int:
+    from pathlib import Path
+
+    from grace.data_process.dataset import load_karpathy
+    from grace.io_utils import read_json, save_config, seed_everything
+    from grace.retrieval_baselines.late_interaction.collection import TextDocs
+    from grace.retrieval_baselines.late_interaction.index import Indexer
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+    from grace.retrieval_baselines.late_interaction.retriever import index_images
+
+    config = dataclass_from_args(C.IndexConfig, args)
+    seed_everything(config.seed)
+    model = LateInteractionModel.load(config.model)
+    if config.passages is not None:
+        ids, texts = _passages(config.passages)
+        out = Indexer(model=model, model_dir=config.model, backend=config.backend, nbits=config.nbits,
+                      kmeans_niters=config.kmeans_niters, seed=config.seed).index_custom_collection(
+            config.out, TextDocs(texts), ids)
+    else:
+        out = index_images(config.model, load_karpathy(config.dataset), config.out, split=config.split,
+                           backend=config.backend, nbits=config.nbits, kmeans_niters=config.kmeans_niters,
+                           cache_dir=config.cache_dir or Path(config.out) / "cache", seed=config.seed, model=model)
+    save_config(out, config, name="index_config.json")
+    print(json.dumps(read_json(out / "config.json"), indent=2))
+    return 0
+
+
+def _search(args) -> int:
+    from grace.errors import InputError
+    from grace.io_utils import write_json
+    from grace.retrieval_baselines.late_interaction.retriever import LateInteractionRetriever
+    from grace.retriever import Query
+
+    config = dataclass_from_args(C.SearchConfig, args)
+    if not config.texts and not config.images:
+        raise InputError("empty query: give --texts and/or --images")
+    if config.texts and config.images and len(config.texts) != len(config.images):
+        raise InputError(f"{len(config.texts)} texts but {len(config.images)} images: pair them one to one")
+    n = max(len(config.texts), len(config.images))
+    queries = [Query(text=config.texts[i] if config.texts else None, image=config.images[i] if config.images else None)
+               for i in range(n)]
+    retriever = LateInteractionRetriever.load(config.index, backend=config.backend or None)
+    texts = retriever.searcher.collection.get("texts")
+    results = []
+    for query, hits in zip(queries, retriever.search(queries, config.k)):
+        rows = [{"id": h.image_id, "score": round(h.score, 4)} for h in hits]
+        if texts:
+            where = {pid: i for i, pid in enumerate(retriever.searcher.ids)}
+            for row in rows:
+                row["text"] = texts[where[row["id"]]]
+        results.append({"text": query.text, "image": str(query.image) if query.image else None, "hits": rows})
+    if config.out:
+        write_json(config.out, results)
+    else:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _kbvqa(args) -> int:
+    from grace.retrieval_baselines.late_interaction.kbvqa import run_kbvqa
+
+    summary = run_kbvqa(dataclass_from_args(C.KBVQAConfig, args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "train": (C.TrainConfig, _train),
+    "index": (C.IndexConfig, _index),
+    "search": (C.SearchConfig, _search),
+    "kbvqa": (C.KBVQAConfig, _kbvqa),
+}
+
+
+def register(subparsers) -> None:
+    """Add ``late-interaction`` and its subcommands to ``grace baselines``."""
+    parser = subparsers.add_parser("late-interaction", help="ColBERT-style late interaction (FLMR/Ret-XKnow/MIRe) + PLAID")
+    sub = parser.add_subparsers(dest="late_interaction_command", required=True, metavar="COMMAND")
+    for name, (cls, handler) in COMMANDS.items():
+        add_command(sub, name, cls, handler)

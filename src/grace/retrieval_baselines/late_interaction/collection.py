@@ -1,0 +1,137 @@
+"""Document sources (text passages or images) and bulk encoding of collections and query sets.
+
+A source encodes documents by row number with the model's current weights (gradients flow, so training
+uses the same code). :class:`CachedTextDocs` keeps the frozen backbone's token states of every passage
+so that several models (or many epochs) re-project them instead of re-running the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from grace.errors import InputError
+from grace.retrieval_baselines.late_interaction.maxsim import pad_packed
+
+log = logging.getLogger(__name__)
+
+
+class TextDocs:
+    """Text passages encoded on the fly."""
+
+    kind = "text"
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = list(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def encode(self, model, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.encode_docs([self.texts[i] for i in rows])
+
+
+class CachedTextDocs(TextDocs):
+    """Text passages whose frozen backbone states are computed once (packed float16)."""
+
+    def __init__(self, texts: Sequence[str], hidden: torch.Tensor, lengths: Sequence[int], keep: torch.Tensor):
+        super().__init__(texts)
+        self.hidden, self.keep = hidden, keep
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, texts: Sequence[str], *, batch_size: int = 128, progress: bool = False) -> CachedTextDocs:
+        """Run the (frozen) backbone over every passage once, longest-first batches."""
+        from tqdm import tqdm
+
+        if model.config.train_backbone:
+            raise InputError("cached passages need a frozen backbone (train_backbone=False)")
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        states, keeps, lengths = [None] * len(texts), [None] * len(texts), [0] * len(texts)
+        for start in tqdm(range(0, len(order), batch_size), desc="backbone states", disable=not progress):
+            rows = order[start:start + batch_size]
+            batch = model.tokenize_docs([texts[i] for i in rows])
+            hidden = model.hidden(batch).half().cpu()
+            for j, row in enumerate(rows):
+                n = int(batch["attention_mask"][j].sum())
+                states[row], keeps[row], lengths[row] = hidden[j, :n], batch["doc_mask"][j, :n], n
+        return cls(texts, torch.cat(states), lengths, torch.cat(keeps))
+
+    def encode(self, model, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.cat([torch.arange(self.offsets[r], self.offsets[r + 1]) for r in rows])
+        hidden, mask = pad_packed(self.hidden[idx].to(model.device), self.lengths[list(rows)])
+        keep, _ = pad_packed(self.keep[idx][:, None], self.lengths[list(rows)])
+        return F.normalize(model.project(hidden), dim=-1), mask.to(model.device) & keep[..., 0].to(model.device)
+
+
+class ImageDocs:
+    """Images as documents, from cached visual tokens (N, T, Dv)."""
+
+    kind = "image"
+
+    def __init__(self, visual: np.ndarray | torch.Tensor):
+        self.visual = visual
+
+    def __len__(self) -> int:
+        return len(self.visual)
+
+    def encode(self, model, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.encode_image_docs(torch.as_tensor(np.asarray(self.visual[list(rows)], dtype=np.float32)))
+
+
+@torch.no_grad()
+def encode_collection(model, source, *, batch_size: int = 64, progress: bool = False
+                      ) -> tuple[torch.Tensor, list[int]]:
+    """Every document of ``source`` → packed float16 (ΣL, dim) valid tokens + per-document lengths."""
+    from tqdm import tqdm
+
+    if len(source) == 0:
+        raise InputError("the collection is empty: nothing to index")
+    packed, lengths = [], []
+    for start in tqdm(range(0, len(source), batch_size), desc="encode docs", disable=not progress):
+        d, mask = source.encode(model, list(range(start, min(start + batch_size, len(source)))))
+        packed.append(d[mask].half().cpu())
+        lengths += mask.sum(1).tolist()
+    return torch.cat(packed), lengths
+
+
+@torch.no_grad()
+def encode_query_set(model, texts: Sequence[str | None], visual: np.ndarray | torch.Tensor | None = None, *,
+                     batch_size: int = 64) -> list[torch.Tensor]:
+    """Queries → one (Lq, dim) float32 tensor of valid tokens each (``visual`` rows align with ``texts``)."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        vis = None
+        if visual is not None:
+            vis = torch.as_tensor(np.asarray(visual[start:start + batch_size], dtype=np.float32))
+        q, mask = model.encode_queries(texts[start:start + batch_size], vis)
+        out += [qi[mi].float().cpu() for qi, mi in zip(q, mask)]
+    return out
+
+
+def visual_tokens(dataset, encoder: str = "efficientnet-lite0", cache_dir: Path | None = None, *,
+                  image_ids: Sequence[str] | None = None, progress: bool = False) -> np.ndarray:
+    """(N, T, Dv) float16 visual tokens of ``image_ids`` (default: every image, in dataset order).
+
+    The cache always covers the whole dataset, so train/index runs over different splits share it.
+    """
+    from grace.data_process.features import image_features
+
+    features = image_features(dataset, encoder=encoder, cache_dir=cache_dir, tokens=True, progress=progress)
+    return features.rows(list(image_ids)) if image_ids is not None else features.array
+
+
+def encode_image_files(paths: Sequence[str | Path], encoder) -> np.ndarray:
+    """(N, T, Dv) visual tokens of image files (query images); a missing file is a one-line InputError."""
+    from grace.data_process.features import open_image
+
+    if not paths:
+        return np.zeros((0, 1, encoder.dim), np.float32)
+    return encoder.encode_tokens([open_image(p) for p in paths]).numpy()

@@ -1,0 +1,241 @@
+"""Native task, offline KB-VQA: (image + question) → knowledge passage, on WordNet glosses and emoji.
+
+Knowledge base: WordNet noun synsets (Debian ``wordnet-base``, ``data.noun``), one passage each,
+``"lemma, lemma: gloss"``. Queries: an emoji image with a generic question ("What is this used for?");
+the answer is the passage of the first WordNet sense of the head noun of the emoji's CLDR name
+("hammer and wrench" → hammer, "face with tears of joy" → face). The question never names the
+object, so the image must supply it. Metrics: Recall@k (the answer passage is in the top k) and
+Pseudo-Recall@k (the head noun appears as a word in one of the top-k passages), as in FLMR's OK-VQA.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from grace.errors import InputError
+
+log = logging.getLogger(__name__)
+QUESTIONS = ("What is this used for?", "What is this?", "What is shown in the picture?",
+             "Can you tell me about this thing?", "What does this image show?", "Explain what this is.")
+_CUT = re.compile(r"\b(with|of|in|on|for|and|without|from|at)\b|[:,(]")
+
+
+@dataclass
+class WordNet:
+    """Noun synsets (``offset → passage``) and the lemma index (``lemma → offsets``, most frequent first)."""
+
+    passages: dict[str, str]
+    index: dict[str, list[str]]
+
+    @classmethod
+    def read(cls, wordnet_dir: str | Path = "/usr/share/wordnet") -> WordNet:
+        wordnet_dir = Path(wordnet_dir)
+        data, idx = wordnet_dir / "data.noun", wordnet_dir / "index.noun"
+        if not data.is_file() or not idx.is_file():
+            raise InputError("WordNet data.noun/index.noun not found (apt-get install wordnet-base)", path=wordnet_dir)
+        passages = {}
+        for line in data.read_text(encoding="latin-1").splitlines():
+            if not line or line.startswith(" "):
+                continue
+            head, _, gloss = line.partition(" | ")
+            parts = head.split()
+            words = [parts[4 + 2 * i].replace("_", " ") for i in range(int(parts[3], 16))]
+            words = [re.sub(r"\(.*\)$", "", w) for w in words]
+            passages[parts[0]] = f"{', '.join(dict.fromkeys(words[:4]))}: {gloss.strip()}"
+        index = {}
+        for line in idx.read_text(encoding="latin-1").splitlines():
+            if not line or line.startswith(" "):
+                continue
+            parts = line.split()
+            count = int(parts[2])
+            index[parts[0]] = parts[-count:]
+        return cls(passages, index)
+
+    def lemma(self, word: str) -> str | None:
+        """``word`` or a de-pluralised form found in the noun index (a small morphy)."""
+        word = word.lower().replace(" ", "_")
+        candidates = [word]
+        for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("men", "man")):
+            if word.endswith(suffix):
+                candidates.append(word[: -len(suffix)] + repl)
+        return next((c for c in candidates if c in self.index), None)
+
+    def head_noun(self, name: str) -> tuple[str, str] | None:
+        """(head noun, synset offset of its first sense) of an emoji name, or None."""
+        phrase = _CUT.split(name.lower())[0]
+        words = re.findall(r"[a-z]+(?:-[a-z]+)?", phrase)
+        for i in range(len(words) - 1, -1, -1):  # last two-word compound, then last word, backwards
+            for span in ((words[i - 1:i + 1]) if i > 0 else [], [words[i]]):
+                lemma = self.lemma(" ".join(span)) if span else None
+                if lemma:
+                    return lemma.replace("_", " "), self.index[lemma][0]
+        return None
+
+
+@dataclass
+class KBVQA:
+    """A KB-VQA instance: passages + queries (question, image row, answer passage row, answer word) per split."""
+
+    passage_ids: list[str]
+    passages: list[str]
+    queries: dict[str, list[tuple[str, int, int, str]]] = field(default_factory=dict)
+
+    def split(self, name: str) -> tuple[list[str], list[int], list[int], list[str]]:
+        rows = self.queries.get(name, [])
+        return [q[0] for q in rows], [q[1] for q in rows], [q[2] for q in rows], [q[3] for q in rows]
+
+
+def build_kbvqa(dataset, wordnet: WordNet, *, kb_size: int = 10_000, dedupe_answers: bool = True,
+                questions_per_train_image: int = 2, seed: int = 0) -> KBVQA:
+    """Queries from the images of ``dataset`` (name = ``meta["name"]`` or the first text); the KB is every
+    answer synset plus random other noun synsets up to ``kb_size`` (0 = all)."""
+    rng = np.random.default_rng(seed)
+    answers = []
+    for row, record in enumerate(dataset.images):
+        found = wordnet.head_noun(record.meta.get("name") or record.texts[0])
+        if found:
+            answers.append((row, record.split, *found))
+    if not answers:
+        raise InputError("no image name has a WordNet head noun", path=getattr(dataset, "name", None))
+    needed = list(dict.fromkeys(a[3] for a in answers))
+    others = sorted(set(wordnet.passages) - set(needed))
+    extra = max(0, (kb_size or len(wordnet.passages)) - len(needed))
+    chosen = needed + [others[i] for i in sorted(rng.choice(len(others), size=min(extra, len(others)), replace=False))]
+    where = {offset: i for i, offset in enumerate(chosen)}
+    instance = KBVQA(passage_ids=chosen, passages=[wordnet.passages[o] for o in chosen])
+    seen: set[tuple[str, int]] = set()
+    for row, split, word, offset in answers:
+        split = "train" if split in ("train", "restval") else split
+        n = questions_per_train_image if split == "train" else 1
+        if split != "train" and dedupe_answers and (split, where[offset]) in seen:
+            continue
+        seen.add((split, where[offset]))
+        for question in rng.choice(QUESTIONS, size=n, replace=False):
+            instance.queries.setdefault(split, []).append((str(question), row, where[offset], word))
+    return instance
+
+
+def kbvqa_metrics(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[int], words: Sequence[str],
+                  passages: Sequence[str], ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Recall@k and Pseudo-Recall@k (answer word in a retrieved passage) in percent."""
+    out = {}
+    patterns = [re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in words]
+    for k in ks:
+        hit = [g in [r for r, _ in res[:k]] for res, g in zip(results, gold)]
+        pseudo = [any(p.search(passages[r]) for r, _ in res[:k]) for res, p in zip(results, patterns)]
+        out[f"R@{k}"] = 100.0 * float(np.mean(hit)) if hit else 0.0
+        out[f"PR@{k}"] = 100.0 * float(np.mean(pseudo)) if pseudo else 0.0
+    return out
+
+
+def load_kbvqa_dataset(config):
+    """The image dataset of the task: ``config.dataset``, or the emoji benchmark (built when absent)."""
+    from grace.data_process.dataset import load_karpathy
+
+    if config.dataset is not None:
+        return load_karpathy(config.dataset)
+    if (Path(config.emoji_dir) / "dataset.json").is_file():
+        return load_karpathy(Path(config.emoji_dir) / "dataset.json")
+    from grace.data_process.emoji import build_emoji
+
+    return build_emoji(config.emoji_dir, limit=config.limit, seed=config.seed)
+
+
+def _bench_plaid(config, model, docs, packed, task, queries, gold, words, exact) -> list[dict]:
+    """PLAID indexes of one model's KB embeddings per nbits: size, build time, latency, recall, overlap."""
+    from grace.retrieval_baselines.late_interaction.index import Indexer, Searcher, topk_overlap
+
+    rows = []
+    for nbits in config.plaid_nbits:
+        folder = Path(config.out) / config.bench_fusion / f"plaid-{nbits}bit"
+        index_config = Indexer(model=model, model_dir=Path(config.out) / config.bench_fusion / "model", backend="plaid",
+                               nbits=nbits, seed=config.seed).index_custom_collection(folder, docs, task.passage_ids,
+                                                                                      packed=packed)
+        searcher = Searcher(folder, ncells=config.ncells, ndocs=config.ndocs)
+        if searcher.backend != "plaid":
+            rows.append({"nbits": nbits, "error": "PLAID unavailable, fell back to exact"})
+            continue
+        searcher.search_custom_collection(queries[:2], 10)  # warm-up
+        results, latency = searcher.timed_search(queries, 10)
+        from grace.io_utils import read_json
+
+        built = read_json(index_config / "config.json")
+        rows.append({"nbits": nbits, "plaid_mb": built["plaid_bytes"] / 2**20, "build_s": built["plaid_build_s"],
+                     "partitions": built["num_partitions"], "latency_ms": 1000 * latency,
+                     "overlap@10": topk_overlap(results, exact),
+                     **kbvqa_metrics(results, gold, words, task.passages)})
+        log.info("PLAID %d-bit: %s", nbits, rows[-1])
+    return rows
+
+
+def run_kbvqa(config, *, progress: bool = True) -> dict:
+    """``kbvqa``: build the task, train + index + score every fusion style; writes ``results.json``."""
+    import time
+
+    from grace.io_utils import save_config, seed_everything, write_json
+    from grace.retrieval_baselines.late_interaction.collection import (
+        CachedTextDocs,
+        encode_collection,
+        encode_query_set,
+        visual_tokens,
+    )
+    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
+    from grace.retrieval_baselines.late_interaction.index import Indexer, Searcher
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+    from grace.retrieval_baselines.late_interaction.train import fit
+
+    seed_everything(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, config)
+    dataset = load_kbvqa_dataset(config)
+    if config.limit:
+        dataset = dataset.subset(dataset.image_ids()[: config.limit])
+    task = build_kbvqa(dataset, WordNet.read(config.wordnet_dir), kb_size=config.kb_size,
+                       dedupe_answers=config.dedupe_answers, seed=config.seed)
+    visual = np.asarray(visual_tokens(dataset, config.image_encoder, out / "cache", progress=progress))
+    train_q, train_rows, train_gold, _ = task.split("train")
+    test_q, test_rows, test_gold, test_words = task.split("test")
+    if not train_q or not test_q:
+        raise InputError("the dataset needs train and test images whose names have WordNet head nouns")
+    summary = {"task": {"passages": len(task.passages), "train_queries": len(train_q), "test_queries": len(test_q),
+                        "images": len(dataset)}, "models": {}}
+    docs = None
+    for fusion in config.fusions:
+        model = LateInteractionModel(config=ModelConfig(
+            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=fusion, dim=config.dim,
+            visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid, doc_maxlen=config.doc_maxlen,
+            truncate_docs=True, seed=config.seed))
+        if docs is None:  # the frozen backbone is shared: its passage states are computed once
+            start = time.perf_counter()
+            docs = CachedTextDocs.build(model, task.passages, progress=progress)
+            summary["task"]["backbone_passages_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        history = fit(model, query_texts=train_q, query_visual=visual[train_rows], positives=train_gold, docs=docs,
+                      steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                      hard_negatives=config.hard_negatives, seed=config.seed, progress=progress)
+        train_s = time.perf_counter() - start
+        model_dir = model.save(out / fusion / "model", extra={"loss_history": history})
+        packed = encode_collection(model, docs, batch_size=256)
+        Indexer(model=model, model_dir=model_dir, backend=config.backend, nbits=config.nbits,
+                seed=config.seed).index_custom_collection(out / fusion / "index", docs, task.passage_ids, packed=packed)
+        searcher = Searcher(out / fusion / "index", ncells=config.ncells, ndocs=config.ndocs)
+        queries = encode_query_set(model, test_q, visual[test_rows])
+        results, latency = searcher.timed_search(queries, 10)
+        summary["models"][fusion] = {**kbvqa_metrics(results, test_gold, test_words, task.passages),
+                                     "train_s": train_s, "loss_first": history[0],
+                                     "loss_last": float(np.mean(history[-20:])), "backend": searcher.backend,
+                                     "latency_ms": 1000 * latency}
+        log.info("%s: %s", fusion, summary["models"][fusion])
+        if fusion == config.bench_fusion and config.plaid_nbits:
+            exact = results if searcher.backend == "exact" else Searcher(out / fusion / "index", backend="exact"
+                                                                          ).search_custom_collection(queries, 10)
+            summary["plaid"] = _bench_plaid(config, model, docs, packed, task, queries, test_gold, test_words, exact)
+        write_json(out / "results.json", summary)
+    return summary

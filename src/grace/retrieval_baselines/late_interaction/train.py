@@ -1,0 +1,118 @@
+"""Contrastive training of late-interaction models: MaxSim scores, in-batch negatives (+ hard negatives).
+
+Each step takes ``batch_size`` (query, positive document) pairs; the candidate documents are the union
+of the positives and the hard negatives of the batch (deduplicated, so two queries with the same answer
+never see it as a negative), and the loss is cross-entropy over MaxSim scores (ColBERT).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from grace.errors import InputError
+from grace.retrieval_baselines.late_interaction.maxsim import maxsim
+
+log = logging.getLogger(__name__)
+
+
+def _batch_docs(positives: np.ndarray, rng: np.random.Generator, n_docs: int, hard: int,
+                negatives: Sequence[Sequence[int]] | None, rows: np.ndarray) -> tuple[list[int], torch.Tensor]:
+    """(unique document rows of the batch, target column of every query)."""
+    wanted = list(positives[rows])
+    for row in rows:
+        pool = negatives[row] if negatives is not None and len(negatives[row]) else None
+        for _ in range(hard):
+            wanted.append(int(rng.choice(pool)) if pool is not None else int(rng.integers(n_docs)))
+    unique = list(dict.fromkeys(int(d) for d in wanted))
+    where = {d: i for i, d in enumerate(unique)}
+    return unique, torch.tensor([where[int(positives[r])] for r in rows])
+
+
+def fit(model, *, query_texts: Sequence[str | None], positives: Sequence[int], docs,
+        query_visual: np.ndarray | None = None, steps: int = 300, batch_size: int = 32, lr: float = 3e-3,
+        hard_negatives: int = 0, negatives: Sequence[Sequence[int]] | None = None, weight_decay: float = 0.01,
+        seed: int = 0, progress: bool = False) -> list[float]:
+    """Train ``model`` so query i ranks document ``positives[i]`` of ``docs`` first; returns the step losses.
+
+    ``query_visual`` (N, T, Dv) holds the query images (None: text-only queries); ``negatives[i]`` are hard
+    negatives of query i (default: random documents when ``hard_negatives`` > 0).
+    """
+    from tqdm import tqdm
+
+    positives = np.asarray(positives, dtype=np.int64)
+    if len(positives) == 0 or len(query_texts) != len(positives):
+        raise InputError(f"need one positive per query: {len(query_texts)} queries, {len(positives)} positives")
+    if query_visual is not None and len(query_visual) != len(positives):
+        raise InputError(f"{len(query_visual)} query images for {len(positives)} queries")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    model.train()
+    history, order, cursor = [], rng.permutation(len(positives)), 0
+    for _ in tqdm(range(steps), desc=f"train {model.config.fusion}", disable=not progress):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(positives)), 0
+        rows = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        unique, target = _batch_docs(positives, rng, len(docs), hard_negatives, negatives, rows)
+        vis = None
+        if query_visual is not None:
+            vis = torch.as_tensor(np.asarray(query_visual[rows], dtype=np.float32))
+        q, q_mask = model.encode_queries([query_texts[r] for r in rows], vis)
+        d, d_mask = docs.encode(model, unique)
+        loss = F.cross_entropy(maxsim(q, d, d_mask, q_mask), target.to(q.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(float(loss.item()))
+    model.eval()
+    return history
+
+
+def train_t2i(config, *, model=None, progress: bool = True) -> dict:
+    """``train``: (caption → image) pairs of ``config.split`` → model folder ``config.out``."""
+    from grace.data_process.dataset import load_karpathy
+    from grace.io_utils import save_config, seed_everything
+    from grace.retrieval_baselines.late_interaction.collection import ImageDocs, visual_tokens
+    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+
+    seed_everything(config.seed)
+    dataset = load_karpathy(config.dataset)
+    records = dataset.split(config.split)
+    if not records:
+        raise InputError(f"split {config.split!r} has no images", path=config.dataset)
+    texts, owners = [], []
+    for row, record in enumerate(records):
+        texts += record.texts
+        owners += [row] * len(record.texts)
+    start = time.perf_counter()
+    visual = visual_tokens(dataset, config.image_encoder, config.cache_dir or Path(config.out) / "cache",
+                           image_ids=[r.image_id for r in records], progress=progress)
+    encode_s = time.perf_counter() - start
+    if model is None:
+        model = LateInteractionModel(config=ModelConfig(
+            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion,
+            dim=config.dim, visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid,
+            train_backbone=config.train_backbone, seed=config.seed))
+    start = time.perf_counter()
+    history = fit(model, query_texts=texts, positives=owners, docs=ImageDocs(visual), steps=config.steps,
+                  batch_size=config.batch_size, lr=config.lr, hard_negatives=config.hard_negatives,
+                  seed=config.seed, progress=progress)
+    train_s = time.perf_counter() - start
+    stats = {"num_images": len(records), "num_pairs": len(texts), "encode_s": encode_s, "train_s": train_s,
+             "loss_first": history[0], "loss_last": float(np.mean(history[-10:])), "loss_history": history}
+    model.save(config.out, extra={"train_stats": stats})
+    save_config(config.out, config, name="train_config.json")
+    log.info("late interaction: loss %.3f → %.3f in %.1fs", history[0], stats["loss_last"], train_s)
+    return stats
