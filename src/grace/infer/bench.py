@@ -27,53 +27,6 @@ from grace.io_utils import atomic_write_text, save_config, seed_everything, writ
 log = logging.getLogger(__name__)
 
 
-class ArrayTrie:
-    """Fallback trie over fixed-length sequences, built with numpy (used when grace.identifiers is absent).
-
-    Same API as ``grace.identifiers.Trie`` for what the benchmark needs: ``get``, ``transitions``.
-    """
-
-    def __init__(self, sequences: np.ndarray):
-        seqs = np.unique(np.asarray(sequences, dtype=np.int64), axis=0)  # lexicographically sorted rows
-        n, length = seqs.shape
-        parents, tokens, children = [], [], []
-        prev_ids = np.zeros(n, dtype=np.int64)  # node of each row's prefix at the previous level
-        next_id = 1
-        new = np.zeros(n, dtype=bool)
-        for level in range(length):
-            new = new.copy()
-            new[0] = True
-            new[1:] |= seqs[1:, level] != seqs[:-1, level]
-            ids = np.cumsum(new) - 1 + next_id
-            parents.append(prev_ids[new])
-            tokens.append(seqs[new, level])
-            children.append(ids[new])
-            next_id = int(ids[-1]) + 1
-            prev_ids = ids
-        parent = np.concatenate(parents)
-        self.tokens = np.concatenate(tokens)
-        self.children = np.concatenate(children)
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=next_id))])
-        self.size = n
-        self.max_length = length
-
-    def transitions(self) -> ArrayTrie:
-        return self
-
-    def __len__(self) -> int:
-        return self.size
-
-    def get(self, prefix: list[int]) -> list[int]:
-        node = 0
-        for tok in prefix:
-            lo, hi = self.offsets[node], self.offsets[node + 1]
-            pos = lo + np.searchsorted(self.tokens[lo:hi], tok)
-            if pos >= hi or self.tokens[pos] != tok:
-                return []
-            node = int(self.children[pos])
-        return self.tokens[self.offsets[node]:self.offsets[node + 1]].tolist()
-
-
 def _rss_mb() -> float:
     import psutil
 
@@ -90,15 +43,12 @@ def numeric_sequences(n: int, digits: int, digit_tokens: list[int], eoc: int, se
 
 
 def build_trie(seqs: np.ndarray) -> tuple[Any, Any, dict]:
-    """(trie, transition table, {"build_s", "rss_mb", "table_mb", "impl"}) — the real Trie when available."""
+    """(trie, transition table, {"build_s", "rss_mb", "table_mb", "impl"})."""
     gc.collect()
     rss0, t0 = _rss_mb(), time.perf_counter()
-    try:
-        from grace.identifiers.trie import Trie
+    from grace.identifiers.trie import Trie
 
-        trie, impl = Trie(seqs.tolist()), "grace.identifiers.Trie"
-    except ImportError:
-        trie, impl = ArrayTrie(seqs), "numpy ArrayTrie (grace.identifiers not installed)"
+    trie, impl = Trie(seqs.tolist()), "grace.identifiers.Trie (marisa-trie)"
     table = trie.transitions()
     build_s = time.perf_counter() - t0
     table_mb = sum(np.asarray(getattr(table, k)).nbytes for k in ("offsets", "tokens", "children")) / 2**20

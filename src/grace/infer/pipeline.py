@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grace.errors import GraceError
 from grace.io_utils import read_json, save_config, write_json
 
 log = logging.getLogger(__name__)
