@@ -81,6 +81,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     for kind in baselines:
         results[kind] = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder,
                                        seed=config.seed, max_queries=config.max_queries)
+        results[kind]["train_s"] = timer.seconds.get(f"build/{kind}", 0.0)  # heads/model training + indexing
     results["random"] = P.random_baseline(dataset, max_queries=config.max_queries, seed=config.seed)
     print(write_ablation(run, results, config), end="")
     print(f"stage seconds: { {k: round(v, 1) for k, v in timer.seconds.items()} }")

@@ -78,7 +78,8 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
     print("\nHeld-out test queries, Recall@K (%) vs the random ranking:")
     for scheme in [*ablate.schemes, *(b for b in ablate.baselines if b in results)]:
         res = results[scheme]
-        parts = [f"R@{k} {100 * res[f'recall@{k}']:.1f} (random {100 * random[f'recall@{k}']:.1f})" for k in (1, 5, 10)]
+        parts = [f"R@{k} {100 * res[f'recall@{k}']:.1f} (random {100 * random[f'recall@{k}']:.1f}, "
+                 f"expected {100 * random['expected'][f'recall@{k}']:.1f})" for k in (1, 5, 10)]
         print(f"  {scheme:>10}: " + ", ".join(parts))
     print(f"total: {(time.perf_counter() - t0) / 60:.1f} min; results in {config.out}/results/")
     return results
