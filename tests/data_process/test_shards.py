@@ -123,8 +123,8 @@ def test_karpathy_loader_bad_inputs(tmp_path, tiny_dataset):
 def test_keyword_generator_joins_keywords_first_and_caps(tiny_dataset):
     from grace.data_process.dataset import ImageRecord
 
-    record = ImageRecord("x", tiny_dataset.images[0].path, "test", ["a query"], {"keywords": ["red", "round", "big"]})
-    assert KeywordPseudoQueries().generate(record) == ["red round big", "red", "round", "big"]
+    record = ImageRecord("x", tiny_dataset.images[0].path, "test", ["a query"], {"keywords": ["red", "round", "big", "big red"]})
+    assert KeywordPseudoQueries().generate(record) == ["red round big", "red", "round", "big", "big red"]
     assert KeywordPseudoQueries(joined=False, max_queries=2, templates=("a {}",)).generate(record) == ["a red", "a round"]
     with pytest.raises(Exception, match="at least 1"):
         KeywordPseudoQueries(max_queries=0)

@@ -62,7 +62,8 @@ class KeywordPseudoQueries(PseudoQueryGenerator):
 
     def generate(self, record: ImageRecord) -> list[str]:
         keywords = [str(k).strip() for k in record.meta.get("keywords", []) if str(k).strip()]
-        phrases = [" ".join(keywords)] if self.joined and len(keywords) > 1 else []
+        words = list(dict.fromkeys(" ".join(keywords).split()))  # each word once, first-seen order
+        phrases = [" ".join(words)] if self.joined and len(keywords) > 1 else []
         phrases += keywords
         return [template.format(k) for k in phrases for template in self.templates][: self.max_queries]
 
