@@ -129,3 +129,13 @@ def require(config: Any, *names: str) -> None:
     missing = [n for n in names if getattr(config, n) is None]
     if missing:
         raise GraceError(f"missing required option(s): {', '.join(_flag(n) for n in missing)}")
+
+
+def add_command_group(subparsers: argparse._SubParsersAction, name: str, help: str,
+                      commands: dict[str, tuple[type, Any]]) -> argparse._SubParsersAction:
+    """``grace … NAME VERB``: one :func:`add_command` per ``{verb: (dataclass, handler)}``."""
+    sub = subparsers.add_parser(name, help=help).add_subparsers(
+        dest=f"{name.replace('-', '_')}_command", required=True, metavar="COMMAND")
+    for verb, (cls, handler) in commands.items():
+        add_command(sub, verb, cls, handler)
+    return sub

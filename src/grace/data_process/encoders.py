@@ -116,21 +116,26 @@ class EfficientNetLite0Encoder(ImageEncoder):
         return feature_map.flatten(2).transpose(1, 2)
 
 
+def load_open_clip(arch: str, pretrained: str):
+    """(open_clip model in eval mode, frozen; image size; mean; std) — needs open_clip and hub access."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise GraceError("open_clip encoders need `pip install grace[online]` (and torchvision)") from exc
+    model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    model = model.eval().requires_grad_(False)
+    size = model.visual.image_size
+    return model, size[0] if isinstance(size, tuple) else size, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+
+
 class OpenClipEncoder(ImageEncoder):
     """open_clip vision tower (online): tokens are the projected pooled embedding (T = 1)."""
 
     def __init__(self, *, arch: str, pretrained: str):
         super().__init__()
-        try:
-            import open_clip
-        except ImportError as exc:
-            raise GraceError("open_clip encoders need `pip install grace[online]` (and torchvision)") from exc
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-        self.model = model.eval().requires_grad_(False)
+        self.model, self.image_size, self.mean, self.std = load_open_clip(arch, pretrained)
         self.name = f"open_clip:{arch}/{pretrained}"
-        self.image_size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
-        self.mean, self.std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
-        self.dim = model.visual.output_dim
+        self.dim = self.model.visual.output_dim
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels).unsqueeze(1)

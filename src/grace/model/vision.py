@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from grace.data_process.encoders import ImageEncoder, create_image_encoder
-from grace.errors import GraceError
+from grace.data_process.encoders import ImageEncoder, create_image_encoder, load_open_clip
 
 
 class OpenClipTokenEncoder(ImageEncoder):
@@ -14,17 +13,10 @@ class OpenClipTokenEncoder(ImageEncoder):
 
     def __init__(self, *, arch: str, pretrained: str):
         super().__init__()
-        try:
-            import open_clip
-        except ImportError as exc:
-            raise GraceError("open_clip_tokens encoders need `pip install open_clip_torch` (and hub access)") from exc
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-        self.visual = model.visual.eval().requires_grad_(False)
+        model, self.image_size, self.mean, self.std = load_open_clip(arch, pretrained)
+        self.visual = model.visual
         self.visual.output_tokens = True
         self.name = f"open_clip_tokens:{arch}/{pretrained}"
-        size = self.visual.image_size
-        self.image_size = size[0] if isinstance(size, tuple) else size
-        self.mean, self.std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
         self.dim = self.visual.transformer.width
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

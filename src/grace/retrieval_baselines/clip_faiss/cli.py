@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grace.config import add_command, dataclass_from_args
+from grace.config import add_command_group, dataclass_from_args
 from grace.retrieval_baselines.clip_faiss import configs as C
 
 
@@ -95,7 +95,4 @@ COMMANDS = {
 
 def register(subparsers) -> None:
     """Add ``clip-faiss`` and its subcommands to ``grace baselines``."""
-    parser = subparsers.add_parser("clip-faiss", help="CLIP/LiT + FAISS dense retrieval (REACT's retrieval stage)")
-    sub = parser.add_subparsers(dest="clip_faiss_command", required=True, metavar="COMMAND")
-    for name, (cls, handler) in COMMANDS.items():
-        add_command(sub, name, cls, handler)
+    add_command_group(subparsers, "clip-faiss", "CLIP/LiT + FAISS dense retrieval (REACT's retrieval stage)", COMMANDS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from grace.config import add_command, dataclass_from_args
+from grace.config import add_command_group, dataclass_from_args
 from grace.retrieval_baselines.late_interaction import configs as C
 
 
@@ -118,7 +118,4 @@ COMMANDS = {
 
 def register(subparsers) -> None:
     """Add ``late-interaction`` and its subcommands to ``grace baselines``."""
-    parser = subparsers.add_parser("late-interaction", help="ColBERT-style late interaction (FLMR/Ret-XKnow/MIRe) + PLAID")
-    sub = parser.add_subparsers(dest="late_interaction_command", required=True, metavar="COMMAND")
-    for name, (cls, handler) in COMMANDS.items():
-        add_command(sub, name, cls, handler)
+    add_command_group(subparsers, "late-interaction", "ColBERT-style late interaction (FLMR/Ret-XKnow/MIRe) + PLAID", COMMANDS)
