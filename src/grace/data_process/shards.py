@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from grace.data_process.dataset import TRAIN_SPLITS, Dataset
 from grace.data_process.pseudo_queries import held_out_queries, normalise
@@ -141,10 +141,12 @@ def _write_task(out_dir: Path, task: str, samples: list[ShardSample], max_per_sh
 
     writer = wds.ShardWriter(str(out_dir / f".tmp-{task}-%06d.tar"), maxcount=max_per_shard, maxsize=float("inf"),
                              post=publish, start_shard=first, verbose=0)
+    member: tuple[Path, str, bytes] | None = None  # samples of one image are adjacent: read it once
     try:
         for sample in tqdm(samples[first * max_per_shard:], desc=f"shards {task}", disable=not progress):
-            ext, data = _image_member(sample.path, sample.image_id)
-            writer.write({"__key__": sample.key, ext: data, "json": sample.json()})
+            if member is None or member[0] != sample.path:
+                member = (sample.path, *_image_member(sample.path, sample.image_id))
+            writer.write({"__key__": sample.key, member[1]: member[2], "json": sample.json()})
     except BaseException:
         writer.post = None  # never publish a shard that was cut short
         writer.close()
@@ -184,9 +186,3 @@ def read_shards(out_dir: str | Path, task: str) -> Iterator[dict]:
         raise InputError(f"no {task}-*.tar shards", path=out_dir)
     yield from wds.WebDataset(files, shardshuffle=False, empty_check=False).decode("pil")
 
-
-def iter_texts(out_dir: str | Path, task: str = "t2id") -> Iterable[tuple[str, str]]:
-    """(text, image_id) of every sample of ``task``: what the model is trained to map."""
-    for sample in read_shards(out_dir, task):
-        meta = sample["json"]
-        yield meta["text"], meta["image_id"]

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grace.data_process.pseudo_queries import normalise
+from grace.data_process.dataset import TRAIN_SPLITS
+from grace.data_process.pseudo_queries import held_out_queries, normalise
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
 from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
 
 log = logging.getLogger(__name__)
 SCHEMES = tuple(SCHEME_MODES)
-TRAIN_SPLITS = ("train", "restval")
 
 
 @dataclass
@@ -148,7 +148,7 @@ class SemanticScheme(Scheme):
 
     def assign(self, dataset, features):
         pseudo = _pseudo_queries(dataset)
-        held_out = {normalise(t) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts}
+        held_out = held_out_queries(dataset)
         names, fallback = [], 0
         for record in dataset.images:
             if record.split in TRAIN_SPLITS:  # first caption that is not also some held-out query

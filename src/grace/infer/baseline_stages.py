@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from grace.errors import GraceError
+from grace.infer.pipeline import features_dir
 from grace.retriever import Retriever
 
 
@@ -25,7 +26,7 @@ def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficient
     heads, features, index = root / "heads", root / "features", root / "index"
     if not (heads / "train_config.json").is_file():  # written last
         train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
-                                     cache_dir=run / "features" / _encoder_dir(encoder), seed=seed, progress=progress))
+                                     cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
     if not (index / "config.json").is_file():  # written last
         extract_chunk(ExtractConfig(source=dataset_json, out=features, model=f"lit:{heads}", split="test",
                                     progress=progress))
@@ -41,17 +42,13 @@ def build_late_interaction(run: Path, dataset_json: Path, *, encoder: str = "eff
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
     return build_text_to_image(dataset_json, run / "baselines" / "late_interaction", seed=seed, progress=progress,
-                               cache_dir=run / "features" / _encoder_dir(encoder))
+                               cache_dir=features_dir(run, encoder))
 
 
 BASELINES: dict[str, Callable[..., Retriever]] = {
     "clip_faiss": build_clip_faiss,
     "late_interaction": build_late_interaction,
 }
-
-
-def _encoder_dir(encoder: str) -> str:
-    return encoder.replace("/", "_").replace(":", "_")
 
 
 def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, seed: int = 0,

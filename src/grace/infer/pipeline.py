@@ -45,6 +45,11 @@ class StageTimer:
         return result
 
 
+def features_dir(run: Path, encoder: str) -> Path:
+    """RUN/features/<encoder>, the encoder name made folder-safe."""
+    return run / "features" / encoder.replace("/", "_").replace(":", "_")
+
+
 def _module(name: str):
     import importlib
 
@@ -69,7 +74,7 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
 def stage_features(run: Path, dataset, encoder: str, timer: StageTimer):
     """RUN/features/<encoder>: pooled image features (cached by data_process.features)."""
     features = _module("grace.data_process.features")
-    cache = run / "features" / encoder.replace("/", "_").replace(":", "_")
+    cache = features_dir(run, encoder)
     return timer.run("features", (cache / "meta.json").is_file(),
                      lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache),
                      lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
@@ -139,9 +144,9 @@ def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: f
     train_mod = _module("grace.train")
     cls = train_mod.TrainConfig
     names = {f.name for f in dataclasses.fields(cls)}
-    features_dir = run / "features" / encoder.replace("/", "_").replace(":", "_")
+    features = features_dir(run, encoder)
     wanted = {"shards": run / "shards" / scheme, "shards_dir": run / "shards" / scheme, "ids": run / "ids" / scheme,
-              "ids_dir": run / "ids" / scheme, "features_cache": features_dir, "features": features_dir,
+              "ids_dir": run / "ids" / scheme, "features_cache": features, "features": features,
               "model": model, "model_config": model, "steps": steps, "max_steps": steps, "lr": lr,
               "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
               "output_dir": run / "ckpt" / scheme, "out": run / "ckpt" / scheme, "output": run / "ckpt" / scheme,
