@@ -1,9 +1,19 @@
 """GPU training benchmark: the openflamingo-3b-shaped model (ViT-L/14 + 1B MPT LM, random init) under
-DeepSpeed ZeRO-3 bf16, using the same DeepSpeed config and batch assembly as ``grace train``.
+DeepSpeed ZeRO-3 bf16 (``--zero-stage``), using the same DeepSpeed config and batch assembly as ``grace train``.
 
-Reports samples/s, tokens/s, peak GPU memory and MFU, where model FLOPs per step =
-6 × (trainable + frozen forward parameters) × text tokens + the attention term 12 × layers × d_model ×
-seq_len × text tokens, divided by the GPUs' peak (default 790 TFLOP/s per GPU; set --peak-tflops).
+Reports samples/s, tokens/s, peak GPU memory and MFU. Model FLOPs per step count each part where it runs:
+
+- trainable LM-side weights (cross-attention, embeddings, unfrozen LM): 6 per parameter per text token
+  (forward 2, backward 4: input and weight gradients);
+- frozen LM weights: 4 per parameter per text token (forward 2, plus the input gradient that must flow
+  back through them to the cross-attention layers below; no weight gradient);
+- the perceiver (trainable): 6 per parameter per (visual token + latent), once per sample's image
+  (t2id samples run it over the null image);
+- the frozen vision tower: 2 per parameter per *patch token of each image* (forward only, once per
+  image, over its own tokens — not over text tokens);
+- attention scores: 12 × layers × d_model × seq_len per text token (forward + backward).
+
+divided by the GPUs' peak (default 790 TFLOP/s per GPU, H100/H200 dense bf16; set --peak-tflops).
 
     torchrun --nproc_per_node 8 benchmarks/bench_train_gpu.py --steps 60 --batch-size 16 --out bench.json
     python benchmarks/bench_train_gpu.py --model tiny --device cpu --steps 3 --warmup 1   # smoke test
@@ -36,6 +46,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-vision-encoder", action="store_true", help="random features instead of the ViT")
     p.add_argument("--deepspeed-config", type=Path, default=None, help="override the packaged ZeRO-3 JSON")
+    p.add_argument("--zero-stage", type=int, default=3, choices=[-1, 0, 1, 2, 3],
+                   help="ZeRO stage (-1: grace train's default, 3 across processes and 0 for one)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--peak-tflops", type=float, default=790.0, help="peak bf16 TFLOP/s per GPU for MFU")
     p.add_argument("--vocab-size", type=int, default=50280)
@@ -57,6 +69,14 @@ def _vision_encoder(config, device: str, disabled: bool):
     visual = open_clip.create_model(arch, pretrained=None).visual
     visual.output_tokens = True
     return visual.to(device).eval().requires_grad_(False)
+
+
+def _patch_tokens(encoder) -> int:
+    """Tokens the vision tower runs over per image (patches + class token for an open_clip ViT)."""
+    grid = getattr(encoder, "grid_size", None)
+    if grid is None:
+        return 0
+    return int(grid[0] * grid[1]) + 1
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,15 +105,17 @@ def main(argv: list[str] | None = None) -> dict:
         model.gradient_checkpointing_enable()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    n_perceiver = sum(p.numel() for p in model.perceiver.parameters())
     n_vit = sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
+    vit_tokens = _patch_tokens(encoder) if encoder is not None else 0
     lm_cfg = model.lang_encoder.config.get_text_config()
     n_layers, d_model = lm_cfg.num_hidden_layers, lm_cfg.hidden_size
 
     half = args.batch_size // 2
-    cfg = SimpleNamespace(deepspeed_config=args.deepspeed_config, batch_size_i2id=half,
+    cfg = SimpleNamespace(deepspeed_config=args.deepspeed_config, zero_stage=args.zero_stage, batch_size_i2id=half,
                           batch_size_t2id=args.batch_size - half, grad_accum=args.grad_accum, lr=1e-4,
                           weight_decay=0.0, warmup_steps=5, steps=args.steps)
-    ds_config = E.deepspeed_config(cfg, device)
+    ds_config = E.deepspeed_config(cfg, device, world)
     dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
     engine, *_ = deepspeed.initialize(model=model, model_parameters=E.trainable_parameters(model), config=ds_config)
     engine.train()
@@ -134,13 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
     sec = sum(timed) / len(timed)
     samples = args.batch_size * args.grad_accum * world
     text_tokens = samples * args.seq_len
-    flops = 6 * (n_trainable + n_frozen + n_vit) * text_tokens + 12 * n_layers * d_model * args.seq_len * text_tokens
+    images = half * args.grad_accum * world  # i2id images through the vision tower per step
+    flops = (6 * (n_trainable - n_perceiver) * text_tokens + 4 * n_frozen * text_tokens
+             + 6 * n_perceiver * (config.n_visual_tokens + config.perceiver_latents) * samples
+             + 2 * n_vit * vit_tokens * images + 12 * n_layers * d_model * args.seq_len * text_tokens)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     result = {"model": args.model, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "world_size": world, "micro_batch": args.batch_size, "grad_accum": args.grad_accum,
               "seq_len": args.seq_len, "steps": args.steps, "timed_steps": len(timed), "seconds_per_step": sec,
               "samples_per_s": samples / sec, "tokens_per_s": text_tokens / sec, "peak_memory_gib": peak,
-              "params_trainable": n_trainable, "params_frozen_lm": n_frozen, "params_vision": n_vit,
+              "params_trainable": n_trainable, "params_perceiver": n_perceiver, "params_frozen_lm": n_frozen,
+              "params_vision": n_vit, "vision_patch_tokens": vit_tokens,
               "vision_encoder": "open_clip ViT (random init)" if encoder is not None else "random features",
               "model_tflops_per_step": flops / 1e12,
               "mfu": flops / sec / (args.peak_tflops * 1e12 * world), "peak_tflops_per_gpu": args.peak_tflops,

@@ -3,7 +3,6 @@ without them: each fake writes the marker file the real stage writes, and counts
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import types
@@ -69,19 +68,6 @@ def build_trie(idmap, tokenizer, image_ids=None):
     return FakeTrie([tokenizer.encode_identifier(idmap.to_id(i)) + [tokenizer.eoc_token_id] for i in ids])
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    shards: str = ""
-    ids: str = ""
-    model: str = "tiny"
-    steps: int = 1
-    lr: float = 1e-3
-    batch_size_i2id: int = 2
-    batch_size_t2id: int = 2
-    output_dir: str = ""
-    seed: int = 0
-
-
 def train(config):
     _count("train")
     export = Path(config.output_dir) / "export"
@@ -93,6 +79,8 @@ def image_features(dataset, encoder="efficientnet-lite0", cache_dir=None, tokens
     _count("features")
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     (Path(cache_dir) / "meta.json").write_text("{}")
+    if tokens:
+        (Path(cache_dir) / "tokens.npy").write_text("")
     return types.SimpleNamespace(ids=dataset.image_ids(), array=None, encoder=encoder)
 
 
@@ -116,13 +104,11 @@ def install(monkeypatch):
         "grace.identifiers.tokenization": {"IdentifierTokenizer": types.SimpleNamespace(load=lambda d: FakeTokenizer())},
         "grace.model": {"load_pretrained": lambda d: (tiny_llama(48, 0), FakeTokenizer())},
     }
-    try:  # the real package stays (inference imports its prompt constants); only training is faked
-        import grace.train as real_train
+    import grace.model.config  # noqa: F401  (the ablation reads a model config's n_visual_tokens)
+    import grace.model.prompt  # noqa: F401  (inference builds its prompts with the real definition)
+    import grace.train as real_train  # the real TrainConfig checks the ablation's train config; training is faked
 
-        monkeypatch.setattr(real_train, "TrainConfig", TrainConfig)
-        monkeypatch.setattr(real_train, "train", train)
-    except ImportError:
-        mods["grace.train"] = {"TrainConfig": TrainConfig, "train": train}
+    monkeypatch.setattr(real_train, "train", train)
     for name, attrs in mods.items():
         module = types.ModuleType(name)
         module.__dict__.update(attrs)

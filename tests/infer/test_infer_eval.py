@@ -93,6 +93,8 @@ def test_grace_eval_cli_random_baseline(shared_tiny_dataset, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"random"}
     assert results["random"]["num_queries"] == len(shared_tiny_dataset.split("test"))
+    low, high = results["random"]["recall@1_ci"]  # every recall comes with its interval
+    assert low <= results["random"]["recall@1"] <= high and len(results["random"]["gold_ranks"]) == 4
     for name in ("table.md", "recall.png", "latency.png", "config.json"):
         assert (out / name).is_file()
     assert "| random |" in capsys.readouterr().out

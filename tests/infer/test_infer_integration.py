@@ -7,16 +7,14 @@ import shutil
 import pytest
 import torch
 
-pytest.importorskip("grace.identifiers.trie")
-pytest.importorskip("grace.model")
-
 from grace.identifiers import create_scheme
 from grace.identifiers.tokenization import IdentifierTokenizer
 from grace.identifiers.trie import build_trie
 from grace.infer.beam_search import beam_search
 from grace.infer.constraint import PrefixAllowedReference, TrieLogitsProcessor
-from grace.infer.retriever import GenerativeRetriever, build_prompt, left_pad, make_adapter
+from grace.infer.retriever import GenerativeRetriever, make_adapter
 from grace.model import create_model
+from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Query
 
 
@@ -34,8 +32,8 @@ def parts(shared_tiny_dataset, tmp_path_factory):
 
 def test_vectorised_equals_reference_on_flamingo(parts):
     _, _, tok, trie, model = parts
-    ids, mask = left_pad([build_prompt(tok, q) for q in ["a red circle", "blue", "large pink cross now"]],
-                         tok.pad_token_id)
+    inputs = left_pad([prompt_ids(tok, q) for q in ["a red circle", "blue", "large pink cross now"]], tok.pad_token_id)
+    ids, mask = inputs["lang_x"], inputs["attention_mask"]
     depth = max(len(s) for s in trie)
     outs = []
     for constraint in (TrieLogitsProcessor(trie.transitions()), PrefixAllowedReference(trie, ids.shape[1])):

@@ -8,30 +8,35 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import build_tiny_run, subprocess_env
-from train_standin import StandinTokenizer
+from train_helpers import build_tiny_run, subprocess_env, train_tokenizer
 
 from grace.errors import GraceError, InputError
+from grace.model.prompt import IGNORE_INDEX, training_sequence
 from grace.train import TrainConfig
-from grace.train.data import IGNORE_INDEX, MixedBatches, SampleOrder, build_sequence, load_feature_cache
+from grace.train.data import MixedBatches, SampleOrder, load_feature_cache
 from grace.train.engine import deepspeed_config
 
 
-def test_loss_masking_only_identifier_and_eoc_have_labels():
-    tok = StandinTokenizer()
-    ids, labels = build_sequence(tok, "4 2", "a red circle")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_tiny_dataset):
+    values = build_tiny_run(tmp_path_factory.mktemp("units"), shared_tiny_dataset)
+    return values, train_tokenizer(values)
+
+
+def test_loss_masking_only_identifier_and_eoc_have_labels(tiny_run):
+    _, tok = tiny_run
+    ids, labels = training_sequence(tok, "4 2", "a red circle")
     target = tok.encode_identifier("4 2") + [tok.eoc_token_id]
     prompt = tok.encode_text("caption:a red circle") + [tok.image_token_id] + tok.encode_text("id")
     assert ids == prompt + target  # concatenated id lists, never a re-tokenised joined string
     assert [l for l in labels if l != IGNORE_INDEX] == target
     assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
-    i2id_ids, i2id_labels = build_sequence(tok, "4 2", "")
+    i2id_ids, i2id_labels = training_sequence(tok, "4 2", "")
     assert i2id_ids[0] == tok.image_token_id and sum(l != IGNORE_INDEX for l in i2id_labels) == len(target)
 
 
-def test_mixed_batches_masks_padding_and_orders_i2id_first(tmp_path, shared_tiny_dataset):
-    values = build_tiny_run(tmp_path, shared_tiny_dataset)
-    tok = StandinTokenizer()
+def test_mixed_batches_masks_padding_and_orders_i2id_first(tiny_run, shared_tiny_dataset):
+    values, tok = tiny_run
     data = MixedBatches(Path(values["shards_dir"]), tok, batch_size_i2id=2, batch_size_t2id=3, rank=0, world_size=1,
                         seed=0, max_length=64, keep_images=False)
     batch, i2id = data.batch(0)
@@ -61,17 +66,29 @@ def test_sample_order_is_disjoint_across_ranks_and_fast_forwards():
 def test_deepspeed_config_fills_auto_and_accepts_override(tmp_path):
     cfg = TrainConfig(shards_dir=tmp_path, batch_size_i2id=3, batch_size_t2id=5, grad_accum=2, lr=1e-3, steps=9,
                       warmup_steps=2)
-    ds = deepspeed_config(cfg, "cpu")
+    ds = deepspeed_config(cfg, "cpu", world_size=2)
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 2
     assert ds["zero_optimization"]["stage"] == 3 and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["scheduler"]["params"]["total_num_steps"] == 9 and not ds["bf16"]["enabled"]
-    assert deepspeed_config(cfg, "cuda")["bf16"]["enabled"]
+    assert deepspeed_config(cfg, "cuda", world_size=2)["bf16"]["enabled"]
     override = tmp_path / "ds.json"
     override.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2},
                                     "optimizer": {"type": "SGD", "params": {"lr": "auto"}}}))
     cfg.deepspeed_config = override
-    ds = deepspeed_config(cfg, "cpu")
+    ds = deepspeed_config(cfg, "cpu", world_size=2)
     assert ds["zero_optimization"]["stage"] == 2 and ds["optimizer"]["params"]["lr"] == 1e-3
+
+
+def test_zero_stage_is_3_across_processes_and_0_for_one_unless_set(tmp_path):
+    cfg = TrainConfig(shards_dir=tmp_path)
+    assert deepspeed_config(cfg, "cpu", world_size=1)["zero_optimization"]["stage"] == 0
+    one = deepspeed_config(cfg, "cpu", world_size=1)["zero_optimization"]
+    assert not any(k.startswith("stage3_") for k in one)  # stage-3 keys dropped below stage 3
+    assert deepspeed_config(cfg, "cuda", world_size=8)["zero_optimization"]["stage"] == 3
+    cfg.zero_stage = 3
+    assert deepspeed_config(cfg, "cpu", world_size=1)["zero_optimization"]["stage"] == 3
+    cfg.zero_stage = 1
+    assert deepspeed_config(cfg, "cuda", world_size=8)["zero_optimization"]["stage"] == 1
 
 
 def test_bad_configs_raise_one_line_errors(tmp_path):

@@ -16,7 +16,7 @@ REPO = HERE.parents[1]
 
 def build_tiny_run(root: Path, dataset) -> dict:
     """Write ids/ (numeric ids over byte tokens, + tokenizer/), trie/, shards/ (i2id + t2id with the test
-    images' keywords as pseudo-queries) and a random 32-d features cache under ``root``; return
+    images' keywords as pseudo-queries) and a random features cache (4 tokens x 32-d, as ``tiny`` reads) under ``root``; return
     TrainConfig values for the packaged ``tiny`` model."""
     from grace.data_process.features import FeatureSet
     from grace.data_process.shards import write_shards
@@ -29,12 +29,13 @@ def build_tiny_run(root: Path, dataset) -> dict:
     build_trie(idmap, idmap.tokenizer()).save(root / "trie")
     queries = {r.image_id: r.meta["keywords"][:2] for r in dataset.images if r.split == "test"}
     write_shards(dataset, idmap, root / "shards", pseudo_queries=queries, progress=False)
-    feats = np.random.default_rng(0).standard_normal((len(ids), 32)).astype(np.float32)  # tiny's vis_dim
+    tokens = np.random.default_rng(0).standard_normal((len(ids), 4, 32)).astype(np.float16)  # tiny: 4 x 32-d
     (root / "features").mkdir(exist_ok=True)
-    np.save(root / "features" / "pooled.npy", feats)
+    np.save(root / "features" / "tokens.npy", tokens)
+    np.save(root / "features" / "pooled.npy", tokens.astype(np.float32).mean(1))
     (root / "features" / "meta.json").write_text(json.dumps({"ids": ids, "encoder": "random"}))
-    assert FeatureSet.load(root / "features").array.shape == (len(ids), 32)
-    return dict(tokenizer="", trie_dir=str(root / "trie"), shards_dir=str(root / "shards"), ids_dir=str(root / "ids"),
+    assert FeatureSet.load(root / "features", tokens=True).array.shape == (len(ids), 4, 32)
+    return dict(trie_dir=str(root / "trie"), shards_dir=str(root / "shards"), ids_dir=str(root / "ids"),
                 features_cache=str(root / "features"), model="tiny", output_dir=str(root / "out"), steps=6, lr=1e-2,
                 warmup_steps=1, batch_size_i2id=2, batch_size_t2id=2, seed=0)
 
@@ -49,8 +50,12 @@ def train_tokenizer(values: dict) -> Any:
 
 
 def subprocess_env() -> dict:
+    """The environment of a child ``grace train``: offline, one thread, and none of the process-group variables
+    an in-process run of this pytest process may have set (its MASTER_PORT is still bound here)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
     return env
 

@@ -7,6 +7,7 @@ printed and written to RUN/results/ablation.{json,md,png}. Stages reuse what RUN
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from grace.errors import GraceError
@@ -33,32 +34,54 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
     export = P.stage_train(run, scheme, values, timer, nproc=config.nproc, force=config.force)
     res = P.stage_eval(run, scheme, export, dataset, idmap, trie, tokenizer, timer, num_beams=config.num_beams,
                        max_queries=config.max_queries, seed=config.seed)
-    train_key = f"train/{scheme}"
-    res["train_s"] = timer.seconds[train_key] if train_key not in timer.skipped else _recorded_train_s(run, scheme)
+    res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
     return res
 
 
-def _recorded_train_s(run: Path, scheme: str) -> float:
-    """Train time of a reused checkpoint, from the previous ablation record when there is one."""
+def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> float:
+    """Seconds a stage took: now, or (reused) as recorded in the previous ablation of this run."""
+    if stage not in timer.skipped:
+        return timer.seconds[stage]
     path = run / "results" / "ablation.json"
     if path.is_file():
-        return float(json.loads(path.read_text()).get(scheme, {}).get("train_s", 0.0))
+        return float(json.loads(path.read_text()).get(name, {}).get("train_s", 0.0))
     return 0.0
 
 
-def write_ablation(run: Path, results: dict[str, dict], config) -> str:
-    """ablation.json / ablation.md / ablation.png; returns the Markdown table."""
-    from grace.infer.report import markdown_table, plot_recall_bars, recall_rows, write_table
+def write_ablation(run: Path, results: dict[str, dict], config, gold: list[str] | None = None) -> str:
+    """ablation.json / ablation.md / ablation.png; returns the Markdown tables.
+
+    Every recall gets its 95% bootstrap interval (resampling gold images), and every generative scheme
+    is compared, on the same queries, with the best baseline by R@1 (paired bootstrap + McNemar).
+    """
+    from grace.infer.report import (
+        comparison_columns,
+        comparison_rows,
+        markdown_table,
+        plot_recall_bars,
+        recall_rows,
+        write_table,
+    )
+    from grace.infer.stats import summarise
 
     out = run / "results"
-    write_json(out / "ablation.json", results)
+    schemes = [name for name in results if name in SCHEMES]
+    baselines = [name for name in results if name in BASELINES]
+    comparisons = summarise(results, KS, candidates=schemes, references=baselines, clusters=gold, seed=config.seed)
+    write_json(out / "ablation.json", {**results, "comparisons": comparisons})
     save_config(out, config, name="ablation_config.json")
-    columns = ["retriever"] + [f"R@{k}" for k in KS] + ["train_s", "latency_ms", "num_queries"]
+    columns = ["retriever"] + [f"R@{k}" for k in KS] + ["train_s", "latency_ms", "index_kB", "num_queries"]
     rows = recall_rows(results, KS)
+    paired = ""
+    if comparisons["by_retriever"]:
+        paired = (f"\nPaired vs the best baseline by R@1 ({comparisons['reference']}), same queries "
+                  f"(ΔR@K in points [95% paired bootstrap interval]):\n\n"
+                  + markdown_table(comparison_rows(comparisons, KS), comparison_columns(KS)))
     write_table(out / "ablation.md", "Identifier ablation", rows, columns,
-                notes="Recall in % on held-out test queries; train_s = training wall time; latency in ms/query.")
-    plot_recall_bars(results, KS, out / "ablation.png", title="Identifier schemes: Recall@K")
-    return markdown_table(rows, columns)
+                notes="Recall in % on held-out test queries, [95% bootstrap interval over gold images]; "
+                      "train_s = training wall time; latency in ms/query; index_kB = trie / index size.", extra=paired)
+    plot_recall_bars(results, KS, out / "ablation.png", title="Identifier schemes: Recall@K (95% CI)")
+    return markdown_table(rows, columns) + paired
 
 
 def run_ablation(config: AblateConfig) -> dict[str, dict]:
@@ -72,8 +95,11 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     seed_everything(config.seed)
     run = Path(config.run)
     timer = P.StageTimer()
-    dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed)
-    features = P.stage_features(run, dataset, config.encoder, timer)
+    started = time.perf_counter()
+    dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
+                              benchmark=config.benchmark)
+    features = P.stage_features(run, dataset, config.encoder, timer,
+                                tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1)
     pseudo_queries = P.stage_pseudo_queries(run, dataset, timer)
     results = {scheme: run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer)
                for scheme in config.schemes}
@@ -81,8 +107,76 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     for kind in baselines:
         results[kind] = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder,
                                        seed=config.seed, max_queries=config.max_queries)
-        results[kind]["train_s"] = timer.seconds.get(f"build/{kind}", 0.0)  # heads/model training + indexing
+        results[kind]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
     results["random"] = P.random_baseline(dataset, max_queries=config.max_queries, seed=config.seed)
-    print(write_ablation(run, results, config), end="")
+    _, gold = P.test_split_queries(dataset, config.max_queries)
+    tables = write_ablation(run, results, config, gold)
+    print(tables, end="")
     print(f"stage seconds: { {k: round(v, 1) for k, v in timer.seconds.items()} }")
+    if config.publish is not None:
+        paths = publish(run, config, tables, time.perf_counter() - started, timer)
+        print(f"published {', '.join(map(str, paths))}")
     return results
+
+
+def machine_description() -> str:
+    """One line: CPU cores and model, memory, accelerator, torch version (for published results)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem = ""
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        mem = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}){mem}, {gpu}, torch {torch.__version__}, {platform.system()}"
+
+
+def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: P.StageTimer) -> list[Path]:
+    """Copy the ablation to ``config.publish/<benchmark>-<model>.{md,json,png}`` with its provenance."""
+    import shlex
+    import shutil
+    import sys
+
+    from grace.io_utils import atomic_write_text, read_json
+
+    name = f"{_benchmark_name(config)}-{Path(config.model).stem}"
+    out = Path(config.publish)
+    out.mkdir(parents=True, exist_ok=True)
+    args = shlex.join(sys.argv[1:])
+    command = f"grace {args}" if Path(sys.argv[0]).name in ("grace", "cli.py", "__main__.py") \
+        else shlex.join(sys.argv)
+    provenance = {"command": command, "machine": machine_description(), "wall_s": round(wall_s, 1),
+                  "date": time.strftime("%Y-%m-%d"), "stage_seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+                  "reused_stages": sorted(timer.skipped), "config": read_json(run / "results" / "ablation_config.json")}
+    previous = out / f"{name}.json"  # a re-run that reuses trained stages keeps the full run's wall time
+    if timer.skipped and previous.is_file():
+        old = read_json(previous).get("provenance", {})
+        full = old.get("full_run_wall_s") or (old.get("wall_s") if not old.get("reused_stages") else None)
+        if full:
+            provenance["full_run_wall_s"], provenance["full_run_date"] = full, old.get("full_run_date", old.get("date"))
+    record = {**read_json(run / "results" / "ablation.json"), "provenance": provenance}
+    write_json(out / f"{name}.json", record)
+    reused = f" (stages reused from an earlier run: {', '.join(sorted(timer.skipped))})" if timer.skipped else ""
+    if "full_run_wall_s" in provenance:
+        reused += (f"; the run that built them took {provenance['full_run_wall_s'] / 60:.1f} min "
+                   f"({provenance['full_run_date']})")
+    text = (f"# Identifier ablation: {_benchmark_name(config)}, model {Path(config.model).stem}\n\n{tables}\n"
+            f"Recall in % on the held-out test queries with [95% bootstrap intervals over gold images]; latency in "
+            f"ms/query; train_s = training (baselines: building) wall time; index_bytes in the JSON.\n\n"
+            f"- command: `{command}`\n- machine: {provenance['machine']}\n"
+            f"- wall time: {wall_s / 60:.1f} min{reused}\n- date: {provenance['date']}\n")
+    atomic_write_text(out / f"{name}.md", text)
+    shutil.copyfile(run / "results" / "ablation.png", out / f"{name}.png")
+    return [out / f"{name}.{ext}" for ext in ("md", "json", "png")]
+
+
+def _benchmark_name(config: AblateConfig) -> str:
+    return Path(config.dataset).parent.name if config.dataset else config.benchmark

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from grace.errors import GraceError
-from grace.infer.pipeline import features_dir
+from grace.infer.pipeline import features_dir, folder_bytes, test_split_queries
 from grace.retriever import Retriever
 
 
@@ -54,21 +54,23 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
 def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, seed: int = 0,
                    max_queries: int = 0) -> dict:
     """Build (or reuse) one baseline and evaluate it on the test queries → RUN/results/<kind>.json."""
-    from grace.data_process.dataset import test_queries
     from grace.infer.evaluate import evaluate
     from grace.io_utils import write_json
 
     if kind not in BASELINES:
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
-    queries, gold = test_queries(dataset, "test")
-    if max_queries:
-        queries, gold = queries[:max_queries], gold[:max_queries]
-    retriever = timer.run(f"build/{kind}", False,
-                          lambda: BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed),
-                          lambda: None)
+    queries, gold = test_split_queries(dataset, max_queries)
+    def build() -> Retriever:  # each builder reuses what its folder already holds
+        return BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed)
+
+    built = (Path(run) / "baselines" / kind / "index" / "config.json").is_file()  # written last
+    retriever = timer.run(f"build/{kind}", built, build, build)
 
     def score() -> dict:
         result = evaluate(retriever, queries, gold)
+        result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
+        result["index_bytes"] = folder_bytes(Path(run) / "baselines" / kind / "index")
+        result["corpus_size"] = len(dataset.split("test"))
         write_json(Path(run) / "results" / f"{kind}.json", result)
         return result
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 BASELINES = ("clip_faiss", "late_interaction")
+BENCHMARKS = ("emoji", "openclipart")
 
 
 @dataclass
@@ -35,7 +36,9 @@ class AblateConfig:
     schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
     baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
         "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none)"})
-    limit: int = field(default=0, metadata={"help": "emoji images to build when the dataset is absent (0 = all)"})
+    benchmark: str = field(default="emoji", metadata={"help": "offline benchmark built into RUN/data when no dataset is given",
+                                                       "choices": list(BENCHMARKS)})
+    limit: int = field(default=0, metadata={"help": "images to build when the dataset is absent (0 = all)"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "image encoder for features"})
     tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer of the ids (smollm2, byte, HF id)"})
     model: str = field(default="tiny", metadata={"help": "model config (tiny, smollm2-effnet, ...)"})
@@ -49,6 +52,9 @@ class AblateConfig:
     max_queries: int = field(default=0, metadata={"help": "evaluate only the first N test queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})
     force: bool = field(default=False, metadata={"help": "rebuild artefacts even when present"})
+    publish: Path | None = field(default=None, metadata={
+        "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>.{md,json,png} with the command, "
+                "machine and wall time (e.g. docs/results)"})
 
 
 @dataclass

@@ -8,20 +8,10 @@ the full preset trains every scheme on all emoji with the SmolLM2 + EfficientNet
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from grace.infer.configs import SCHEMES, AblateConfig, DemoConfig
-from grace.io_utils import read_json, write_json
 
-#: The quick preset's model: the packaged ``tiny`` Flamingo widened a little and reading the cached
-#: pooled EfficientNet-Lite0 features (vis_dim 1280, one visual token). SmolLM2-135M (smollm2-effnet)
-#: costs seconds per training step on 2 cores — hundreds of steps would not fit in 15 minutes.
-QUICK_MODEL = {"name": "tiny-effnet", "vision_encoder": None, "vis_dim": 1280, "n_visual_tokens": 1,
-               "lm_config": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
-                             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                             "max_position_embeddings": 512, "tie_word_embeddings": True}}
-
-#: quick: a subset of emoji, the structured (k-means) scheme, a short CPU run of QUICK_MODEL
+#: quick: a subset of emoji, the structured (k-means) scheme, a short CPU run of the packaged `tiny-effnet`
 #: (a randomly initialised LM) over SmolLM2's word-piece vocabulary: word-level tokens let a small LM learn
 #: query → identifier far faster than byte tokens did (measured: byte-level loss stayed at the identifier
 #: prior for 600 steps), and since training left-pads and computes logits only on the identifier tail, the
@@ -37,17 +27,6 @@ PRESETS = {
 }
 
 
-def quick_model_config(run: Path) -> Path:
-    """Write RUN/configs/tiny-effnet.json (the packaged ``tiny`` config + QUICK_MODEL) and return its path."""
-    from grace.model.config import CONFIG_DIR
-
-    values = read_json(CONFIG_DIR / "tiny.json")
-    values.update(QUICK_MODEL)
-    path = Path(run) / "configs" / "tiny-effnet.json"
-    write_json(path, values)
-    return path
-
-
 def demo_ablate_config(config: DemoConfig) -> AblateConfig:
     """The AblateConfig of a demo run: the preset, with the user's explicit flags on top."""
     preset = dict(PRESETS["quick" if config.quick else "full"])
@@ -60,8 +39,6 @@ def demo_ablate_config(config: DemoConfig) -> AblateConfig:
     for name in ("model", "steps", "nproc"):
         if getattr(config, name):
             preset[name] = getattr(config, name)
-    if preset["model"] == QUICK_MODEL["name"]:
-        preset["model"] = str(quick_model_config(config.out))
     return AblateConfig(run=config.out, seed=config.seed, **preset)
 
 
@@ -75,11 +52,16 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
           f"-> {config.out}")
     results = run_ablation(ablate)
     random = results["random"]
-    print("\nHeld-out test queries, Recall@K (%) vs the random ranking:")
+    n = random["num_queries"]
+    print(f"\nHeld-out test queries ({n}), Recall@K in % [95% bootstrap interval] vs the random ranking's "
+          f"expectation:")
     for scheme in [*ablate.schemes, *(b for b in ablate.baselines if b in results)]:
         res = results[scheme]
-        parts = [f"R@{k} {100 * res[f'recall@{k}']:.1f} (random {100 * random[f'recall@{k}']:.1f}, "
-                 f"expected {100 * random['expected'][f'recall@{k}']:.1f})" for k in (1, 5, 10)]
-        print(f"  {scheme:>10}: " + ", ".join(parts))
+        parts = []
+        for k in (1, 5, 10):
+            low, high = res.get(f"recall@{k}_ci", (float("nan"), float("nan")))
+            parts.append(f"R@{k} {100 * res[f'recall@{k}']:.1f} [{100 * low:.1f}, {100 * high:.1f}] "
+                         f"(random {100 * random['expected'][f'recall@{k}']:.1f})")
+        print(f"  {scheme:>16}: " + ", ".join(parts))
     print(f"total: {(time.perf_counter() - t0) / 60:.1f} min; results in {config.out}/results/")
     return results

@@ -45,17 +45,26 @@ def evaluate_retrievers(retrievers: dict[str, Any], queries: list[str], gold: li
     return results
 
 
-def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results") -> None:
-    """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size)."""
-    from grace.infer.report import plot_latency_vs_size, plot_recall_bars, recall_rows, write_table
+def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results",
+                  comparisons: dict | None = None) -> None:
+    """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size); recalls
+    with their intervals when the results carry them, and the paired comparisons when given."""
+    from grace.infer.report import (comparison_columns, comparison_rows, markdown_table, plot_latency_vs_size,
+                                    plot_recall_bars, recall_rows, write_table)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
+    compared = bool(comparisons and comparisons.get("by_retriever"))
+    write_json(out / "results.json", {**results, "comparisons": comparisons} if compared else results)
     save_config(out, config)
     columns = ["retriever"] + [f"R@{k}" for k in ks] + ["latency_ms", "num_queries", "corpus_size"]
     if any("train_s" in r for r in results.values()):
         columns.append("train_s")
-    write_table(out / "table.md", title, recall_rows(results, ks), columns, notes="Recall in %, latency in ms/query.")
+    paired = ""
+    if compared:
+        paired = (f"\nPaired vs the best other retriever by R@{min(ks)} ({comparisons['reference']}), same queries:\n\n"
+                  + markdown_table(comparison_rows(comparisons, ks), comparison_columns(ks)))
+    write_table(out / "table.md", title, recall_rows(results, ks), columns,
+                notes="Recall in % [95% bootstrap interval over gold images], latency in ms/query.", extra=paired)
     plot_recall_bars(results, ks, out / "recall.png", title=title)
     history_path = out / "history.json"
     history = read_json(history_path) if history_path.is_file() else {}
@@ -92,5 +101,11 @@ def run_eval(config: EvalConfig) -> dict[str, dict]:
     for res in results.values():
         res["world_size"] = world
     if rank == 0:
-        write_results(Path(config.out), results, config, list(config.ks))
+        from grace.infer.stats import summarise
+
+        generative = [name for name in results if name.startswith("generative")]
+        others = [name for name in results if name not in generative and not name.startswith("random")]
+        comparisons = summarise(results, config.ks, candidates=generative, references=others, clusters=gold,
+                                seed=config.seed)
+        write_results(Path(config.out), results, config, list(config.ks), comparisons=comparisons)
     return results

@@ -33,6 +33,19 @@ def hits_at_k(ranked: Sequence[str], gold: str | Iterable[str], ks: Sequence[int
     return {k: any(i in gold_ids for i in distinct[:k]) for k in ks}
 
 
+def gold_rank(ranked: Sequence[str], gold: str | Iterable[str]) -> int:
+    """1-based rank of the first gold image among the distinct ranked images; 0 when none is returned."""
+    gold_ids = _gold_set(gold)
+    seen: set[str] = set()
+    for image_id in ranked:
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        if image_id in gold_ids:
+            return len(seen)
+    return 0
+
+
 def recall_at_k(rankings: Sequence[Sequence[str]], gold: Sequence[str | Iterable[str]],
                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@K in [0, 1] over queries (``rankings[i]`` = ranked image ids of query ``i``)."""
@@ -73,16 +86,19 @@ def run_queries(retriever: Retriever, queries: Sequence[str | Query], k: int, *,
 
 
 def metrics(rankings: Sequence[Sequence[str]], gold: Sequence, latencies: Sequence[float],
-            ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    out: dict[str, float] = dict(recall_at_k(rankings, gold, ks))
+            ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """Recall@K, mean latency, query count, and ``gold_ranks`` (per query, for intervals and paired tests)."""
+    out: dict = dict(recall_at_k(rankings, gold, ks))
     out["latency_ms"] = sum(latencies) / len(latencies) if latencies else 0.0
     out["num_queries"] = len(rankings)
+    out["gold_ranks"] = [gold_rank(ranked, g) for ranked, g in zip(rankings, gold)]
     return out
 
 
 def evaluate(retriever: Retriever, queries: Sequence[str | Query], gold: Sequence[str | Iterable[str]],
              ks: Sequence[int] = DEFAULT_KS, *, batch_size: int = 32, progress: bool = True) -> dict[str, float]:
-    """``{"recall@1": …, "recall@5": …, "recall@10": …, "latency_ms": …, "num_queries": …}``.
+    """``{"recall@1": …, "recall@5": …, "recall@10": …, "latency_ms": …, "num_queries": …,
+    "gold_ranks": [...]}`` (``gold_ranks``: per query, see :func:`gold_rank`).
 
     Distributed when ``torch.distributed`` is initialised: each rank scores ``queries[rank::world]``
     and every rank returns the metrics of all queries.

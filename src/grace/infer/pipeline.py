@@ -45,6 +45,12 @@ class StageTimer:
         return result
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (0 when absent)."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
 def features_dir(run: Path, encoder: str) -> Path:
     """RUN/features/<encoder>, the encoder name made folder-safe."""
     return run / "features" / encoder.replace("/", "_").replace(":", "_")
@@ -56,28 +62,51 @@ def _module(name: str):
     return importlib.import_module(name)
 
 
-def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0):
-    """RUN/data/dataset.json (the emoji benchmark is built there when no dataset is given)."""
+def test_split_queries(dataset, max_queries: int = 0) -> tuple[list[str], list[str]]:
+    """The held-out test queries and their gold image ids (the first ``max_queries`` when > 0): the one
+    query set every retriever of a run is scored on."""
+    from grace.data_process.dataset import test_queries
+
+    queries, gold = test_queries(dataset, "test")
+    return (queries[:max_queries], gold[:max_queries]) if max_queries else (queries, gold)
+
+
+def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
+                  benchmark: str = "emoji"):
+    """RUN/data/dataset.json (the offline ``benchmark``, emoji or openclipart, is built there when no
+    dataset is given)."""
     from grace.data_process.dataset import load_karpathy
 
     if dataset is not None:
         return timer.run("data", True, lambda: None, lambda: load_karpathy(dataset))
     target = run / "data" / "dataset.json"
+    builders = {"emoji": ("grace.data_process.emoji", "build_emoji"),
+                "openclipart": ("grace.data_process.openclipart", "build_openclipart")}
+    if benchmark not in builders:
+        from grace.errors import GraceError
+
+        raise GraceError(f"unknown benchmark {benchmark!r}; offline benchmarks: {sorted(builders)}")
 
     def build():
-        emoji = _module("grace.data_process.emoji")
-        return emoji.build_emoji(run / "data", seed=seed, limit=limit or None)
+        module, function = builders[benchmark]
+        return getattr(_module(module), function)(run / "data", seed=seed, limit=limit or None)
 
     return timer.run("data", target.is_file(), build, lambda: load_karpathy(target))
 
 
-def stage_features(run: Path, dataset, encoder: str, timer: StageTimer):
-    """RUN/features/<encoder>: pooled image features (cached by data_process.features)."""
+def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: bool = False):
+    """RUN/features/<encoder>: pooled image features, plus visual tokens when ``tokens`` (a model reading
+    several tokens per image); cached and reused by data_process.features. Returns the pooled FeatureSet."""
     features = _module("grace.data_process.features")
     cache = features_dir(run, encoder)
-    return timer.run("features", (cache / "meta.json").is_file(),
-                     lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache),
-                     lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
+    done = (cache / "meta.json").is_file() and (not tokens or (cache / "tokens.npy").is_file())
+
+    def build():
+        if tokens:
+            features.image_features(dataset, encoder=encoder, cache_dir=cache, tokens=True)
+        return features.image_features(dataset, encoder=encoder, cache_dir=cache)
+
+    return timer.run("features", done, build, lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
 
 
 def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False, **cfg):
@@ -140,20 +169,29 @@ def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: 
 
 def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
                         batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None) -> dict:
-    """TrainConfig values for one scheme, keeping only the fields grace.train's TrainConfig has."""
-    train_mod = _module("grace.train")
-    cls = train_mod.TrainConfig
-    names = {f.name for f in dataclasses.fields(cls)}
-    features = features_dir(run, encoder)
-    wanted = {"shards": run / "shards" / scheme, "shards_dir": run / "shards" / scheme, "ids": run / "ids" / scheme,
-              "ids_dir": run / "ids" / scheme, "features_cache": features, "features": features,
-              "model": model, "model_config": model, "steps": steps, "max_steps": steps, "lr": lr,
-              "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
-              "output_dir": run / "ckpt" / scheme, "out": run / "ckpt" / scheme, "output": run / "ckpt" / scheme,
-              "seed": seed, "trie": run / "trie" / scheme, "trie_dir": run / "trie" / scheme, "image_encoder": encoder}
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in wanted.items() if k in names}
+    """The ``grace train`` config of one scheme in the run layout, with the user's ``overrides`` on top.
+    An override that is not a TrainConfig field is an error (a typo would otherwise change nothing)."""
+    from grace.errors import GraceError
+    from grace.train import TrainConfig
+
+    values = {"shards_dir": run / "shards" / scheme, "ids_dir": run / "ids" / scheme, "trie_dir": run / "trie" / scheme,
+              "features_cache": features_dir(run, encoder), "image_encoder": encoder, "model": model,
+              "steps": steps, "lr": lr, "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
+              "output_dir": run / "ckpt" / scheme, "seed": seed}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise GraceError(f"train overrides {unknown} are not TrainConfig fields; known: {sorted(known)}")
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     values.update(overrides or {})
     return values
+
+
+def model_visual_tokens(model: str) -> int:
+    """Visual tokens per image that a model config reads (1: pooled features; more: the encoder's tokens)."""
+    from grace.model.config import resolve_config
+
+    return int(resolve_config(model).n_visual_tokens)
 
 
 def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: int = 1, force: bool = False) -> Path:
@@ -184,19 +222,18 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
 def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, trie, tokenizer, timer: StageTimer, *,
                num_beams: int = 10, max_queries: int = 0, seed: int = 0) -> dict:
     """Evaluate the trained model on the held-out test queries → RUN/results/<scheme>.json."""
-    from grace.data_process.dataset import test_queries
     from grace.infer.evaluate import evaluate
     from grace.infer.retriever import GenerativeRetriever
 
-    queries, gold = test_queries(dataset, "test")
-    if max_queries:
-        queries, gold = queries[:max_queries], gold[:max_queries]
+    queries, gold = test_split_queries(dataset, max_queries)
 
     def build():
         model_mod = _module("grace.model")
         model, tok = model_mod.load_pretrained(export)
         retriever = GenerativeRetriever(model, tok or tokenizer, idmap, trie, num_beams=num_beams)
         res = evaluate(retriever, queries, gold)
+        res["index_bytes"] = folder_bytes(run / "trie" / scheme)  # the trie is the generative "index"
+        res["corpus_size"] = len(dataset.split("test"))
         write_json(run / "results" / f"{scheme}.json", res)
         return res
 
@@ -205,13 +242,10 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, trie, token
 
 def random_baseline(dataset, *, max_queries: int = 0, seed: int = 0) -> dict:
     """Recall of the random ranking over the test images (+ its analytic expectation K/N)."""
-    from grace.data_process.dataset import test_queries
     from grace.infer.evaluate import evaluate
     from grace.retriever import RandomRetriever
 
-    queries, gold = test_queries(dataset, "test")
-    if max_queries:
-        queries, gold = queries[:max_queries], gold[:max_queries]
+    queries, gold = test_split_queries(dataset, max_queries)
     corpus = [r.image_id for r in dataset.split("test")]
     res = evaluate(RandomRetriever(corpus, seed=seed), queries, gold, progress=False)
     res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in (1, 5, 10)}

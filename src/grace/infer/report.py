@@ -23,16 +23,44 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recall_cell(res: dict, k: int) -> str:
+    """``35.6 [29.3, 42.0]``: Recall@K in percent with its 95% interval when the result has one."""
+    ci = res.get(f"recall@{k}_ci")
+    value = f"{100.0 * res[f'recall@{k}']:.1f}"
+    return f"{value} [{100.0 * ci[0]:.1f}, {100.0 * ci[1]:.1f}]" if ci else value
+
+
 def recall_rows(results: dict[str, dict], ks: Sequence[int]) -> list[dict]:
-    """One row per retriever: recall in percent, latency in ms."""
+    """One row per retriever: recall in percent (with its interval), latency in ms."""
     rows = []
     for name, res in results.items():
         row = {"retriever": name}
-        row.update({f"R@{k}": 100.0 * res[f"recall@{k}"] for k in ks})
+        row.update({f"R@{k}": recall_cell(res, k) for k in ks})
         row["latency_ms"] = res.get("latency_ms", 0.0)
         row.update({key: res[key] for key in ("num_queries", "corpus_size", "train_s") if key in res})
+        if "index_bytes" in res:
+            row["index_kB"] = res["index_bytes"] / 1024
         rows.append(row)
     return rows
+
+
+def comparison_rows(comparisons: dict, ks: Sequence[int]) -> list[dict]:
+    """One row per compared retriever: ΔR@K (points, with the paired 95% interval) and its p-values."""
+    rows = []
+    for name, comp in comparisons.get("by_retriever", {}).items():
+        row = {"retriever": name, "vs": comp["vs"]}
+        for k in ks:
+            c = comp[f"R@{k}"]
+            row[f"ΔR@{k}"] = f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+            floor = 1.0 / c.get("n_boot", 10_000)  # no resample crossed 0: p is below the bootstrap's resolution
+            p_boot = f"<{floor:.0e}" if c["p_bootstrap"] < floor else f"{c['p_bootstrap']:.3g}"
+            row[f"p R@{k} (bootstrap / McNemar)"] = f"{p_boot} / {c['p_mcnemar']:.3g}"
+        rows.append(row)
+    return rows
+
+
+def comparison_columns(ks: Sequence[int]) -> list[str]:
+    return ["retriever", "vs"] + [c for k in ks for c in (f"ΔR@{k}", f"p R@{k} (bootstrap / McNemar)")]
 
 
 def _pyplot():
@@ -60,8 +88,12 @@ def plot_recall_bars(results: dict[str, dict], ks: Sequence[int], path: Path, ti
     width = 0.8 / max(1, len(results))
     x = np.arange(len(ks))
     for i, (name, res) in enumerate(results.items()):
-        vals = [100.0 * res[f"recall@{k}"] for k in ks]
-        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
+        vals = np.array([100.0 * res[f"recall@{k}"] for k in ks])
+        err = None
+        if all(f"recall@{k}_ci" in res for k in ks):
+            cis = np.array([[100.0 * v for v in res[f"recall@{k}_ci"]] for k in ks])
+            err = np.clip(np.stack([vals - cis[:, 0], cis[:, 1] - vals]), 0, None)
+        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name, yerr=err, capsize=2)
     ax.set_xticks(x, [f"R@{k}" for k in ks])
     ax.set_ylabel("recall (%)")
     ax.set_title(title)
@@ -85,6 +117,8 @@ def plot_latency_vs_size(points: dict[str, list[tuple[float, float]]], path: Pat
     return _save(fig, path)
 
 
-def write_table(path: Path, title: str, rows: Sequence[dict], columns: Sequence[str], notes: str = "") -> Path:
-    text = f"# {title}\n\n" + markdown_table(rows, columns) + (f"\n{notes}\n" if notes else "")
+def write_table(path: Path, title: str, rows: Sequence[dict], columns: Sequence[str], notes: str = "",
+                extra: str = "") -> Path:
+    """``# title``, the table, the notes, then ``extra`` Markdown (e.g. a second table)."""
+    text = f"# {title}\n\n" + markdown_table(rows, columns) + (f"\n{notes}\n" if notes else "") + extra
     return atomic_write_text(path, text)

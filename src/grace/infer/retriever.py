@@ -1,11 +1,9 @@
 """``GenerativeRetriever``: a text query → trie-constrained beam search → identifiers → image ids.
 
-Prompt (the same token-id concatenation as training, never a re-tokenised joined string)::
-
-    encode_text("caption:" + query) + [image_token_id] + encode_text("id")
-
-with the *null image* (zero vision features) as the vision input. Results are the distinct images of
-the finished hypotheses, best first (several identifiers may name one image, e.g. semantic ids).
+The prompt, its left padding and the null image come from :mod:`grace.model.prompt` and
+``FlamingoModel.null_vision_features``: the same definitions training uses (:meth:`prompt_inputs` returns
+exactly what the model reads first). Results are the distinct images of the finished hypotheses, best
+first (several identifiers may name one image, e.g. semantic ids).
 """
 
 from __future__ import annotations
@@ -20,27 +18,10 @@ import torch
 from grace.errors import GraceError, InputError
 from grace.infer.beam_search import CausalLMAdapter, beam_search
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
 
 log = logging.getLogger(__name__)
-
-
-def build_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of the t2id prompt for one query (training's layout: grace.train.data.build_sequence)."""
-    from grace.train.data import ID_CUE, QUERY_PREFIX
-
-    return list(tokenizer.encode_text(QUERY_PREFIX + text)) + [tokenizer.image_token_id] + list(tokenizer.encode_text(ID_CUE))
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) left-padded ids and attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 def make_adapter(model: Any, batch_size: int, device: torch.device) -> CausalLMAdapter:
@@ -99,24 +80,31 @@ class GenerativeRetriever(Retriever):
             self._cache[key] = self._decode(list(tokens))
         return self._cache[key]
 
+    def prompt_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The model inputs of the first decoding step for these queries: left-padded t2id prompts
+        (``lang_x``, ``attention_mask``, ``position_ids``) and, for a Flamingo model, the null image."""
+        inputs = left_pad([prompt_ids(self.tokenizer, text) for text in texts], self.tokenizer.pad_token_id)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if hasattr(self.model, "null_vision_features"):
+            inputs["vision_features"] = self.model.null_vision_features(len(texts)).to(self.device)
+        return inputs
+
     @torch.no_grad()
     def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
         results: list[list[Hit]] = []
         beams = max(self.num_beams, k)
         for start in range(0, len(queries), self.batch_size):
             batch = queries[start:start + self.batch_size]
-            rows = []
             for i, query in enumerate(batch):
                 if query.text is None:
                     raise InputError("the generative retriever takes text queries", entry=start + i)
-                rows.append(build_prompt(self.tokenizer, query.text))
-            ids, mask = left_pad(rows, self.tokenizer.pad_token_id)
-            adapter = make_adapter(self.model, len(rows), self.device)
-            out = beam_search(adapter, ids.to(self.device), mask.to(self.device), num_beams=beams,
+            inputs = self.prompt_inputs([q.text for q in batch])
+            adapter = make_adapter(self.model, len(batch), self.device)
+            out = beam_search(adapter, inputs["lang_x"], inputs["attention_mask"], num_beams=beams,
                               max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eoc_token_id,
                               constraint=self.processor, length_penalty=self.length_penalty,
                               pad_token_id=self.tokenizer.pad_token_id)
-            for row in range(len(rows)):
+            for row in range(len(batch)):
                 hits, seen = [], set()
                 for tokens, score in out.hypotheses(row):
                     image = self.image_of(tokens)
@@ -133,7 +121,7 @@ class GenerativeRetriever(Retriever):
 
         ``ids``/``trie`` override where the identifier map and trie live (default: inside the export
         folder, else the run layout ``RUN/ids/<scheme>``, ``RUN/trie/<scheme>`` for ``RUN/ckpt/<scheme>/export``).
-        A missing trie is built from the identifier map over all its images.
+        The trie is the retrieval corpus: an export without one is an error (never widened to every image).
         """
         path = Path(path)
         if not path.is_dir():
@@ -142,16 +130,10 @@ class GenerativeRetriever(Retriever):
         from grace.model import load_pretrained
 
         ids_dir = Path(ids) if ids else _find_artefact(path, "ids")
-        trie_dir = Path(trie) if trie else _find_artefact(path, "trie", required=False)
+        trie_dir = Path(trie) if trie else _find_artefact(path, "trie")
         model, tokenizer = load_pretrained(path)
         idmap = IdentifierMap.load(ids_dir)
-        if trie_dir is not None and trie_dir.is_dir():
-            trie_obj = Trie.load(trie_dir)
-        else:
-            from grace.identifiers.trie import build_trie
-
-            log.info("no trie beside %s: building one over all %d identifiers", path, len(idmap.image_to_id))
-            trie_obj = build_trie(idmap, tokenizer)
+        trie_obj = Trie.load(trie_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, tokenizer, idmap, trie_obj, device=device, **kwargs)
 

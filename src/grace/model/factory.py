@@ -160,6 +160,18 @@ def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: An
     return directory
 
 
+FEATURE_LAYOUT_NAME = "feature_layout.json"
+
+
+def check_feature_layout(config: FlamingoConfig, layout: dict, source: Any) -> None:
+    """One-line error when the visual features a model was trained on (``layout``: ``n_visual_tokens``,
+    ``vis_dim``) differ from its config: its null image would differ between training and inference."""
+    for key in ("n_visual_tokens", "vis_dim"):
+        if key in layout and int(layout[key]) != int(getattr(config, key)):
+            raise InputError(f"the model was trained on features with {key}={layout[key]} but its config says "
+                             f"{key}={getattr(config, key)}: the export is inconsistent", path=source)
+
+
 def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "cpu",
                     vision_encoder: Any = _KEEP) -> tuple[FlamingoModel, Any]:
     """Reload an export: ``(model, IdentifierTokenizer or None)``; no DeepSpeed, no hub access for the LM."""
@@ -173,6 +185,8 @@ def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "
     if not weights.is_file():
         raise InputError(f"no {WEIGHTS_NAME}: not a grace model export", path=directory)
     config = resolve_config(read_json(directory / "config.json"))
+    if (directory / FEATURE_LAYOUT_NAME).is_file():
+        check_feature_layout(config, read_json(directory / FEATURE_LAYOUT_NAME), directory / FEATURE_LAYOUT_NAME)
     lm_config = AutoConfig.from_pretrained(directory / LM_CONFIG_DIR, trust_remote_code=config.trust_remote_code)
     model = create_model(config, pretrained_lm=False, lm_config=lm_config, vision_encoder=vision_encoder)
     try:

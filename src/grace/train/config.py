@@ -22,8 +22,7 @@ class TrainConfig:
     features_cache: Path | None = field(
         default=None, metadata=_help("cached image features (pooled.npy|tokens.npy + meta.json); else encode images"))
     image_encoder: str = field(default="efficientnet-lite0", metadata=_help("frozen encoder when no features cache"))
-    model: str = field(default="tiny", metadata=_help("model config name, JSON path, or module:factory"))
-    tokenizer: str = field(default="", metadata=_help("tokenizer loader module:callable(dir) (default: IdentifierTokenizer)"))
+    model: str = field(default="tiny", metadata=_help("model config name (tiny, smollm2-effnet, ...) or JSON path"))
     output_dir: Path = field(default=Path("runs/train"), metadata=_help("checkpoints/ and export/ go here"))
     steps: int = field(default=100, metadata=_help("optimizer steps in total"))
     lr: float = field(default=1e-4, metadata=_help("peak learning rate"))
@@ -38,13 +37,22 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help("seed for init, data order and dropout"))
     gradient_checkpointing: bool = field(default=False, metadata=_help("recompute activations in backward"))
     deepspeed_config: Path | None = field(default=None, metadata=_help("DeepSpeed JSON overriding the packaged one"))
+    zero_stage: int = field(default=-1, metadata=_help(
+        "ZeRO stage 0-3; -1 = auto: 3 with several processes (as GRACE), 0 with one (no partitioning cost), "
+        "or the stage of --deepspeed-config when given", choices=[-1, 0, 1, 2, 3]))
     device: str = field(default="auto", metadata=_help("auto|cpu|cuda", choices=["auto", "cpu", "cuda"]))
     report_to: str = field(default="none", metadata=_help("none|wandb", choices=["none", "wandb"]))
     resume: bool = field(default=True, metadata=_help("continue from output_dir/checkpoints/latest when present"))
     resume_from: Path | None = field(default=None, metadata=_help("a checkpoint folder (…/checkpoints/stepN) to start from"))
     stop_after: int | None = field(default=None, metadata=_help("stop (after checkpointing) at this step, as if killed"))
     export: bool = field(default=True, metadata=_help("write the consolidated export/ at the end"))
-    log_every: int = field(default=1, metadata=_help("update the progress bar / wandb every N steps"))
+    log_every: int = field(default=1, metadata=_help("update the progress bar / wandb (and sync the loss) every N steps"))
+    data_loader: str = field(default="indexed", metadata=_help(
+        "indexed: every sample's text in memory, exact seeded order and resume; stream: webdataset shards "
+        "under a DataLoader (resampled, shuffle buffer, workers), memory independent of the corpus size",
+        choices=["indexed", "stream"]))
+    num_workers: int = field(default=2, metadata=_help("DataLoader workers per process (data_loader=stream)"))
+    shuffle_buffer: int = field(default=1000, metadata=_help("samples in each worker's shuffle buffer (stream)"))
 
     def validate(self) -> None:
         """Raise a one-line error for a config that cannot train."""
@@ -61,11 +69,13 @@ class TrainConfig:
             raise InputError("DeepSpeed config not found", path=self.deepspeed_config)
         if self.resume_from is not None and not Path(self.resume_from).is_dir():
             raise InputError("checkpoint folder not found", path=self.resume_from)
-        for name in ("steps", "grad_accum", "max_length", "log_every"):
+        for name in ("steps", "grad_accum", "max_length", "log_every", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise GraceError(f"train: {name} must be >= 1 (got {getattr(self, name)})")
         if self.batch_size_i2id < 0 or self.batch_size_t2id < 0 or self.batch_size_i2id + self.batch_size_t2id == 0:
             raise GraceError("train: batch_size_i2id and batch_size_t2id must be >= 0 and not both 0")
+        if self.num_workers < 0:
+            raise GraceError(f"train: num_workers must be >= 0 (got {self.num_workers})")
         if self.lr <= 0:
             raise GraceError(f"train: lr must be > 0 (got {self.lr})")
 

@@ -1,13 +1,9 @@
 """Training data: i2id/t2id shards → GRACE token sequences, in a seeded order that can fast-forward.
 
-Sequences are built by concatenating token-id lists (never by re-tokenising a joined string):
-
-- i2id (memorise): ``<image> id {ID}<|endofchunk|>`` with the image's features;
-- t2id (retrieve): ``caption:{query}<image> id {ID}<|endofchunk|>`` with the null image.
-
-Only the identifier tokens and the final ``<|endofchunk|>`` carry labels; everything else is -100.
-The order is an endless stream of seeded permutations (one per epoch); micro-step ``m`` of rank ``r``
-reads stream positions ``(m * world + r) * b … + b``, so a resumed run jumps straight to its position.
+The sequences themselves (prompt, target, labels, left padding) are defined once in
+:mod:`grace.model.prompt`, which inference uses too. The order is an endless stream of seeded
+permutations (one per epoch); micro-step ``m`` of rank ``r`` reads stream positions
+``(m * world + r) * b … + b``, so a resumed run jumps straight to its position.
 """
 
 from __future__ import annotations
@@ -24,11 +20,9 @@ import numpy as np
 import torch
 
 from grace.errors import InputError
+from grace.model.prompt import left_pad, training_sequence
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
-QUERY_PREFIX = "caption:"
-ID_CUE = "id"
 TASKS = ("i2id", "t2id")
 _IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
@@ -101,35 +95,12 @@ class SampleOrder:
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.b)]
 
 
-def build_sequence(tokenizer: Any, identifier: str, text: str | None) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one GRACE sample; ``text`` None/"" gives the i2id prompt."""
-    prompt: list[int] = []
-    if text:
-        prompt += list(tokenizer.encode_text(QUERY_PREFIX + text))
-    prompt += [tokenizer.image_token_id] + list(tokenizer.encode_text(ID_CUE))
-    target = list(tokenizer.encode_identifier(identifier)) + [tokenizer.eoc_token_id]
-    return prompt + target, [IGNORE_INDEX] * len(prompt) + target
-
-
 def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int, max_length: int) -> dict[str, torch.Tensor]:
-    """Left-pad (and left-truncate the prompt of) sequences into lang_x / attention_mask / position_ids /
-    labels. Left padding puts every target at the end of its row, as at inference (``left_pad``), so the
-    model only needs logits for the last few positions (see ``FlamingoModel.forward``)."""
-    rows = []
-    for ids, labels in sequences:
-        if len(ids) > max_length:  # keep the target: drop prompt tokens from the left
-            ids, labels = ids[-max_length:], labels[-max_length:]
-        rows.append((ids, labels))
-    length = max(len(ids) for ids, _ in rows)
-    lang_x = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    labels_t = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (ids, labels) in enumerate(rows):
-        lang_x[i, length - len(ids):] = torch.tensor(ids)
-        labels_t[i, length - len(labels):] = torch.tensor(labels)
-        mask[i, length - len(ids):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    return {"lang_x": lang_x, "attention_mask": mask, "position_ids": positions, "labels": labels_t}
+    """Left-truncate the prompt of sequences over ``max_length`` (the target is kept), then left-pad them
+    (:func:`grace.model.prompt.left_pad`) into lang_x / attention_mask / position_ids / labels."""
+    rows = [(ids[-max_length:], labels[-max_length:]) if len(ids) > max_length else (ids, labels)
+            for ids, labels in sequences]
+    return left_pad([ids for ids, _ in rows], pad_token_id, labels=[labels for _, labels in rows])
 
 
 class MixedBatches:
@@ -152,35 +123,55 @@ class MixedBatches:
         """Token tensors + the i2id samples (whose images fill the first rows' vision features)."""
         i2id = [self.samples["i2id"][i] for i in self.orders["i2id"].indices(micro_step)]
         t2id = [self.samples["t2id"][i] for i in self.orders["t2id"].indices(micro_step)]
-        seqs = [build_sequence(self.tokenizer, s.identifier, None) for s in i2id]
-        seqs += [build_sequence(self.tokenizer, s.identifier, s.text) for s in t2id]
+        seqs = [training_sequence(self.tokenizer, s.identifier, None) for s in i2id]
+        seqs += [training_sequence(self.tokenizer, s.identifier, s.text) for s in t2id]
         return collate(seqs, self.tokenizer.pad_token_id, self.max_length), i2id
 
 
 class VisionSource:
-    """Image features by image id: from the cached FeatureSet, or the frozen encoder on shard bytes."""
+    """Image features by image id: from the cached FeatureSet, or the frozen encoder on shard bytes.
 
-    def __init__(self, *, features_cache: Path | None, encoder: Any = None, device: str = "cpu"):
+    With a cache, a model reading one visual token per image gets the pooled features, one reading
+    several gets the cached tokens (``n_visual_tokens``; None: tokens when cached)."""
+
+    def __init__(self, *, features_cache: Path | None, encoder: Any = None, device: str = "cpu",
+                 n_visual_tokens: int | None = None):
         self.encoder, self.device = encoder, device
         self.table: dict[str, int] = {}
         self.array: np.ndarray | None = None
+        self._encoded_shape: tuple[int, ...] | None = None
         if features_cache is not None:
-            ids, array = load_feature_cache(Path(features_cache))
+            tokens = None if n_visual_tokens is None else n_visual_tokens > 1
+            ids, array = load_feature_cache(Path(features_cache), tokens=tokens)
             self.table = {image_id: i for i, image_id in enumerate(ids)}
             self.array = array if array.ndim == 3 else array[:, None, :]  # (N, T, D)
         elif encoder is None:
             raise InputError("no features cache and no image encoder to compute features")
 
-    def check_dim(self, vis_dim: int | None, source: str) -> None:
-        """One-line error when the features do not have the model's ``vis_dim``."""
+    def check_layout(self, vis_dim: int | None, n_visual_tokens: int | None, source: str) -> None:
+        """One-line error when the features' width or tokens per image differ from the model's: the null
+        image of t2id rows has the model's ``n_visual_tokens`` × ``vis_dim``, at training as at inference."""
         dim = self.array.shape[-1] if self.array is not None else getattr(self.encoder, "dim", None)
         if vis_dim is not None and dim is not None and dim != vis_dim:
             raise InputError(f"image features are {dim}-d but the model expects vis_dim={vis_dim} "
                              f"(use a features cache / image_encoder of that width, or another model)", path=source)
+        tokens = self.array.shape[1] if self.array is not None else None
+        if n_visual_tokens is not None and tokens is not None and tokens != n_visual_tokens:
+            raise InputError(f"the features cache has {tokens} visual token(s) per image but the model expects "
+                             f"n_visual_tokens={n_visual_tokens} (cache token features with `grace data features "
+                             f"--tokens`, or use a model config with n_visual_tokens={tokens})", path=source)
 
     @property
     def uses_images(self) -> bool:
         return self.array is None
+
+    def layout(self, source: str) -> dict:
+        """What the model was trained on: tokens per image and width (from the cache, or as last encoded)."""
+        shape = self.array.shape[1:] if self.array is not None else self._encoded_shape
+        out: dict = {"source": source}
+        if shape is not None:
+            out.update(n_visual_tokens=int(shape[0]), vis_dim=int(shape[1]))
+        return out
 
     def features(self, samples: Sequence[Sample]) -> torch.Tensor:
         """(len(samples), T, D) float32 visual tokens."""
@@ -192,13 +183,21 @@ class VisionSource:
         from PIL import Image
 
         images = [Image.open(io.BytesIO(s.image)) for s in samples]
-        return self.encoder.encode_tokens(images).float()
+        feats = self.encoder.encode_tokens(images).float()
+        self._encoded_shape = tuple(feats.shape[1:])
+        return feats
 
 
-def load_feature_cache(cache_dir: Path) -> tuple[list[str], np.ndarray]:
-    """(ids, array) of a ``grace.data_process.features`` cache: visual tokens when cached, else pooled."""
+def load_feature_cache(cache_dir: Path, tokens: bool | None = None) -> tuple[list[str], np.ndarray]:
+    """(ids, array) of a ``grace.data_process.features`` cache: visual tokens (``tokens=True``), pooled
+    features (``False``), or tokens when cached else pooled (``None``)."""
     from grace.data_process.features import FeatureSet
 
     cache_dir = Path(cache_dir)
-    fs = FeatureSet.load(cache_dir, tokens=(cache_dir / "tokens.npy").is_file())
+    if tokens is None:
+        tokens = (cache_dir / "tokens.npy").is_file()
+    elif tokens and not (cache_dir / "tokens.npy").is_file():
+        raise InputError("the model reads visual tokens but this features cache has only pooled features "
+                         "(cache them with `grace data features --tokens`)", path=cache_dir)
+    fs = FeatureSet.load(cache_dir, tokens=tokens)
     return list(fs.ids), fs.array

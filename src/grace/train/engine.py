@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
 import json
 import logging
 import os
@@ -72,9 +70,21 @@ def resolve_device(device: str) -> str:
 
 
 # ---------------------------------------------------------------- DeepSpeed config
-def deepspeed_config(cfg: Any, device: str) -> dict:
-    """The packaged ZeRO-3 JSON (or ``cfg.deepspeed_config``) with its "auto" values filled from ``cfg``."""
-    default = CONFIG_DIR / ("zero3_gpu.json" if device == "cuda" else "zero3_cpu.json")
+def zero_stage(cfg: Any, world_size: int, file_stage: int | None = None) -> int:
+    """The ZeRO stage a run uses: ``cfg.zero_stage`` when set (0-3); else the stage of a user's DeepSpeed
+    JSON; else 3 across several processes (GRACE's setting) and 0 for one, where partitioning only costs."""
+    stage = getattr(cfg, "zero_stage", -1)
+    if stage is not None and stage >= 0:
+        return int(stage)
+    if getattr(cfg, "deepspeed_config", None) and file_stage is not None:
+        return int(file_stage)
+    return 3 if world_size > 1 else 0
+
+
+def deepspeed_config(cfg: Any, device: str, world_size: int = 1) -> dict:
+    """The packaged ZeRO JSON (or ``cfg.deepspeed_config``) with its "auto" values filled from ``cfg`` and
+    the stage chosen by :func:`zero_stage`."""
+    default = CONFIG_DIR / ("deepspeed_gpu.json" if device == "cuda" else "deepspeed_cpu.json")
     path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else default
     config = copy.deepcopy(read_json(path))
     auto = {"train_micro_batch_size_per_gpu": cfg.batch_size_i2id + cfg.batch_size_t2id,
@@ -88,6 +98,11 @@ def deepspeed_config(cfg: Any, device: str) -> dict:
         return node
 
     config = fill(config)
+    zero = config.setdefault("zero_optimization", {})
+    zero["stage"] = zero_stage(cfg, world_size, zero.get("stage"))
+    if zero["stage"] < 3:  # stage-3-only keys would be ignored with a warning
+        for key in [k for k in zero if k.startswith("stage3_")]:
+            zero.pop(key)
     config.pop("train_batch_size", None)  # derived from micro batch × accumulation × world size
     leftover = [k for k, v in _walk(config) if v == "auto"]
     if leftover:
@@ -107,32 +122,20 @@ def _walk(node: Any, prefix: str = ""):
 
 
 # ---------------------------------------------------------------- model and tokenizer
-def _import_callable(spec: str, what: str):
-    module_name, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise GraceError(f"train: cannot import {what} {spec!r}: {exc}") from None
-
-
 def load_tokenizer(cfg: Any) -> Any:
     """The ONE tokenizer saved with the identifiers (``ids_dir/tokenizer``)."""
+    from grace.identifiers import IdentifierTokenizer
+
     if cfg.ids_dir is None:
         raise GraceError("train: ids_dir is required (its tokenizer/ is the one used for training and inference)")
     tok_dir = Path(cfg.ids_dir) / "tokenizer"
-    if cfg.tokenizer:
-        return _import_callable(cfg.tokenizer, "tokenizer loader")(tok_dir)
-    from grace.identifiers import IdentifierTokenizer
-
     if not tok_dir.is_dir():
         raise InputError("no tokenizer/ folder in the ids folder", path=cfg.ids_dir)
     return IdentifierTokenizer.load(tok_dir)
 
 
 def create_model(spec: str, tokenizer: Any) -> Any:
-    """``module:factory`` (called with tokenizer=) or a grace.model config name / JSON path."""
-    if ":" in spec and not Path(spec).exists():
-        return _import_callable(spec, "model factory")(tokenizer=tokenizer)
+    """A grace.model Flamingo from a packaged config name or a JSON config path."""
     from grace.model import create_model as grace_create_model
 
     return grace_create_model(spec, tokenizer=tokenizer)
@@ -235,38 +238,40 @@ def load_checkpoint(engine: Any, tag_dir: Path, rank: int) -> dict:
 
 
 # ---------------------------------------------------------------- export
-def export_model(engine: Any, encoder: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int) -> Path:
-    """Gather the ZeRO-3 shards and write an HF-style folder that ``grace.model.load_pretrained`` reads.
+def export_model(engine: Any, encoder: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int,
+                 feature_layout: dict | None = None) -> Path:
+    """Gather the parameters (ZeRO-3 shards, when partitioned) and write an HF-style folder that ``grace.model.load_pretrained`` reads.
 
     ``export/`` holds the model's safetensors + config.json, ``tokenizer/``, and copies of ``ids/``
-    and ``trie/`` so inference needs nothing else; written to a temp folder, then renamed.
+    and ``trie/`` so inference needs nothing else, and ``feature_layout.json`` (the visual features it was
+    trained on, checked against the model config when loaded); written to a temp folder, then renamed.
     """
     import deepspeed
     import torch.distributed as dist
 
     module = engine.module
     tmp = export_dir.with_name(f".{export_dir.name}.tmp")
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+    zero3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=zero3):
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             if encoder is not None:
                 module.vision_encoder = encoder
             try:
-                if "tokenizer" in inspect.signature(module.save_pretrained).parameters:
-                    module.save_pretrained(tmp, tokenizer=tokenizer)
-                else:
-                    module.save_pretrained(tmp)
+                module.save_pretrained(tmp, tokenizer=tokenizer)
             finally:
                 if encoder is not None:
                     module.vision_encoder = None
     if rank == 0:
-        if not (tmp / "tokenizer").exists() and hasattr(tokenizer, "save"):
-            tokenizer.save(tmp / "tokenizer")
         for name, src in (("ids", cfg.ids_dir), ("trie", cfg.trie_dir)):
             if src is not None and Path(src).is_dir():
                 shutil.copytree(src, tmp / name)
         save_config(tmp, cfg, name="train_config.json")
+        if feature_layout is not None:
+            from grace.model.factory import FEATURE_LAYOUT_NAME
+
+            write_json(tmp / FEATURE_LAYOUT_NAME, feature_layout)
         shutil.rmtree(export_dir, ignore_errors=True)
         os.replace(tmp, export_dir)
         log.info("exported %s", export_dir)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from grace.errors import InputError
 from grace.io_utils import save_config, seed_everything
 from grace.train import engine as E
 from grace.train.config import TrainConfig, TrainResult
@@ -19,13 +20,30 @@ log = logging.getLogger(__name__)
 
 def vision_batch(module: Any, vision: VisionSource, i2id: list, batch_size: int, device: str,
                  dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, T, D): the i2id images' features in the first rows, the null image (zeros) after them."""
-    if not i2id:
-        return module.null_vision_features(batch_size).to(device=device, dtype=dtype)
-    feats = vision.features(i2id)  # (b, T, D)
-    out = torch.zeros((batch_size, *feats.shape[1:]), dtype=dtype, device=device)
-    out[: len(i2id)] = feats.to(device=device, dtype=dtype)
-    return out.unsqueeze(1)
+    """(B, 1, T, D): the i2id images' features in the first rows, the model's null image after them."""
+    out = module.null_vision_features(batch_size).to(device=device, dtype=dtype)
+    if i2id:
+        feats = vision.features(i2id)  # (b, T, D)
+        if feats.shape[1:] != out.shape[2:]:
+            raise InputError(f"image features of shape {tuple(feats.shape[1:])} per image, but the model's visual "
+                             f"input is {tuple(out.shape[2:])} (n_visual_tokens, vis_dim)", entry=i2id[0].key)
+        out[: len(i2id), 0] = feats.to(device=device, dtype=dtype)
+    return out
+
+
+def training_batches(cfg: TrainConfig, tokenizer: Any, *, rank: int, world: int, micro_step: int, keep_images: bool,
+                     pin_memory: bool = False) -> Any:
+    """The batch source ``cfg.data_loader`` names, positioned at ``micro_step`` (``batch(m) -> (tensors, i2id)``)."""
+    if cfg.data_loader == "stream":
+        from grace.train.stream import StreamingBatches
+
+        return StreamingBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
+                                batch_size_t2id=cfg.batch_size_t2id, seed=cfg.seed + 1000 * rank, start_step=micro_step,
+                                max_length=cfg.max_length, keep_images=keep_images, num_workers=cfg.num_workers,
+                                shuffle_buffer=cfg.shuffle_buffer, pin_memory=pin_memory)
+    return MixedBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
+                        batch_size_t2id=cfg.batch_size_t2id, rank=rank, world_size=world, seed=cfg.seed,
+                        max_length=cfg.max_length, keep_images=keep_images)
 
 
 def _mean_step_time(times: list[float]) -> float:
@@ -74,15 +92,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         encoder = create_image_encoder(cfg.image_encoder)
     if encoder is not None:
         encoder.to(dev)
-    vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder)
-    vision.check_dim(getattr(getattr(model, "config", None), "vis_dim", None),
-                     str(cfg.features_cache or cfg.image_encoder))
-    data = MixedBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
-                        batch_size_t2id=cfg.batch_size_t2id, rank=rank, world_size=world, seed=cfg.seed,
-                        max_length=cfg.max_length, keep_images=vision.uses_images)
+    n_tokens, vis_dim = model.config.n_visual_tokens, model.config.vis_dim
+    vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder, n_visual_tokens=n_tokens)
+    vision.check_layout(vis_dim, n_tokens, str(cfg.features_cache or cfg.image_encoder))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    ds_config = E.deepspeed_config(cfg, device)
+    ds_config = E.deepspeed_config(cfg, device, world)
     dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
     engine, *_ = deepspeed.initialize(model=model, model_parameters=E.trainable_parameters(model), config=ds_config)
     engine.train()
@@ -95,39 +110,50 @@ def train(cfg: TrainConfig) -> TrainResult:
         if rank == 0:
             log.info("resumed from %s at step %d", resume_dir, step)
     start_step = step
+    data = training_batches(cfg, tokenizer, rank=rank, world=world, micro_step=micro_step,
+                            keep_images=vision.uses_images, pin_memory=device == "cuda")
     end_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     reporter = _reporter(cfg, rank)
     samples_per_step = (cfg.batch_size_i2id + cfg.batch_size_t2id) * cfg.grad_accum * world
     losses, steps, times = [], [], []
     last_ckpt = None
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    pending: list[torch.Tensor] = []  # per-step loss sums, kept on the device until the next flush
+
+    def flush() -> None:
+        """One all-reduce and one host sync for every step since the last flush."""
+        if pending:
+            stacked = torch.stack(pending).double()
+            dist.all_reduce(stacked)
+            losses.extend((stacked / (world * cfg.grad_accum)).tolist())
+            pending.clear()
+
     while step < end_step:
         t0 = time.perf_counter()
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float32, device=dev)
         for _ in range(cfg.grad_accum):
             batch, i2id = data.batch(micro_step)
-            batch = {k: v.to(dev) for k, v in batch.items()}
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype)
             output = engine(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
                             position_ids=batch["position_ids"], vision_features=feats, labels=batch["labels"])
             engine.backward(output.loss)
             engine.step()
-            total += output.loss.detach().double().cpu()
+            total += output.loss.detach().float()
             micro_step += 1
         step += 1
-        loss = total.to(dev)
-        dist.all_reduce(loss)
-        loss = float(loss) / (world * cfg.grad_accum)
-        losses.append(loss)
+        pending.append(total)
         steps.append(step)
         times.append(time.perf_counter() - t0)
-        if step % cfg.log_every == 0 or step == end_step:
-            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_step / times[-1]:.1f}")
+        checkpoint_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step
+        if step % cfg.log_every == 0 or checkpoint_now:
+            flush()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples_per_step / times[-1]:.1f}")
             if reporter is not None:
-                reporter.log({"loss": loss, "lr": engine.get_lr()[0], "samples_per_s": samples_per_step / times[-1]},
-                             step=step)
+                reporter.log({"loss": losses[-1], "lr": engine.get_lr()[0],
+                              "samples_per_s": samples_per_step / times[-1]}, step=step)
         bar.update(1)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == end_step:
+        if checkpoint_now:
             last_ckpt = E.save_checkpoint(engine, ckpt_root, step, micro_step, rank, cfg.keep_checkpoints)
             if rank == 0:  # a killed run keeps its loss history up to its last checkpoint
                 E.write_metrics(out / "metrics.json", losses, steps, _mean_step_time(times))
@@ -138,7 +164,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         E.write_metrics(out / "metrics.json", losses, steps, seconds_per_step)
     export_dir = None
     if cfg.export and step >= cfg.steps:
-        export_dir = E.export_model(engine, encoder, tokenizer, cfg, out / "export", rank)
+        export_dir = E.export_model(engine, encoder, tokenizer, cfg, out / "export", rank,
+                                    feature_layout=vision.layout(str(cfg.features_cache or cfg.image_encoder)))
     if reporter is not None:
         reporter.finish()
     return TrainResult(losses=losses, steps=steps, seconds_per_step=seconds_per_step, export_dir=export_dir,
