@@ -54,14 +54,7 @@ def write_ablation(run: Path, results: dict[str, dict], config, gold: list[str] 
     Every recall gets its 95% bootstrap interval (resampling gold images), and every generative scheme
     is compared, on the same queries, with the best baseline by R@1 (paired bootstrap + McNemar).
     """
-    from grace.infer.report import (
-        comparison_columns,
-        comparison_rows,
-        markdown_table,
-        plot_recall_bars,
-        recall_rows,
-        write_table,
-    )
+    from grace.infer.report import markdown_table, paired_markdown, plot_recall_bars, recall_rows, write_table
     from grace.infer.stats import summarise
 
     out = run / "results"
@@ -72,11 +65,7 @@ def write_ablation(run: Path, results: dict[str, dict], config, gold: list[str] 
     save_config(out, config, name="ablation_config.json")
     columns = ["retriever"] + [f"R@{k}" for k in KS] + ["train_s", "latency_ms", "index_kB", "num_queries"]
     rows = recall_rows(results, KS)
-    paired = ""
-    if comparisons["by_retriever"]:
-        paired = (f"\nPaired vs the best baseline by R@1 ({comparisons['reference']}), same queries "
-                  f"(ΔR@K in points [95% paired bootstrap interval]):\n\n"
-                  + markdown_table(comparison_rows(comparisons, KS), comparison_columns(KS)))
+    paired = paired_markdown(comparisons, KS, "baseline")
     write_table(out / "ablation.md", "Identifier ablation", rows, columns,
                 notes="Recall in % on held-out test queries, [95% bootstrap interval over gold images]; "
                       "train_s = training wall time; latency in ms/query; index_kB = trie / index size.", extra=paired)

@@ -60,16 +60,17 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
     if kind not in BASELINES:
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
     queries, gold = test_split_queries(dataset, max_queries)
+    index_dir = Path(run) / "baselines" / kind / "index"
+
     def build() -> Retriever:  # each builder reuses what its folder already holds
         return BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed)
 
-    built = (Path(run) / "baselines" / kind / "index" / "config.json").is_file()  # written last
-    retriever = timer.run(f"build/{kind}", built, build, build)
+    retriever = timer.run(f"build/{kind}", (index_dir / "config.json").is_file(), build, build)  # written last
 
     def score() -> dict:
         result = evaluate(retriever, queries, gold)
         result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
-        result["index_bytes"] = folder_bytes(Path(run) / "baselines" / kind / "index")
+        result["index_bytes"] = folder_bytes(index_dir)
         result["corpus_size"] = len(dataset.split("test"))
         write_json(Path(run) / "results" / f"{kind}.json", result)
         return result

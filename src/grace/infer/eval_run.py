@@ -49,20 +49,21 @@ def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int
                   comparisons: dict | None = None) -> None:
     """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size); recalls
     with their intervals when the results carry them, and the paired comparisons when given."""
-    from grace.infer.report import (comparison_columns, comparison_rows, markdown_table, plot_latency_vs_size,
-                                    plot_recall_bars, recall_rows, write_table)
+    from grace.infer.report import (
+        paired_markdown,
+        plot_latency_vs_size,
+        plot_recall_bars,
+        recall_rows,
+        write_table,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
-    compared = bool(comparisons and comparisons.get("by_retriever"))
-    write_json(out / "results.json", {**results, "comparisons": comparisons} if compared else results)
+    paired = paired_markdown(comparisons, ks, "other retriever")
+    write_json(out / "results.json", {**results, "comparisons": comparisons} if paired else results)
     save_config(out, config)
     columns = ["retriever"] + [f"R@{k}" for k in ks] + ["latency_ms", "num_queries", "corpus_size"]
     if any("train_s" in r for r in results.values()):
         columns.append("train_s")
-    paired = ""
-    if compared:
-        paired = (f"\nPaired vs the best other retriever by R@{min(ks)} ({comparisons['reference']}), same queries:\n\n"
-                  + markdown_table(comparison_rows(comparisons, ks), comparison_columns(ks)))
     write_table(out / "table.md", title, recall_rows(results, ks), columns,
                 notes="Recall in % [95% bootstrap interval over gold images], latency in ms/query.", extra=paired)
     plot_recall_bars(results, ks, out / "recall.png", title=title)

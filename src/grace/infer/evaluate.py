@@ -23,16 +23,6 @@ def _gold_set(gold: str | Iterable[str]) -> set[str]:
     return {gold} if isinstance(gold, str) else set(gold)
 
 
-def hits_at_k(ranked: Sequence[str], gold: str | Iterable[str], ks: Sequence[int] = DEFAULT_KS) -> dict[int, bool]:
-    """For one query: is a gold image among the first K distinct ranked images, for every K."""
-    gold_ids = _gold_set(gold)
-    distinct: list[str] = []
-    for image_id in ranked:
-        if image_id not in distinct:
-            distinct.append(image_id)
-    return {k: any(i in gold_ids for i in distinct[:k]) for k in ks}
-
-
 def gold_rank(ranked: Sequence[str], gold: str | Iterable[str]) -> int:
     """1-based rank of the first gold image among the distinct ranked images; 0 when none is returned."""
     gold_ids = _gold_set(gold)
@@ -46,18 +36,24 @@ def gold_rank(ranked: Sequence[str], gold: str | Iterable[str]) -> int:
     return 0
 
 
+def hits_at_k(ranked: Sequence[str], gold: str | Iterable[str], ks: Sequence[int] = DEFAULT_KS) -> dict[int, bool]:
+    """For one query: is a gold image among the first K distinct ranked images, for every K."""
+    rank = gold_rank(ranked, gold)
+    return {k: 0 < rank <= k for k in ks}
+
+
+def _recall_from_ranks(ranks: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
+    if not ranks:
+        return {f"recall@{k}": 0.0 for k in ks}
+    return {f"recall@{k}": sum(0 < r <= k for r in ranks) / len(ranks) for k in ks}
+
+
 def recall_at_k(rankings: Sequence[Sequence[str]], gold: Sequence[str | Iterable[str]],
                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@K in [0, 1] over queries (``rankings[i]`` = ranked image ids of query ``i``)."""
     if len(rankings) != len(gold):
         raise ValueError(f"{len(rankings)} rankings for {len(gold)} gold entries")
-    if not rankings:
-        return {f"recall@{k}": 0.0 for k in ks}
-    totals = {k: 0 for k in ks}
-    for ranked, g in zip(rankings, gold):
-        for k, hit in hits_at_k(ranked, g, ks).items():
-            totals[k] += hit
-    return {f"recall@{k}": totals[k] / len(rankings) for k in ks}
+    return _recall_from_ranks([gold_rank(ranked, g) for ranked, g in zip(rankings, gold)], ks)
 
 
 def _as_queries(queries: Sequence[str | Query]) -> list[Query]:
@@ -88,10 +84,13 @@ def run_queries(retriever: Retriever, queries: Sequence[str | Query], k: int, *,
 def metrics(rankings: Sequence[Sequence[str]], gold: Sequence, latencies: Sequence[float],
             ks: Sequence[int] = DEFAULT_KS) -> dict:
     """Recall@K, mean latency, query count, and ``gold_ranks`` (per query, for intervals and paired tests)."""
-    out: dict = dict(recall_at_k(rankings, gold, ks))
+    if len(rankings) != len(gold):
+        raise ValueError(f"{len(rankings)} rankings for {len(gold)} gold entries")
+    ranks = [gold_rank(ranked, g) for ranked, g in zip(rankings, gold)]
+    out: dict = _recall_from_ranks(ranks, ks)
     out["latency_ms"] = sum(latencies) / len(latencies) if latencies else 0.0
     out["num_queries"] = len(rankings)
-    out["gold_ranks"] = [gold_rank(ranked, g) for ranked, g in zip(rankings, gold)]
+    out["gold_ranks"] = ranks
     return out
 
 

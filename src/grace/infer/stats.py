@@ -38,15 +38,12 @@ def _cluster_index(clusters: Sequence | None, n: int) -> tuple[np.ndarray, int]:
 
 
 def _boot_means(values: np.ndarray, clusters: Sequence | None, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, C) bootstrap means of the columns of ``values`` (Q, C), resampling clusters of rows."""
+    """(n_boot,) bootstrap means of per-query ``values`` (Q,), resampling clusters of queries."""
     index, n_groups = _cluster_index(clusters, values.shape[0])
-    sums = np.zeros((n_groups, values.shape[1]))
-    np.add.at(sums, index, values)
+    sums = np.bincount(index, weights=values, minlength=n_groups)
     counts = np.bincount(index, minlength=n_groups).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    picked_counts = counts[draws].sum(1)  # (n_boot,)
-    return np.stack([sums[draws, c].sum(1) / picked_counts for c in range(values.shape[1])], axis=1)
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))
+    return sums[draws].sum(1) / counts[draws].sum(1)
 
 
 def recall_ci(gold_ranks: Sequence[int], k: int, *, clusters: Sequence | None = None, n_boot: int = N_BOOT,
@@ -55,7 +52,7 @@ def recall_ci(gold_ranks: Sequence[int], k: int, *, clusters: Sequence | None = 
     hits = hits_from_ranks(gold_ranks, k)
     if hits.size == 0:
         return 0.0, 0.0, 0.0
-    boots = _boot_means(hits[:, None], clusters, n_boot, seed)[:, 0]
+    boots = _boot_means(hits, clusters, n_boot, seed)
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return float(hits.mean()), float(low), float(high)
 
@@ -104,7 +101,7 @@ def paired_comparison(ranks_a: Sequence[int], ranks_b: Sequence[int], k: int, *,
     n = int(a.size)
     if n == 0:
         return PairedComparison(k, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0, 0, 0)
-    boots = _boot_means((a - b)[:, None], clusters, n_boot, seed)[:, 0]
+    boots = _boot_means(a - b, clusters, n_boot, seed)
     diff = float(a.mean() - b.mean())
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     if diff > 0:
