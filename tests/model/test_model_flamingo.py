@@ -155,7 +155,7 @@ def test_vision_x_pixels_path():
 
 
 def test_training_step_freezing_and_checkpointing():
-    m = tiny_model(freeze_lm=True).train()
+    m = tiny_model(lm_training="frozen").train()
     names = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any(n.startswith("perceiver.") for n in names) and any("gated_cross_attn" in n for n in names)
     assert "lang_encoder.model.embed_tokens.weight" in names

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from train_helpers import build_tiny_run, subprocess_env
 
 
@@ -37,7 +38,7 @@ def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, share
     values = build_tiny_run(tmp_path, shared_tiny_dataset)
     curves = {}
     for stage in (0, 3):
-        run = dict(values, output_dir=str(tmp_path / f"zero{stage}"), zero_stage=stage, steps=5, export=stage == 0)
+        run = dict(values, output_dir=str(tmp_path / f"zero{stage}"), zero_stage=stage, steps=5)
         (tmp_path / f"zero{stage}.json").write_text(json.dumps(run))
         proc = subprocess.run([sys.executable, "-m", "grace.cli", "train", "--config", str(tmp_path / f"zero{stage}.json")],
                               env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
@@ -46,4 +47,44 @@ def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, share
     assert len(curves[0]) == 5 and curves[0][-1] < curves[0][0]
     assert curves[0] == pytest.approx(curves[3], abs=1e-5)
     assert not list((tmp_path / "zero0" / "checkpoints").glob("*/zero_pp_rank_*"))  # nothing partitioned
-    assert (tmp_path / "zero0" / "export" / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    exports = [load_file(str(tmp_path / f"zero{stage}" / "export" / "model.safetensors")) for stage in (0, 3)]
+    assert exports[0].keys() == exports[1].keys()  # stage 3: built under zero.Init, gathered module by module
+    for name, tensor in exports[0].items():
+        torch.testing.assert_close(exports[1][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+
+def test_lora_run_trains_only_adapters_and_exports_a_mergeable_model(tmp_path, shared_tiny_dataset):
+    """``lm_training: lora`` through ``grace train`` (DeepSpeed): loss falls, the LM's base weights are the
+    initial ones, and the export reloads (adapters merged) to the logits of the unmerged adapters."""
+    from grace.model import load_pretrained
+    from grace.model.config import CONFIG_DIR
+    from train_helpers import reference_model, train_tokenizer
+
+    values = build_tiny_run(tmp_path, shared_tiny_dataset)
+    tiny = json.loads((CONFIG_DIR / "tiny.json").read_text())
+    model_json = tmp_path / "tiny-lora.json"
+    model_json.write_text(json.dumps(dict(tiny, name="tiny-lora", lm_training="lora", lora_rank=4)))
+    values.update(model=str(model_json), steps=6, lr=5e-3, output_dir=str(tmp_path / "lora"))
+    (tmp_path / "cfg.json").write_text(json.dumps(values))
+    proc = subprocess.run([sys.executable, "-m", "grace.cli", "train", "--config", str(tmp_path / "cfg.json")],
+                          env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads((tmp_path / "lora" / "metrics.json").read_text())["losses"]
+    assert losses[-1] < losses[0]
+    export = tmp_path / "lora" / "export"
+    unmerged, _ = load_pretrained(export, merge_lora=False)
+    merged, _ = load_pretrained(export)
+    initial = reference_model(str(model_json), train_tokenizer(values))
+    start = dict(initial.named_parameters())
+    for name, param in unmerged.named_parameters():
+        if "base_layer" in name:
+            torch.testing.assert_close(param, start[name], msg=name)  # the LM's own weights never moved
+    assert any(not torch.equal(p, start[n]) for n, p in unmerged.named_parameters() if "lora_B" in n)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    feats = unmerged.null_vision_features(1)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(lang_x=ids, vision_features=feats).logits,
+                                   unmerged(lang_x=ids, vision_features=feats).logits, atol=1e-5, rtol=1e-4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from train_helpers import (
     reference_model,
     subprocess_env,
     torchrun_cmd,
+    torchrun_prefix,
     train_tokenizer,
 )
 
@@ -128,3 +130,31 @@ def test_sigkill_mid_run_then_resume_matches(runs):
     resumed = _metrics(root / "killed")
     assert resumed["steps"] == full["steps"]
     assert resumed["losses"][-1] == pytest.approx(full["losses"][-1], abs=1e-5)
+
+
+BUILD_UNDER_ZERO3 = """
+import json, sys
+from grace.config import dataclass_from_dict
+from grace.train import engine as E
+from grace.train.config import TrainConfig
+cfg = dataclass_from_dict(TrainConfig, json.loads(open(sys.argv[1]).read()))
+rank, world, _ = E.init_distributed("cpu")
+model, _ = E.create_model(cfg.model, E.load_tokenizer(cfg), E.deepspeed_config(cfg, "cpu", world), world)
+params = list(model.parameters())
+if rank == 0:
+    print(json.dumps({"partitioned": E.partitioned(model), "held": sum(p.ds_tensor.numel() for p in params),
+                      "local": sum(p.numel() for p in params), "full": sum(p.ds_numel for p in params)}))
+"""
+
+
+def test_two_process_stage_3_builds_the_model_already_partitioned(tmp_path, shared_tiny_dataset):
+    """zero.Init: each rank holds only its partition of every parameter from the moment it is built."""
+    values = dict(build_tiny_run(tmp_path, shared_tiny_dataset), zero_stage=3)
+    (tmp_path / "cfg.json").write_text(json.dumps(values))
+    (tmp_path / "build.py").write_text(BUILD_UNDER_ZERO3)
+    proc = subprocess.run([*torchrun_prefix(2), str(tmp_path / "build.py"), str(tmp_path / "cfg.json")],
+                          env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert built["partitioned"] and built["local"] == 0 and built["full"] > 10_000
+    assert built["held"] <= 0.55 * built["full"]  # half of every tensor (rounded up), not all of it

@@ -60,9 +60,14 @@ def subprocess_env() -> dict:
     return env
 
 
-def torchrun_cmd(nproc: int, config_path: Path, *extra: str) -> list[str]:
+def torchrun_prefix(nproc: int) -> list[str]:
+    """``torchrun --nproc_per_node N --master_port <free>``; append a script (or ``-m module``) and its args."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(_free_port()), "-m", "grace.cli", "train", "--config", str(config_path), *extra]
+            str(_free_port())]
+
+
+def torchrun_cmd(nproc: int, config_path: Path, *extra: str) -> list[str]:
+    return [*torchrun_prefix(nproc), "-m", "grace.cli", "train", "--config", str(config_path), *extra]
 
 
 def _free_port() -> int:
@@ -78,7 +83,7 @@ def reference_model(spec: str, tokenizer: Any, state: dict | None = None) -> Any
     from grace.model import load_state
     from grace.train.engine import create_model
 
-    model = create_model(spec, tokenizer)
+    model, _ = create_model(spec, tokenizer)
     if state is not None:
         load_state(model, state)
     return model.eval()

@@ -11,19 +11,22 @@ import time
 
 from grace.infer.configs import SCHEMES, AblateConfig, DemoConfig
 
-#: quick: a subset of emoji, the structured (k-means) scheme, a short CPU run of the packaged `tiny-effnet`
-#: (a randomly initialised LM) over SmolLM2's word-piece vocabulary: word-level tokens let a small LM learn
-#: query → identifier far faster than byte tokens did (measured: byte-level loss stayed at the identifier
-#: prior for 600 steps), and since training left-pads and computes logits only on the identifier tail, the
-#: 49K-way softmax costs little. Both baselines are scored on the same queries. One scheme keeps the preset
-#: within 15 minutes on 2 cores (~0.85 s/step); `grace ablate` / `--schemes` run the others.
+#: quick: a subset of emoji (900 images: 108 held-out queries, so the intervals mean something), the
+#: structured (k-means) scheme, a CPU run of the packaged `tiny-effnet` (a randomly initialised LM) over
+#: SmolLM2's word-piece vocabulary: word-level tokens let a small LM learn query → identifier far faster
+#: than byte tokens did (measured: byte-level loss stayed at the identifier prior for 600 steps), and since
+#: training left-pads and computes logits only on the identifier tail, the 49K-way softmax costs little.
+#: Both baselines are scored on the same queries. One process trains at ZeRO stage 0 (~0.27 s/step at
+#: 16 + 32 samples on 2 cores), which keeps the preset within 15 minutes; `grace ablate` runs the rest.
 PRESETS = {
-    "quick": {"schemes": ["structured"], "limit": 300, "model": "tiny-effnet", "steps": 550, "nproc": 1,
+    "quick": {"schemes": ["structured"], "limit": 900, "model": "tiny-effnet", "steps": 1650, "nproc": 1,
               "tokenizer": "smollm2", "batch_size_i2id": 16, "batch_size_t2id": 32, "lr": 2e-3, "num_beams": 10,
               "baselines": ["clip_faiss", "late_interaction"],
               "train_overrides": '{"max_length": 96, "warmup_steps": 30}'},
+    # full (GPU): the pretrained SmolLM2 with its LM frozen (lm_training in smollm2-effnet.json) and lr 1e-3,
+    # the best recall per training hour measured on emoji (docs/results/lm-training-emoji600.md).
     "full": {"schemes": list(SCHEMES), "limit": 0, "model": "smollm2-effnet", "steps": 3000, "nproc": 1,
-             "batch_size_i2id": 64, "batch_size_t2id": 64, "lr": 1e-4, "num_beams": 20},
+             "batch_size_i2id": 64, "batch_size_t2id": 64, "lr": 1e-3, "num_beams": 20},
 }
 
 

@@ -11,6 +11,7 @@ from grace.config import dataclass_from_dict
 from grace.errors import GraceError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+LM_TRAINING = ("full", "frozen", "lora")
 
 
 @dataclass
@@ -38,8 +39,17 @@ class FlamingoConfig:
     xattn_dim_head: int = 64
     xattn_ff_mult: float = 4
     only_attend_immediate_media: bool = True
-    freeze_lm: bool = False
-    train_embeddings: bool = True
+    lm_training: str = field(default="full", metadata={
+        "help": "which LM weights train: full (fine-tune all), frozen (OpenFlamingo: only perceiver, "
+                "cross-attention and embeddings), lora (frozen LM + peft LoRA adapters on its linear layers)",
+        "choices": list(LM_TRAINING)})
+    train_embeddings: bool = field(default=True, metadata={
+        "help": "with frozen/lora: the token embeddings (which hold the new identifier tokens) still train"})
+    lora_rank: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str = field(default="all-linear", metadata={
+        "help": "peft target_modules: 'all-linear' (every linear layer but the output head) or names (q_proj, ...)"})
     vocab_size: int | None = None
     image_token_id: int | None = None
     eoc_token_id: int | None = None
@@ -47,10 +57,18 @@ class FlamingoConfig:
     dtype: str = "float32"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.lm_training not in LM_TRAINING:
+            raise GraceError(f"model config {self.name!r}: lm_training must be one of {', '.join(LM_TRAINING)} "
+                             f"(got {self.lm_training!r})")
+        if self.lm_training == "lora" and self.lora_rank < 1:
+            raise GraceError(f"model config {self.name!r}: lora_rank must be >= 1 (got {self.lora_rank})")
+
     def replace(self, **changes: Any) -> "FlamingoConfig":
         """A copy with ``changes`` (unknown keys → one-line error)."""
         values = dataclasses.asdict(self)
         values.update(changes)
+        _upgrade_legacy_keys(values)
         return dataclass_from_dict(FlamingoConfig, values, source=f"model config {self.name!r}")
 
 
@@ -81,5 +99,13 @@ def resolve_config(spec: "str | Path | dict | FlamingoConfig", **overrides: Any)
             raise GraceError(f"{path}: model config must be a JSON object")
         values = values.get("model", values)  # an export's config.json nests the model config
     values.update(overrides)
+    _upgrade_legacy_keys(values)
     return dataclass_from_dict(FlamingoConfig, values, source=source)
+
+
+def _upgrade_legacy_keys(values: dict) -> None:
+    """Exports written before ``lm_training`` existed carry ``freeze_lm`` (OpenFlamingo's flag): map it."""
+    if "freeze_lm" in values:
+        frozen = values.pop("freeze_lm")
+        values.setdefault("lm_training", "frozen" if frozen else "full")
 

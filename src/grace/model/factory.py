@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -71,14 +72,21 @@ def _token_fields(tokenizer: Any, vocab_size: int | None) -> dict[str, Any]:
     return fields
 
 
+def _vocab_rows(lm: nn.Module) -> int:
+    """Rows of the input embedding (its full shape also when ZeRO-3 has partitioned it: ``ds_shape``)."""
+    weight = lm.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
 def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", *, tokenizer: Any = None,
                  vocab_size: int | None = None, pretrained_lm: bool = True, vision_encoder: Any = _KEEP,
-                 lm_config: Any = None, **overrides: Any) -> FlamingoModel:
+                 lm_config: Any = None, init_context: Any = None, **overrides: Any) -> FlamingoModel:
     """Build a :class:`FlamingoModel` from a packaged config name, JSON path, dict or config.
 
     ``tokenizer`` (an ``IdentifierTokenizer``) sets the vocabulary size and media token ids;
     ``pretrained_lm=False`` builds the LM from ``lm_config`` with random weights; ``vision_encoder``
-    passes a ready module (or None) instead of the config's encoder; ``overrides`` are config fields.
+    passes a ready module (or None) instead of the config's encoder; ``init_context()`` is entered while the
+    new Flamingo modules are built (e.g. ``deepspeed.zero.Init``); ``overrides`` are config fields.
     """
     config = resolve_config(name_or_config, **overrides, **_token_fields(tokenizer, vocab_size))
     if config.image_token_id is None:
@@ -95,32 +103,98 @@ def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         lm = build_lm(config, pretrained=pretrained_lm, lm_config=lm_config)
-        n_vocab = lm.get_input_embeddings().weight.shape[0]
-        if config.vocab_size is not None and config.vocab_size != n_vocab:
-            lm.resize_token_embeddings(config.vocab_size, mean_resizing=False)
-        config = dataclasses.replace(config, vocab_size=lm.get_input_embeddings().weight.shape[0])
+        if config.vocab_size is not None and config.vocab_size != _vocab_rows(lm):
+            resize_embeddings(lm, config.vocab_size, seed=config.seed)
+        config = dataclasses.replace(config, vocab_size=_vocab_rows(lm))
         if config.image_token_id >= config.vocab_size:
             raise GraceError(f"image_token_id {config.image_token_id} is outside the vocabulary ({config.vocab_size})")
-        model = FlamingoModel(config, lm, vision_encoder)
-    model.to(_dtype(config.dtype))
-    apply_freezing(model)
+        if config.lm_training == "lora":
+            add_lora_adapters(lm, config)
+        torch.manual_seed(config.seed + 1)  # the new modules' init must not depend on how the LM used the RNG
+        with init_context() if init_context is not None else contextlib.nullcontext():
+            model = FlamingoModel(config, lm, vision_encoder)
+    if any(p.dtype != _dtype(config.dtype) for p in model.parameters()):
+        model.to(_dtype(config.dtype))
+    apply_trainable_parts(model)
     return model
 
 
-def apply_freezing(model: FlamingoModel) -> None:
-    """``freeze_lm``: only perceiver, cross-attention (and embeddings with ``train_embeddings``) train."""
+def resize_embeddings(lm: nn.Module, rows: int, *, seed: int) -> None:
+    """Resize the LM's token embeddings (and an untied output head) to ``rows``; new rows (the identifier and
+    media tokens) are drawn from N(0, initializer_range) by a seeded generator, the same with or without
+    ZeRO-3 partitions (gathered on rank 0 here, where transformers would leave them at N(0, 1))."""
+    old = _vocab_rows(lm)
+    lm.resize_token_embeddings(rows, mean_resizing=False)
+    if rows <= old:
+        return
+    std = float(getattr(lm.config.get_text_config(), "initializer_range", 0.02))
+    weights = {id(m.weight): m.weight for m in (lm.get_input_embeddings(), lm.get_output_embeddings())
+               if m is not None and getattr(m, "weight", None) is not None}
+    generator = torch.Generator().manual_seed(seed)
+    for weight in weights.values():
+        zero3 = hasattr(weight, "ds_id")
+        gather = contextlib.nullcontext()
+        if zero3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+        with gather, torch.no_grad():
+            if not zero3 or torch.distributed.get_rank() == 0:
+                new = torch.randn(rows - old, weight.shape[1], generator=generator) * std
+                weight[old:].copy_(new.to(weight.dtype))
+
+
+def add_lora_adapters(lm: nn.Module, config: FlamingoConfig) -> None:
+    """Inject peft LoRA adapters (``lora_A``/``lora_B``) into the bare LM's linear layers, in place and before
+    the cross-attention is inserted, so ``all-linear`` never wraps our own layers."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise GraceError("lm_training=lora needs peft: pip install 'grace[train]' (or pip install peft)") from None
+    targets = config.lora_target_modules
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets if isinstance(targets, str) else list(targets), bias="none")
+    try:
+        inject_adapter_in_model(lora, lm)
+    except ValueError as exc:  # e.g. target modules not found in this LM
+        raise GraceError(f"model config {config.name!r}: cannot add LoRA adapters: {exc}") from None
+
+
+def merge_lora_adapters(model: nn.Module) -> int:
+    """Fold every LoRA adapter into its base weight (inference: no extra matmuls); returns how many merged."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return 0
+    merged = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+            merged += 1
+    return merged
+
+
+def apply_trainable_parts(model: FlamingoModel) -> None:
+    """Set ``requires_grad`` by ``lm_training``. Perceiver and cross-attention always train, the vision
+    encoder never; ``full`` trains the whole LM; ``frozen`` (OpenFlamingo) and ``lora`` freeze its weights but
+    train the token embeddings (``train_embeddings``: they hold the identifier tokens) and the LoRA adapters."""
     cfg = model.config
     model.requires_grad_(True)
     if model.vision_encoder is not None:
         model.vision_encoder.requires_grad_(False)
-    if cfg.freeze_lm:
-        model.lang_encoder.requires_grad_(False)
-        model.gated_cross_attn_layers.requires_grad_(True)
-        if cfg.train_embeddings:
-            model.lang_encoder.get_input_embeddings().requires_grad_(True)
-            out = model.lang_encoder.get_output_embeddings()
-            if out is not None:
-                out.requires_grad_(True)
+    if cfg.lm_training == "full":
+        return
+    model.lang_encoder.requires_grad_(False)
+    model.gated_cross_attn_layers.requires_grad_(True)
+    if cfg.train_embeddings:
+        model.lang_encoder.get_input_embeddings().requires_grad_(True)
+        out = model.lang_encoder.get_output_embeddings()
+        if out is not None:
+            out.requires_grad_(True)
+    if cfg.lm_training == "lora":
+        for name, param in model.lang_encoder.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple:
@@ -128,23 +202,25 @@ def _storage_key(tensor: torch.Tensor) -> tuple:
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
 
 
-def _unique_state(model: FlamingoModel) -> dict[str, torch.Tensor]:
+def _unique_state(model: FlamingoModel, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """State dict without the vision encoder (rebuilt from its name) and without aliases of one tensor."""
     seen: set[tuple] = set()
-    state = {}
-    for name, tensor in model.state_dict().items():
+    out = {}
+    for name, tensor in (model.state_dict() if state is None else state).items():
         if name.startswith("vision_encoder."):
             continue
         key = _storage_key(tensor)
         if key in seen:
             continue
         seen.add(key)
-        state[name] = tensor.detach().contiguous().cpu()
-    return state
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
 
 
-def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: Any = None) -> Path:
-    """``directory/{model.safetensors, config.json, lm/config.json, tokenizer/}``, each written atomically."""
+def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: Any = None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """``directory/{model.safetensors, config.json, lm/config.json, tokenizer/}``, each written atomically;
+    ``state`` replaces ``model.state_dict()`` (e.g. one gathered from ZeRO-3 partitions)."""
     from safetensors.torch import save_file
 
     from grace.io_utils import atomic_path, save_config
@@ -152,7 +228,7 @@ def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: An
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(_unique_state(model), str(tmp), metadata={"format": "pt"})
+        save_file(_unique_state(model, state), str(tmp), metadata={"format": "pt"})
     model.lang_encoder.config.save_pretrained(directory / LM_CONFIG_DIR)
     if tokenizer is not None:
         tokenizer.save(directory / TOKENIZER_DIR)
@@ -173,8 +249,9 @@ def check_feature_layout(config: FlamingoConfig, layout: dict, source: Any) -> N
 
 
 def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "cpu",
-                    vision_encoder: Any = _KEEP) -> tuple[FlamingoModel, Any]:
-    """Reload an export: ``(model, IdentifierTokenizer or None)``; no DeepSpeed, no hub access for the LM."""
+                    vision_encoder: Any = _KEEP, merge_lora: bool = True) -> tuple[FlamingoModel, Any]:
+    """Reload an export: ``(model, IdentifierTokenizer or None)``; no DeepSpeed, no hub access for the LM.
+    A LoRA-trained export is loaded with its adapters, then (``merge_lora``) folded into the LM weights."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -194,6 +271,8 @@ def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise InputError(f"cannot read weights: {str(exc).splitlines()[0]}", path=weights) from None
     load_state(model, state, source=weights)
+    if merge_lora:
+        merge_lora_adapters(model)
     tokenizer = None
     if (directory / TOKENIZER_DIR).is_dir():
         try:

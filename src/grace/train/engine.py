@@ -134,20 +134,50 @@ def load_tokenizer(cfg: Any) -> Any:
     return IdentifierTokenizer.load(tok_dir)
 
 
-def create_model(spec: str, tokenizer: Any) -> Any:
-    """A grace.model Flamingo from a packaged config name or a JSON config path."""
-    from grace.model import create_model as grace_create_model
+def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world_size: int = 1) -> tuple[Any, Any]:
+    """``(model, frozen vision encoder or None)``: a grace.model Flamingo from a config name or JSON path,
+    its encoder built apart so ZeRO neither partitions nor optimises it.
 
-    return grace_create_model(spec, tokenizer=tokenizer)
+    Under ZeRO-3 across several processes the model is built inside ``deepspeed.zero.Init`` (transformers is
+    told, so ``from_pretrained``/``from_config`` and the embedding resize work on partitions): no rank ever
+    holds all of it. One process holds it all anyway, and is built as at stage 0 (same init, same loss
+    curve). LoRA is the exception: peft's injection reads full base weights, so that model is partitioned by
+    ``deepspeed.initialize`` instead (its LM is frozen, so only the parameters' memory is at stake).
+    """
+    from grace.model import create_model as build_model
+    from grace.model.config import resolve_config
+
+    config = resolve_config(spec)
+    encoder = None
+    if config.vision_encoder:
+        from grace.model.vision import create_vision_encoder
+
+        encoder = create_vision_encoder(config.vision_encoder).requires_grad_(False).eval()
+    stage = (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
+    if stage != 3 or world_size == 1 or config.lm_training == "lora":
+        return build_model(config, tokenizer=tokenizer, vision_encoder=None), encoder
+    import deepspeed
+    import torch._dynamo  # noqa: F401 -- imported under zero.Init (lazily, by transformers) it fails on the
+    from transformers import GenerationMixin  # noqa: F401 -- patched tensor constructors; import both first
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers keeps only a weak reference)
+    try:  # transformers builds (and loads) the LM under its own zero.Init; ours covers the Flamingo modules
+        model = build_model(config, tokenizer=tokenizer, vision_encoder=None,
+                            init_context=lambda: deepspeed.zero.Init(config_dict_or_path=ds_config))
+    finally:
+        unset_hf_deepspeed_config()
+    whole = [n for n, p in model.named_parameters() if not hasattr(p, "ds_id")]
+    if whole:  # e.g. a GGUF LM: transformers dequantises it in full, outside zero.Init; partition it now
+        log.info("ZeRO-3: partitioning %d parameters built outside zero.Init (%s, ...)", len(whole), whole[0])
+        deepspeed.zero.Init(module=model, config_dict_or_path=ds_config)
+    return model, encoder
 
 
-def detach_vision_encoder(model: Any) -> Any:
-    """Take the frozen encoder out of the module so ZeRO-3 neither partitions nor optimises it."""
-    encoder = getattr(model, "vision_encoder", None)
-    if encoder is not None:
-        model.vision_encoder = None
-        encoder.requires_grad_(False).eval()
-    return encoder
+def partitioned(model: Any) -> bool:
+    """Whether ZeRO-3 holds this model's parameters in partitions (built under ``zero.Init``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
@@ -238,32 +268,25 @@ def load_checkpoint(engine: Any, tag_dir: Path, rank: int) -> dict:
 
 
 # ---------------------------------------------------------------- export
-def export_model(engine: Any, encoder: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int,
+def export_model(engine: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int,
                  feature_layout: dict | None = None) -> Path:
-    """Gather the parameters (ZeRO-3 shards, when partitioned) and write an HF-style folder that ``grace.model.load_pretrained`` reads.
+    """Gather the parameters on rank 0 (ZeRO-3 partitions, when partitioned) and write an HF-style folder that
+    ``grace.model.load_pretrained`` reads (the frozen vision encoder is rebuilt from its name there).
 
     ``export/`` holds the model's safetensors + config.json, ``tokenizer/``, and copies of ``ids/``
     and ``trie/`` so inference needs nothing else, and ``feature_layout.json`` (the visual features it was
     trained on, checked against the model config when loaded); written to a temp folder, then renamed.
     """
-    import deepspeed
     import torch.distributed as dist
 
-    module = engine.module
+    from grace.model.factory import save_pretrained
+
     tmp = export_dir.with_name(f".{export_dir.name}.tmp")
-    zero3 = engine.zero_optimization_stage() == 3
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=zero3):
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            if encoder is not None:
-                module.vision_encoder = encoder
-            try:
-                module.save_pretrained(tmp, tokenizer=tokenizer)
-            finally:
-                if encoder is not None:
-                    module.vision_encoder = None
+    state = gathered_state_dict(engine.module, rank)
     if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_pretrained(engine.module, tmp, tokenizer=tokenizer, state=state)
         for name, src in (("ids", cfg.ids_dir), ("trie", cfg.trie_dir)):
             if src is not None and Path(src).is_dir():
                 shutil.copytree(src, tmp / name)
@@ -277,6 +300,27 @@ def export_model(engine: Any, encoder: Any, tokenizer: Any, cfg: Any, export_dir
         log.info("exported %s", export_dir)
     dist.barrier()
     return export_dir
+
+
+def gathered_state_dict(module: Any, rank: int) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (CPU), ``None`` elsewhere. ZeRO-3 partitions are gathered one module
+    at a time, so no rank's device ever holds more than one module's parameters in full."""
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for prefix, sub in module.named_modules():
+        params = [(n, p) for n, p in sub.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in params)
+        zero3 = any(hasattr(p, "ds_id") for _, p in params)
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None, enabled=zero3):
+            if rank == 0:
+                buffers = [(n, b) for n, b in sub.named_buffers(recurse=False)
+                           if n not in sub._non_persistent_buffers_set]
+                for name, tensor in [*params, *buffers]:
+                    if tensor is not None:
+                        state[f"{prefix}.{name}" if prefix else name] = tensor.detach().to("cpu", copy=True)
+    return state if rank == 0 else None
 
 
 def write_metrics(path: Path, losses: list[float], steps: list[int], seconds_per_step: float) -> None:

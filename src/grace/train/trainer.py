@@ -84,8 +84,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_config(out, cfg)
 
     tokenizer = E.load_tokenizer(cfg)
-    model = E.create_model(cfg.model, tokenizer)
-    encoder = E.detach_vision_encoder(model)
+    ds_config = E.deepspeed_config(cfg, device, world)
+    model, encoder = E.create_model(cfg.model, tokenizer, ds_config, world)
     if cfg.features_cache is None and encoder is None:
         from grace.data_process.encoders import create_image_encoder
 
@@ -97,7 +97,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     vision.check_layout(vis_dim, n_tokens, str(cfg.features_cache or cfg.image_encoder))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    ds_config = E.deepspeed_config(cfg, device, world)
     dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
     engine, *_ = deepspeed.initialize(model=model, model_parameters=E.trainable_parameters(model), config=ds_config)
     engine.train()
@@ -164,7 +163,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         E.write_metrics(out / "metrics.json", losses, steps, seconds_per_step)
     export_dir = None
     if cfg.export and step >= cfg.steps:
-        export_dir = E.export_model(engine, encoder, tokenizer, cfg, out / "export", rank,
+        export_dir = E.export_model(engine, tokenizer, cfg, out / "export", rank,
                                     feature_layout=vision.layout(str(cfg.features_cache or cfg.image_encoder)))
     if reporter is not None:
         reporter.finish()

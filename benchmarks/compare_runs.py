@@ -1,0 +1,90 @@
+"""Compare generative retrievers trained in separate ``grace ablate --publish`` runs on the SAME queries.
+
+Each input is a published ``<benchmark>-<model>.json``; every scheme row becomes ``<model>/<scheme>``. The
+table gives Recall@K with its 95% bootstrap interval, the training time, R@1 per training hour on this
+machine, and a paired bootstrap (same queries, resampled by gold image) of every row against the best one.
+
+    python benchmarks/compare_runs.py runs/lmtrain/results/emoji-*.json --dataset runs/lm-full/data/dataset.json \
+        --title "lm_training on the first 600 emoji" --out docs/results/lm-training-emoji600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+KS = (1, 5, 10)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+", type=Path, help="published ablation JSONs (same dataset and queries)")
+    p.add_argument("--dataset", type=Path, required=True, help="their dataset.json (gold images for the bootstrap)")
+    p.add_argument("--baseline", default="clip_faiss", help="baseline row to carry over (from the first input)")
+    p.add_argument("--title", default="Generative retrievers compared on the same queries")
+    p.add_argument("--out", type=Path, required=True, help="write OUT.md and OUT.json")
+    p.add_argument("--note", action="append", default=[], help="a line for the notes under the table (repeatable)")
+    return p.parse_args(argv)
+
+
+def collect(paths: list[Path], baseline: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(rows, provenance)``: ``model/scheme`` → result (plus the baseline once), and each input's provenance."""
+    from grace.infer.configs import SCHEMES
+
+    rows, provenance, n_queries = {}, {}, None
+    for path in paths:
+        data = json.loads(path.read_text())
+        model = data["provenance"]["config"].get("model", path.stem)
+        model = Path(model).stem if model.endswith(".json") else model
+        provenance[model] = data["provenance"]
+        for name, res in data.items():
+            if name in SCHEMES or (name == baseline and baseline not in rows):
+                if n_queries is not None and res["num_queries"] != n_queries:
+                    raise SystemExit(f"{path}: {res['num_queries']} queries, not {n_queries}: not the same query set")
+                n_queries = res["num_queries"]
+                rows[name if name == baseline else f"{model}/{name}"] = res
+    return rows, provenance
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from grace.data_process.dataset import load_karpathy
+    from grace.infer.ablate import machine_description
+    from grace.infer.pipeline import test_split_queries
+    from grace.infer.report import markdown_table, paired_markdown, recall_rows
+    from grace.infer.stats import summarise
+    from grace.io_utils import atomic_write_text, write_json
+
+    args = _args(argv)
+    rows, provenance = collect(args.results, args.baseline)
+    _, gold = test_split_queries(load_karpathy(args.dataset))
+    if any(len(res["gold_ranks"]) != len(gold) for res in rows.values()):
+        raise SystemExit(f"{args.dataset}: its test split has {len(gold)} queries, the results do not")
+    generative = [name for name in rows if name != args.baseline]
+    comparisons = summarise(rows, KS, candidates=generative, references=generative, clusters=gold)
+    table = recall_rows(rows, KS)
+    for row in table:
+        train_h = row.get("train_s", 0.0) / 3600
+        row["R@1 per train hour"] = 100 * rows[row["retriever"]]["recall@1"] / train_h if train_h else ""
+    columns = ["retriever", *[f"R@{k}" for k in KS], "train_s", "R@1 per train hour", "latency_ms", "num_queries"]
+    command = "python " + shlex.join(sys.argv)
+    lines = [f"# {args.title}\n", markdown_table(table, columns),
+             paired_markdown(comparisons, KS, "generative row"),
+             f"\n- command: `{command}`", f"- machine: {machine_description()}",
+             "- each row's training command is in the provenance of its input JSON: "
+             + ", ".join(f"`{p}`" for p in args.results),
+             "- R@1 per train hour: R@1 points / hours of training on this machine (all its cores).",
+             *[f"- {note}" for note in args.note]]
+    report = {"rows": rows, "comparisons": comparisons, "provenance": provenance, "command": command,
+              "machine": machine_description()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_json(args.out.with_suffix(".json"), report)
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main()
