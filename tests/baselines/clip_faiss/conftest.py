@@ -13,12 +13,16 @@ def lit_heads(shared_tiny_dataset, tmp_path_factory):
     from grace.retrieval_baselines.clip_faiss.configs import TrainHeadsConfig
     from grace.retrieval_baselines.clip_faiss.heads import train_heads
 
-    torch.set_num_threads(1)  # tiny MLPs: avoid thread spin on a shared 2-core box
     out = tmp_path_factory.mktemp("lit") / "heads"
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     config = TrainHeadsConfig(dataset=dataset_json, out=out, epochs=40, batch_size=64, lr=3e-3, hidden=128,
                               dim=64, progress=False)
-    return out, train_heads(config)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny MLPs: avoid thread spin on a shared 2-core box (restored for later tests)
+    try:
+        return out, train_heads(config)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,14 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box
+    """Tiny models on a shared 2-core box: one thread here, and the count restored for later tests (a
+    session-wide change halved the speed of the learning test that runs after these)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
