@@ -69,7 +69,7 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
     cfg = dataclass_from_dict(TrainConfig, _train_values(args, out, 0))
     seed_everything(cfg.seed)
     tokenizer = E.load_tokenizer(cfg)
-    model, _ = E.create_model(cfg.model, tokenizer)
+    model, _ = E.create_model(cfg.model, tokenizer, with_encoder=False)  # features cache: no encoder
     vision = VisionSource(features_cache=cfg.features_cache, n_visual_tokens=model.config.n_visual_tokens)
     data = MixedBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
                         batch_size_t2id=cfg.batch_size_t2id, rank=0, world_size=1, seed=cfg.seed,

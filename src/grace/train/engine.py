@@ -134,9 +134,11 @@ def load_tokenizer(cfg: Any) -> Any:
     return IdentifierTokenizer.load(tok_dir)
 
 
-def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world_size: int = 1) -> tuple[Any, Any]:
+def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world_size: int = 1, *,
+                 with_encoder: bool = True) -> tuple[Any, Any]:
     """``(model, frozen vision encoder or None)``: a grace.model Flamingo from a config name or JSON path,
-    its encoder built apart so ZeRO neither partitions nor optimises it.
+    its encoder built apart so ZeRO neither partitions nor optimises it (and only ``with_encoder``: a run on
+    a features cache never calls it).
 
     Under ZeRO-3 across several processes the model is built inside ``deepspeed.zero.Init`` (transformers is
     told, so ``from_pretrained``/``from_config`` and the embedding resize work on partitions): no rank ever
@@ -149,7 +151,7 @@ def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world
 
     config = resolve_config(spec)
     encoder = None
-    if config.vision_encoder:
+    if config.vision_encoder and with_encoder:
         from grace.model.vision import create_vision_encoder
 
         encoder = create_vision_encoder(config.vision_encoder).requires_grad_(False).eval()
@@ -168,16 +170,21 @@ def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world
                             init_context=lambda: deepspeed.zero.Init(config_dict_or_path=ds_config))
     finally:
         unset_hf_deepspeed_config()
-    whole = [n for n, p in model.named_parameters() if not hasattr(p, "ds_id")]
+    whole = [n for n, p in model.named_parameters() if not _is_partitioned(p)]
     if whole:  # e.g. a GGUF LM: transformers dequantises it in full, outside zero.Init; partition it now
         log.info("ZeRO-3: partitioning %d parameters built outside zero.Init (%s, ...)", len(whole), whole[0])
         deepspeed.zero.Init(module=model, config_dict_or_path=ds_config)
     return model, encoder
 
 
+def _is_partitioned(param: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter (converted by ``zero.Init``): its data is this rank's partition only."""
+    return hasattr(param, "ds_id")
+
+
 def partitioned(model: Any) -> bool:
     """Whether ZeRO-3 holds this model's parameters in partitions (built under ``zero.Init``)."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+    return any(_is_partitioned(p) for p in model.parameters())
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
@@ -312,7 +319,7 @@ def gathered_state_dict(module: Any, rank: int) -> dict[str, torch.Tensor] | Non
     for prefix, sub in module.named_modules():
         params = [(n, p) for n, p in sub.named_parameters(recurse=False) if id(p) not in seen]
         seen.update(id(p) for _, p in params)
-        zero3 = any(hasattr(p, "ds_id") for _, p in params)
+        zero3 = any(_is_partitioned(p) for _, p in params)
         with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None, enabled=zero3):
             if rank == 0:
                 buffers = [(n, b) for n, b in sub.named_buffers(recurse=False)
