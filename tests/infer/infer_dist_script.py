@@ -5,6 +5,7 @@ import sys
 
 from infer_helpers import tiny_generative_retriever
 
+from grace.distributed import close_distributed
 from grace.infer.evaluate import evaluate, init_distributed
 
 if __name__ == "__main__":
@@ -17,3 +18,4 @@ if __name__ == "__main__":
         res.pop("latency_ms")
         print("RESULT " + json.dumps(res, sort_keys=True))
         sys.stdout.flush()
+    close_distributed()

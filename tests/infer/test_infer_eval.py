@@ -13,6 +13,7 @@ from infer_helpers import tiny_generative_retriever
 
 from grace.infer.evaluate import evaluate, hits_at_k, recall_at_k
 from grace.retriever import Hit, Query, Retriever
+from launch_helpers import torchrun_prefix
 
 HERE = Path(__file__).parent
 
@@ -78,8 +79,7 @@ def _run(cmd):
 @pytest.mark.multiproc
 def test_torchrun_two_processes_equal_one_process():
     single = _run([sys.executable, "infer_dist_script.py"])
-    double = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-                   "infer_dist_script.py"])
+    double = _run([*torchrun_prefix(2), "infer_dist_script.py"])
     assert single == double
     assert single["num_queries"] == 23 and 0 < single["recall@10"] <= 1
 

@@ -16,6 +16,7 @@ from grace.infer.retriever import GenerativeRetriever, make_adapter
 from grace.model import create_model
 from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Query
+from launch_helpers import torchrun_prefix
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,7 @@ def test_grace_eval_cli_under_torchrun_equals_single_process(parts, shared_tiny_
     results = {}
     for nproc in (1, 2):
         out = tmp_path / f"out{nproc}"
-        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                        "--nproc_per_node", "2", "--master_port", "29573"]
+        launcher = [sys.executable] if nproc == 1 else torchrun_prefix(2)
         proc = subprocess.run(launcher + args + ["--out", str(out)], check=False, env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from launch_helpers import torchrun_prefix
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -60,22 +61,8 @@ def subprocess_env() -> dict:
     return env
 
 
-def torchrun_prefix(nproc: int) -> list[str]:
-    """``torchrun --nproc_per_node N --master_port <free>``; append a script (or ``-m module``) and its args."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(_free_port())]
-
-
 def torchrun_cmd(nproc: int, config_path: Path, *extra: str) -> list[str]:
     return [*torchrun_prefix(nproc), "-m", "grace.cli", "train", "--config", str(config_path), *extra]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def reference_model(spec: str, tokenizer: Any, state: dict | None = None) -> Any:

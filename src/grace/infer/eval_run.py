@@ -79,10 +79,22 @@ def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int
 
 def run_eval(config: EvalConfig) -> dict[str, dict]:
     """Load every retriever (+ the random baseline), evaluate, write artefacts on rank 0."""
-    from grace.data_process.dataset import load_karpathy, test_queries
+    import torch.distributed as dist
+
+    from grace.distributed import close_distributed
     from grace.infer.evaluate import init_distributed
 
+    owns_group = not (dist.is_available() and dist.is_initialized())
     world, rank = init_distributed()
+    results = _run_eval(config, world, rank)
+    if owns_group:  # not in a `finally` (see close_distributed)
+        close_distributed()
+    return results
+
+
+def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
+    from grace.data_process.dataset import load_karpathy, test_queries
+
     seed_everything(config.seed)
     dataset = load_karpathy(config.dataset, check_files=False)
     queries, gold = test_queries(dataset, config.split)

@@ -20,6 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from grace.config import dataclass_from_args
+    from grace.distributed import close_distributed
     from grace.train import TrainConfig, train
 
     cfg = dataclass_from_args(TrainConfig, args)
@@ -29,4 +30,5 @@ def _run(args: argparse.Namespace) -> int:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(f"trained steps {result.start_step}->{result.steps[-1] if result.steps else result.start_step}, "
               f"final loss {last}, {result.seconds_per_step:.3f} s/step, export: {result.export_dir}")
+    close_distributed()  # the command started the group (train() does under torchrun or alone)
     return 0
