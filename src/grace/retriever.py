@@ -39,6 +39,8 @@ class Retriever(ABC):
     """Ranks corpus images for queries. Subclasses override :meth:`search` and :meth:`load`."""
 
     name: str = "retriever"
+    #: what a query may hold ("text", "image"); the search server offers image queries to those with "image"
+    modalities: tuple[str, ...] = ("text",)
 
     @abstractmethod
     def search(self, queries: list[Query], k: int) -> list[list[Hit]]:

@@ -104,3 +104,44 @@ def test_unconstrained_search_runs_without_trie():
     ids, mask = _prompts(2, 4, 0)
     out = _search(model, ids, mask, None, 3, max_new=4)
     assert out.scores.shape == (2, 3) and (out.lengths <= 4).all()
+
+
+def test_fanout_candidates_are_exactly_the_trie_children():
+    trie = DictTrie(random_sequences(60, V, EOS, seed=5, min_len=1, max_len=6))
+    proc = TrieLogitsProcessor(trie.transitions())
+    assert proc.fanout_tokens is not None and proc.fanout == max(len(trie.get(s[:i])) for s in trie for i in range(len(s)))
+    for seq in list(trie)[:20]:
+        state = proc.init_state(1)
+        for i, tok in enumerate(seq):
+            tokens, children = proc.candidates(state)
+            real = children[0] != proc.sink
+            assert tokens[0][real].tolist() == trie.get(seq[:i])
+            # the child reached through the table is the node advance() finds
+            j = tokens[0].tolist().index(tok)
+            state = proc.advance(state, torch.tensor([tok]))
+            assert int(children[0, j]) == int(state)
+    assert (proc.candidates(torch.tensor([proc.sink]))[1] == proc.sink).all()  # the sink has no children
+    assert TrieLogitsProcessor(trie.transitions(), max_fanout_entries=1).candidates(proc.init_state(2)) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("beams", [2, 10, 25])
+def test_fanout_loop_equals_vocabulary_wide_loop(seed, beams):
+    """Ranking K x F trie children == masking K x V logits: same hypotheses and scores, on uneven-depth
+    tries (identifiers of 1-7 tokens, so finished and live beams mix), beams above and below the fan-out."""
+    trie = DictTrie(random_sequences(120, V, EOS, seed=seed, min_len=1, max_len=7))
+    model = tiny_llama(V, seed)
+    ids, mask = _prompts(5, 6, seed)
+    fanout = TrieLogitsProcessor(trie.transitions())
+    wide = TrieLogitsProcessor(trie.transitions(), max_fanout_entries=0)
+    assert fanout.fanout_tokens is not None and wide.fanout_tokens is None
+    for length_penalty in (0.0, 1.0):
+        a = _search(model, ids, mask, fanout, beams, lp=length_penalty, max_new=8)
+        b = _search(model, ids, mask, wide, beams, lp=length_penalty, max_new=8)
+        for row in range(ids.shape[0]):
+            ha, hb = a.detailed_hypotheses(row), b.detailed_hypotheses(row)
+            assert [h[0] for h in ha] == [h[0] for h in hb] and all(h[0] in trie for h in ha)
+            assert [h[1] for h in ha] == pytest.approx([h[1] for h in hb], abs=1e-5)
+            assert [h[2] for h in ha] == [pytest.approx(h[2], abs=1e-5) for h in hb]
+            if length_penalty == 1.0:  # per-token log-probs add up to the normalised score
+                assert all(sum(h[2]) / len(h[0]) == pytest.approx(h[1], abs=1e-4) for h in ha)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from grace.hf_compat import cache_kwarg, output_cache
+from grace.hf_compat import cache_kwarg, output_cache, takes_logits_to_keep
 
 NEG = -1.0e9
 
@@ -50,6 +50,8 @@ class CausalLMAdapter:
         self.input_key = input_key
         self.use_position_ids = position_ids
         self.extra = extra
+        # the prompt's logits are needed at its last position only (a Flamingo model passes this to its LM)
+        self.last_logits_only = takes_logits_to_keep(getattr(model, "lang_encoder", model))
         self.past = None
         self.mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
@@ -58,6 +60,8 @@ class CausalLMAdapter:
         kwargs = {self.input_key: ids, "attention_mask": mask, "use_cache": True, cache_kwarg(self.model): self.past}
         if self.use_position_ids:
             kwargs["position_ids"] = positions
+        if self.last_logits_only:
+            kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs, **extra)
         self.past = output_cache(out)
         return out.logits[:, -1, :].float()
@@ -117,18 +121,26 @@ def _reorder_cache(past: Any, beam_idx: torch.Tensor) -> Any:
 @dataclass
 class BeamOutput:
     """Finished hypotheses per query, best first: ``sequences`` (B, R, T) generated tokens (padded with
-    ``pad``), ``lengths`` (B, R), ``scores`` (B, R) length-normalised log-probs (``NEG`` = no hypothesis)."""
+    ``pad``), ``lengths`` (B, R), ``scores`` (B, R) length-normalised log-probs (``NEG`` = no hypothesis),
+    and ``token_logprobs`` (B, R, T): the (constrained) log-prob of each generated token, whose prefix sums
+    are the beam's score after each step."""
 
     sequences: torch.Tensor
     lengths: torch.Tensor
     scores: torch.Tensor
+    token_logprobs: torch.Tensor
 
     def hypotheses(self, row: int) -> list[tuple[list[int], float]]:
         """Valid (tokens, score) pairs of one query, best first."""
+        return [(tokens, score) for tokens, score, _ in self.detailed_hypotheses(row)]
+
+    def detailed_hypotheses(self, row: int) -> list[tuple[list[int], float, list[float]]]:
+        """Valid (tokens, score, per-token log-probs) triples of one query, best first."""
         out = []
-        for seq, length, score in zip(self.sequences[row].tolist(), self.lengths[row].tolist(), self.scores[row].tolist()):
+        for seq, length, score, logps in zip(self.sequences[row].tolist(), self.lengths[row].tolist(),
+                                              self.scores[row].tolist(), self.token_logprobs[row].tolist()):
             if score > NEG / 10:
-                out.append((seq[:length], score))
+                out.append((seq[:length], score, logps[:length]))
         return out
 
 
@@ -137,6 +149,28 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     shape = index.shape + tensor.shape[2:]
     idx = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(shape)
     return tensor.gather(1, idx)
+
+
+def _top_children(log_probs: torch.Tensor, cands: tuple[torch.Tensor, torch.Tensor], running_scores: torch.Tensor,
+                  keep: int, sink: int) -> tuple[torch.Tensor, ...]:
+    """The ``keep`` best (beam, child) continuations per query among each beam's F trie children:
+    scores, source beams, tokens (B, keep) and the child nodes (B * keep,) they lead to. Padding children
+    (and tokens beyond the LM's vocabulary) score -inf, as masked tokens do on the vocabulary-wide path."""
+    tokens, children = cands  # (B*K, F)
+    batch, num_beams = running_scores.shape
+    vocab, width = log_probs.shape[-1], tokens.shape[-1]
+    child_lp = log_probs.gather(1, tokens.clamp_max(vocab - 1))
+    child_lp = child_lp.masked_fill((children == sink) | (tokens >= vocab), float("-inf"))
+    scores = (child_lp.view(batch, num_beams, width) + running_scores[:, :, None]).view(batch, -1)
+    tokens, children = tokens.view(batch, -1), children.view(batch, -1)
+    if scores.shape[1] < keep:  # fewer candidates than kept continuations: pad with dead ones
+        pad = keep - scores.shape[1]
+        scores = torch.cat([scores, scores.new_full((batch, pad), float("-inf"))], dim=1)
+        tokens = torch.cat([tokens, tokens.new_zeros((batch, pad))], dim=1)
+        children = torch.cat([children, children.new_full((batch, pad), sink)], dim=1)
+    top_scores, top_index = torch.topk(scores, k=keep)
+    top_beam = (top_index // width).clamp_max(num_beams - 1)
+    return top_scores, top_beam, tokens.gather(1, top_index), children.gather(1, top_index).view(-1)
 
 
 @torch.no_grad()
@@ -154,6 +188,8 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
     top_mask = torch.arange(keep, device=device) < num_beams
     running = torch.full((batch, num_beams, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = running.clone()
+    running_logp = torch.zeros((batch, num_beams, max_new_tokens), device=device)
+    finished_logp = running_logp.clone()
     finished_len = torch.zeros((batch, num_beams), dtype=torch.long, device=device)
     running_scores = torch.zeros((batch, num_beams), device=device)
     running_scores[:, 1:] = NEG
@@ -165,29 +201,38 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
 
     logits = adapter.prefill(input_ids, attention_mask, num_beams)
     prompt_rows = input_ids.repeat_interleave(num_beams, 0)
+    fanout = getattr(constraint, "candidates", None)
     for cur in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
-        if constraint is not None:
-            flat_seqs = None  # only a sequence-reading constraint (the GENRE reference) needs the rows
-            if getattr(constraint, "needs_sequences", True):
-                flat_seqs = torch.cat([prompt_rows, running[:, :, :cur].reshape(batch * num_beams, cur)], dim=1)
-            log_probs = constraint.apply(flat_seqs, log_probs, state)
-        vocab = log_probs.shape[-1]
-        log_probs = log_probs.view(batch, num_beams, vocab) + running_scores[:, :, None]
-        top_scores, top_index = torch.topk(log_probs.view(batch, -1), k=keep)
-        top_beam = top_index // vocab
-        top_tokens = top_index % vocab
+        cands = fanout(state) if fanout is not None else None
+        if cands is not None:  # rank the K x F trie children only
+            top_scores, top_beam, top_tokens, top_state = _top_children(log_probs, cands, running_scores, keep,
+                                                                         constraint.sink)
+        else:
+            if constraint is not None:
+                flat_seqs = None  # only a sequence-reading constraint (the GENRE reference) needs the rows
+                if getattr(constraint, "needs_sequences", True):
+                    flat_seqs = torch.cat([prompt_rows, running[:, :, :cur].reshape(batch * num_beams, cur)], dim=1)
+                log_probs = constraint.apply(flat_seqs, log_probs, state)
+            vocab = log_probs.shape[-1]
+            log_probs = log_probs.view(batch, num_beams, vocab) + running_scores[:, :, None]
+            top_scores, top_index = torch.topk(log_probs.view(batch, -1), k=keep)
+            top_beam = top_index // vocab
+            top_tokens = top_index % vocab
+            if constraint is not None:
+                flat_src = (top_beam + batch_offset).view(-1)
+                top_state = constraint.advance(constraint.select(state, flat_src), top_tokens.view(-1))
         top_seqs = _gather(running, top_beam)
         top_seqs[:, :, cur] = top_tokens
-        if constraint is not None:
-            flat_src = (top_beam + batch_offset).view(-1)
-            top_state = constraint.advance(constraint.select(state, flat_src), top_tokens.view(-1))
+        top_logp = _gather(running_logp, top_beam)
+        top_logp[:, :, cur] = top_scores - running_scores.gather(1, top_beam)
         done = (top_tokens == eos_token_id) | (cur + 1 >= max_new_tokens)
 
         # live beams: the best num_beams continuations that did not finish
         live_scores = top_scores + done.float() * NEG
         next_index = torch.topk(live_scores, k=num_beams)[1]
         running = _gather(top_seqs, next_index)
+        running_logp = _gather(top_logp, next_index)
         running_scores = live_scores.gather(1, next_index)
         beam_idx = (_gather(top_beam, next_index) + batch_offset).view(-1)
         if constraint is not None:
@@ -198,11 +243,13 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
         normed = top_scores / float(cur + 1) ** length_penalty
         normed = normed + (~improvable).float() * NEG + (~just_done).float() * NEG
         merged_seqs = torch.cat([finished, top_seqs], dim=1)
+        merged_logp = torch.cat([finished_logp, top_logp], dim=1)
         merged_scores = torch.cat([finished_scores, normed], dim=1)
         merged_len = torch.cat([finished_len, torch.full_like(top_tokens, cur + 1)], dim=1)
         merged_done = torch.cat([is_finished, just_done], dim=1)
         pick = torch.topk(merged_scores, k=num_beams)[1]
         finished, finished_scores = _gather(merged_seqs, pick), merged_scores.gather(1, pick)
+        finished_logp = _gather(merged_logp, pick)
         finished_len, is_finished = merged_len.gather(1, pick), merged_done.gather(1, pick)
 
         # HF's default heuristic: stop a query when its best live beam cannot beat its worst finished one
@@ -213,4 +260,4 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
             break
         adapter.reorder(beam_idx)
         logits = adapter.step(running[:, :, cur].reshape(-1))
-    return BeamOutput(sequences=finished, lengths=finished_len, scores=finished_scores)
+    return BeamOutput(sequences=finished, lengths=finished_len, scores=finished_scores, token_logprobs=finished_logp)

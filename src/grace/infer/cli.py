@@ -1,8 +1,10 @@
-"""``grace eval``, ``grace ablate``, ``grace demo``, ``grace bench decode`` — thin drivers over dataclasses."""
+"""``grace eval``, ``ablate``, ``demo``, ``search``, ``serve``, ``bench decode`` — thin drivers over dataclasses."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 
 
 class _Extend(argparse.Action):
@@ -52,18 +54,73 @@ def _bench_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.configs import SearchConfig
+    from grace.infer.search import SearchService, read_queries, run_search
+
+    config = dataclass_from_args(SearchConfig, args)
+    texts = read_queries(args.queries, config.queries_file) if (args.queries or config.queries_file or
+                                                                 config.image is None) else []
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print while loading; stdout carries the results
+        service = SearchService.load(config.retriever, run=config.run, dataset=config.dataset,
+                                     split=config.split, num_beams=config.num_beams)
+        rendered = run_search(service, texts, k=config.k, image=config.image, as_json=config.json)
+    print(rendered)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args
+    from grace.infer.configs import ServeConfig
+    from grace.infer.search import SearchService
+    from grace.infer.server import serve
+
+    config = dataclass_from_args(ServeConfig, args)
+    service = SearchService.load(config.retriever, run=config.run, dataset=config.dataset, split=config.split,
+                                 num_beams=config.num_beams)
+    print(f"grace serve: {', '.join(service.retrievers)} on http://{config.host}:{config.port}/", flush=True)
+    serve(service, host=config.host, port=config.port, max_batch=config.max_batch, window_ms=config.window_ms)
+    return 0
+
+
+def _add_retriever_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--retriever is repeatable: `--retriever generative:A --retriever clip_faiss:B` (or several after one flag)."""
+    from grace.config import _UNSET
+
+    parser.add_argument("--retriever", dest="retriever", action=_Extend, nargs="+", default=_UNSET, help=help_text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the infer stage's subcommands (dataclasses imported lazily for their flags)."""
-    from grace.config import _UNSET, add_command, add_dataclass_args
-    from grace.infer.configs import AblateConfig, BenchConfig, DemoConfig, EvalConfig
+    from grace.config import add_command, add_dataclass_args
+    from grace.infer.configs import (
+        AblateConfig,
+        BenchConfig,
+        DemoConfig,
+        EvalConfig,
+        SearchConfig,
+        ServeConfig,
+    )
 
     p = subparsers.add_parser("eval", help="Recall@K + latency of retrievers (KIND:PATH); works under torchrun",
                               conflict_handler="resolve")
     add_dataclass_args(p, EvalConfig)
-    # --retriever is repeatable: `--retriever generative:A --retriever clip_faiss:B` (or several after one flag)
-    p.add_argument("--retriever", dest="retriever", action=_Extend, nargs="+", default=_UNSET,
-                   help="KIND:PATH of a retriever, repeatable (the random baseline is always added)")
+    _add_retriever_flag(p, "KIND:PATH of a retriever, repeatable (the random baseline is always added)")
     p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("search", help="ranked images for text (or image) queries from loaded retrievers",
+                              conflict_handler="resolve")
+    add_dataclass_args(p, SearchConfig)
+    _add_retriever_flag(p, "KIND:PATH of a retriever, repeatable (default: every retriever of --run)")
+    p.add_argument("queries", nargs="*", help="query texts")
+    p.set_defaults(func=_search)
+
+    p = subparsers.add_parser("serve", help="web page + JSON API over a run's retrievers (FastAPI, uvicorn)",
+                              conflict_handler="resolve")
+    add_dataclass_args(p, ServeConfig)
+    _add_retriever_flag(p, "KIND:PATH of a retriever, repeatable (default: every retriever of --run)")
+    p.set_defaults(func=_serve)
 
     add_command(subparsers, "ablate", AblateConfig, _ablate, help="identifier schemes: ids → shards → trie → train → eval, one table")
 

@@ -4,9 +4,11 @@ Both implement the small :class:`Constraint` protocol that :func:`grace.infer.be
 drives: ``init_state(n)`` → per-row state, ``apply(sequences, scores, state)`` → masked scores,
 ``advance(state, tokens)`` → next state. The beam loop re-indexes the state with the beam order itself.
 
-- :class:`TrieLogitsProcessor` keeps ONE trie node id per row as a tensor. Masking is one gather/scatter
-  over the CSR slices of all rows at once; advancing is one ``searchsorted`` over globally sorted
-  ``node * T + token`` keys. No Python loop over rows, no ``.tolist()``.
+- :class:`TrieLogitsProcessor` keeps ONE trie node id per row as a tensor. Its fan-out table lets the beam
+  loop gather each row's F allowed tokens (and their child nodes) and rank K × F candidates instead of
+  K × V; without the table (too large), masking is one gather/scatter over the CSR slices of all rows at
+  once and advancing one ``searchsorted`` over globally sorted ``node * T + token`` keys. No Python loop
+  over rows, no ``.tolist()``.
 - :class:`PrefixAllowedReference` is the GENRE-style ``prefix_allowed_tokens_fn`` (Python, ``trie.get``
   on each row's generated suffix): slow, obviously correct, kept as the reference the tests compare with.
 """
@@ -47,7 +49,8 @@ class TrieLogitsProcessor:
 
     needs_sequences = False  # state-driven: the beam loop need not materialise the rows
 
-    def __init__(self, table: Any, device: torch.device | str | None = None):
+    def __init__(self, table: Any, device: torch.device | str | None = None, *,
+                 max_fanout_entries: int = 1 << 22):
         offsets = _as_tensor(table.offsets, device)
         self.tokens = _as_tensor(table.tokens, device)
         self.children = _as_tensor(table.children, device)
@@ -63,15 +66,40 @@ class TrieLogitsProcessor:
         self.stride = int(self.tokens.max().item()) + 1 if self.tokens.numel() else 1
         edge_node = torch.repeat_interleave(torch.arange(self.num_nodes, device=offsets.device), self.counts[:-1])
         self.keys = edge_node * self.stride + self.tokens
+        self._build_fanout(edge_node, max_fanout_entries)
+
+    def _build_fanout(self, edge_node: torch.Tensor, budget: int) -> None:
+        """Dense (nodes+1, F) tables of each node's child tokens and child nodes (F = the largest fan-out;
+        padding: token 0 → the sink), so a beam step gathers F candidates per row instead of scanning the
+        vocabulary. Skipped (``fanout_tokens`` None) when nodes × F exceeds ``budget`` (e.g. 1M atomic ids
+        under one root): the beam loop then masks the full vocabulary."""
+        self.fanout = int(self.counts.max().item()) if self.tokens.numel() else 0
+        self.fanout_tokens = self.fanout_children = None
+        if self.fanout == 0 or (self.num_nodes + 1) * self.fanout > budget:
+            return
+        device = self.tokens.device
+        within = torch.arange(self.tokens.numel(), device=device) - self.offsets[edge_node]
+        self.fanout_tokens = torch.zeros((self.num_nodes + 1, self.fanout), dtype=torch.int64, device=device)
+        self.fanout_children = torch.full_like(self.fanout_tokens, self.sink)
+        self.fanout_tokens[edge_node, within] = self.tokens
+        self.fanout_children[edge_node, within] = self.children
 
     @property
     def device(self) -> torch.device:
         return self.tokens.device
 
     def to(self, device: torch.device | str) -> TrieLogitsProcessor:
-        for name in ("offsets", "tokens", "children", "counts", "keys"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("offsets", "tokens", "children", "counts", "keys", "fanout_tokens", "fanout_children"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
+
+    def candidates(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, F) child tokens and child nodes of each row's node (padding: token 0 → the sink), or None
+        without a fan-out table. Candidates are in token order, as the vocabulary-wide path ranks them."""
+        if self.fanout_tokens is None:
+            return None
+        return self.fanout_tokens[state], self.fanout_children[state]
 
     def init_state(self, n_rows: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(n_rows, dtype=torch.int64, device=device or self.device)

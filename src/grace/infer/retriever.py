@@ -9,7 +9,9 @@ first (several identifiers may name one image, e.g. semantic ids).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,17 @@ from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneratedHit(Hit):
+    """A generative hit with why it was retrieved: the ``identifier`` generated, its trie ``path`` (one piece
+    per token, e.g. cluster → sub-cluster → leaf for structured ids) and the beam's cumulative log-prob after
+    each generated token (``step_scores``, one per token; the last one follows the end-of-identifier token)."""
+
+    identifier: str = ""
+    path: list[str] = field(default_factory=list)
+    step_scores: list[float] = field(default_factory=list)
 
 
 def make_adapter(model: Any, batch_size: int, device: torch.device) -> CausalLMAdapter:
@@ -91,7 +104,12 @@ class GenerativeRetriever(Retriever):
 
     @torch.no_grad()
     def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
-        results: list[list[Hit]] = []
+        return [[Hit(h.image_id, h.score) for h in hits] for hits in self.search_explained(queries, k)]
+
+    @torch.no_grad()
+    def search_explained(self, queries: list[Query], k: int) -> list[list[GeneratedHit]]:
+        """:meth:`search`, keeping for each hit the identifier generated, its trie path and step scores."""
+        results: list[list[GeneratedHit]] = []
         beams = max(self.num_beams, k)
         for start in range(0, len(queries), self.batch_size):
             batch = queries[start:start + self.batch_size]
@@ -106,13 +124,20 @@ class GenerativeRetriever(Retriever):
                               pad_token_id=self.tokenizer.pad_token_id)
             for row in range(len(batch)):
                 hits, seen = [], set()
-                for tokens, score in out.hypotheses(row):
+                for tokens, score, logps in out.detailed_hypotheses(row):
                     image = self.image_of(tokens)
                     if image is not None and image not in seen:
                         seen.add(image)
-                        hits.append(Hit(image, score))
+                        hits.append(self._explain(image, score, tokens, logps))
                 results.append(hits[:k])
         return results
+
+    def _explain(self, image: str, score: float, tokens: list[int], logps: list[float]) -> GeneratedHit:
+        eoc = self.tokenizer.eoc_token_id
+        pieces = [self.tokenizer.decode_identifier([t]) for t in tokens if t != eoc]
+        body = [t for t in tokens if t != eoc]
+        return GeneratedHit(image_id=image, score=score, identifier=self.tokenizer.decode_identifier(body),
+                            path=pieces, step_scores=list(itertools.accumulate(logps)))
 
     @classmethod
     def load(cls, path: str | Path, *, ids: str | Path | None = None, trie: str | Path | None = None,

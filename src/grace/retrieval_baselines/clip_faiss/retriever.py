@@ -19,6 +19,7 @@ class ClipFaissRetriever(Retriever):
     """Dual encoder + FAISS index; a query with both text and image uses the sum of both embeddings."""
 
     name = "clip_faiss"
+    modalities = ("text", "image")
 
     def __init__(self, index, encoder, *, oversample: int = 4):
         from grace.retrieval_baselines.clip_faiss.index import DenseIndex

@@ -20,6 +20,7 @@ class LateInteractionRetriever(Retriever):
     """Late-interaction model + index (PLAID or exact MaxSim)."""
 
     name = "late_interaction"
+    modalities = ("text", "image")
 
     def __init__(self, *, searcher, model, image_encoder=None, batch_size: int = 64):
         self.searcher, self.model, self.batch_size = searcher, model.eval(), batch_size

@@ -1,0 +1,212 @@
+"""``grace search``: ask loaded retrievers for images, and the :class:`SearchService` ``grace serve`` wraps.
+
+A service holds each retriever once (``KIND:PATH`` specs, or every retriever a run built) and the corpus
+(image id → file), so results carry file paths and every request after the first costs only a search.
+Generative hits keep the identifier they were generated as, its trie path and the beam score per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grace.errors import GraceError, InputError
+from grace.retriever import Hit, Query, Retriever
+
+#: most characters a text query may have (a longer one is refused, not truncated)
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass
+class Result:
+    """One ranked image: ``rank`` from 1, its ``path`` in the corpus (None when unknown), and for generative
+    hits the ``identifier``, its trie ``path`` pieces and cumulative ``step_scores``."""
+
+    rank: int
+    image_id: str
+    score: float
+    file: str | None = None
+    caption: str | None = None
+    identifier: str | None = None
+    trie_path: list[str] = field(default_factory=list)
+    step_scores: list[float] = field(default_factory=list)
+
+
+def run_retriever_specs(run: str | Path) -> list[str]:
+    """``KIND:PATH`` of every retriever a run built: ``RUN/ckpt/<scheme>/export`` (generative) and
+    ``RUN/baselines/<kind>/index`` (only folders whose ``config.json``, written last, exists)."""
+    run = Path(run)
+    specs = [f"generative:{export}" for export in sorted(run.glob("ckpt/*/export"))
+             if (export / "config.json").is_file()]
+    specs += [f"{index.parent.name}:{index}" for index in sorted(run.glob("baselines/*/index"))
+              if (index / "config.json").is_file()]
+    if not specs:
+        raise InputError("no trained retriever in this run (looked for ckpt/*/export and baselines/*/index)",
+                         path=run)
+    return specs
+
+
+def retriever_name(spec: str) -> str:
+    """Display name of ``KIND:PATH``: ``generative/<scheme>`` for a run's export, else the kind."""
+    kind, _, path = spec.partition(":")
+    parts = Path(path).parts
+    if kind == "generative" and len(parts) >= 3 and parts[-1] == "export" and parts[-3] == "ckpt":
+        return f"generative/{parts[-2]}"
+    return kind
+
+
+def modalities(retriever: Retriever) -> tuple[str, ...]:
+    """What a retriever's queries may hold: ``("text",)`` or ``("text", "image")``."""
+    return tuple(retriever.modalities)
+
+
+class SearchService:
+    """Named retrievers over one corpus; :meth:`search` validates a request and returns :class:`Result` rows."""
+
+    def __init__(self, retrievers: dict[str, Retriever], files: dict[str, Path] | None = None,
+                 run: Path | None = None, captions: dict[str, str] | None = None):
+        if not retrievers:
+            raise GraceError("a search service needs at least one retriever")
+        self.retrievers = retrievers
+        self.files = files or {}
+        self.captions = captions or {}
+        self.run = run
+
+    @classmethod
+    def load(cls, specs: list[str] | None = None, *, run: str | Path | None = None,
+             dataset: str | Path | None = None, split: str = "test", num_beams: int = 10,
+             device: str | None = None) -> SearchService:
+        """Load ``specs`` (default: every retriever of ``run``) once; the ``split`` images of ``dataset``
+        (default ``RUN/data/dataset.json``) are the corpus that results point to."""
+        from grace.retriever import load_retriever
+
+        run_dir = Path(run) if run else None
+        specs = list(specs or []) or (run_retriever_specs(run_dir) if run_dir else [])
+        if not specs:
+            raise InputError("name a retriever (--retriever KIND:PATH) or a run (--run RUN)")
+        retrievers: dict[str, Retriever] = {}
+        for spec in specs:
+            kind = spec.partition(":")[0]
+            kwargs: dict[str, Any] = {"num_beams": num_beams} if kind == "generative" else {}
+            if kind == "generative" and device:
+                kwargs["device"] = device
+            name = retriever_name(spec)
+            retrievers[name if name not in retrievers else spec] = load_retriever(spec, **kwargs)
+        if dataset is None and run_dir is not None and (run_dir / "data" / "dataset.json").is_file():
+            dataset = run_dir / "data" / "dataset.json"
+        files, captions = corpus_files(dataset, split) if dataset else ({}, {})
+        return cls(retrievers, files, run_dir, captions)
+
+    def describe(self) -> list[dict]:
+        """What is loaded: name, class name and query modalities of each retriever."""
+        return [{"name": name, "kind": type(r).__name__, "modalities": list(modalities(r))}
+                for name, r in self.retrievers.items()]
+
+    def check_request(self, names: list[str] | None, k: int, query: Query) -> list[str]:
+        """The retriever names a request targets; InputError on an unknown name, k outside [1, corpus], an
+        over-long text, or an image query for text-only retrievers."""
+        names = list(names or self.retrievers)
+        unknown = [n for n in names if n not in self.retrievers]
+        if unknown:
+            raise InputError(f"unknown retriever(s) {unknown}; loaded: {sorted(self.retrievers)}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        if self.files and k > len(self.files):
+            raise InputError(f"k={k} is larger than the corpus ({len(self.files)} images)")
+        if query.text is not None and len(query.text) > MAX_QUERY_CHARS:
+            raise InputError(f"query is {len(query.text)} characters long (at most {MAX_QUERY_CHARS})")
+        if query.image is not None:
+            text_only = [n for n in names if "image" not in modalities(self.retrievers[n])]
+            if text_only:
+                raise InputError(f"retriever(s) {text_only} take text queries only")
+        return names
+
+    def rows(self, hits: list[Hit]) -> list[Result]:
+        """Result rows of one query's hits (file paths from the corpus, generative explanations kept)."""
+        out = []
+        for rank, hit in enumerate(hits, 1):
+            file = self.files.get(hit.image_id)
+            out.append(Result(rank=rank, image_id=hit.image_id, score=float(hit.score),
+                              file=str(file) if file else None, caption=self.captions.get(hit.image_id),
+                              identifier=getattr(hit, "identifier", None),
+                              trie_path=list(getattr(hit, "path", [])),
+                              step_scores=[float(s) for s in getattr(hit, "step_scores", [])]))
+        return out
+
+    def search_one(self, name: str, queries: list[Query], k: int) -> list[list[Result]]:
+        """Rows for ``queries`` from one retriever (generative: with the identifiers it generated)."""
+        retriever = self.retrievers[name]
+        explained = getattr(retriever, "search_explained", None)
+        hits = explained(queries, k) if explained else retriever.search(queries, k)
+        return [self.rows(h) for h in hits]
+
+    def search(self, query: Query, k: int = 10, names: list[str] | None = None) -> dict[str, dict]:
+        """One query against the named retrievers: ``{name: {"results": [...], "latency_ms": t}}``."""
+        out = {}
+        for name in self.check_request(names, k, query):
+            t0 = time.perf_counter()
+            rows = self.search_one(name, [query], k)[0]
+            out[name] = {"results": [asdict(r) for r in rows], "latency_ms": 1000 * (time.perf_counter() - t0)}
+        return out
+
+
+def corpus_files(dataset_json: str | Path, split: str = "test") -> tuple[dict[str, Path], dict[str, str]]:
+    """image id → absolute image file, and image id → first caption, of the ``split`` images of a
+    Karpathy-form dataset (the retrieval corpus of a run: its tries and baseline indexes cover the test split)."""
+    from grace.data_process.dataset import load_karpathy
+
+    dataset = load_karpathy(dataset_json, check_files=False)
+    records = dataset.split(split) if split else dataset.images
+    if not records:
+        raise InputError(f"split {split!r} has no images", path=dataset_json)
+    return ({r.image_id: Path(r.path).resolve() for r in records},
+            {r.image_id: r.texts[0] for r in records if r.texts})
+
+
+def format_table(query: str, name: str, rows: list[Result]) -> str:
+    """A plain-text table of one retriever's results for one query."""
+    lines = [f"{name}  ·  {query!r}", f"{'rank':>4}  {'image id':<28} {'score':>9}  file / identifier"]
+    for r in rows:
+        extra = f"{r.caption!r} {r.file or ''}" if r.caption else (r.file or "")
+        if r.identifier is not None:
+            steps = " → ".join(f"{p} ({s:.2f})" for p, s in zip(r.trie_path, r.step_scores))
+            extra = f"{extra}\n{'':>45}id {r.identifier!r}: {steps}"
+        lines.append(f"{r.rank:>4}  {r.image_id:<28} {r.score:>9.4f}  {extra}")
+    return "\n".join(lines)
+
+
+def read_queries(texts: list[str], queries_file: Path | None) -> list[str]:
+    """Queries from the command line and/or a file (one per line; blank lines skipped)."""
+    queries = list(texts)
+    if queries_file is not None:
+        if not Path(queries_file).is_file():
+            raise InputError("queries file not found", path=queries_file)
+        queries += [line.strip() for line in Path(queries_file).read_text(encoding="utf-8").splitlines()
+                    if line.strip()]
+    if not queries:
+        raise InputError("no query given (pass text, --image, or --queries-file)")
+    return queries
+
+
+def run_search(service: SearchService, texts: list[str], *, k: int = 10, image: Path | None = None,
+               as_json: bool = False) -> str:
+    """Run every query through every retriever (each loaded once) and render a table or JSON."""
+    queries = [Query(text=t, image=image) for t in texts] if texts else [Query(image=image)]
+    names = None
+    if image is not None:  # an image query goes to the retrievers that take images
+        names = [n for n, r in service.retrievers.items() if "image" in modalities(r)]
+        if not names:
+            raise InputError(f"none of the loaded retrievers ({', '.join(service.retrievers)}) takes image queries")
+    names = service.check_request(names, k, queries[0])
+    for q in queries[1:]:
+        service.check_request(names, k, q)
+    per_name = {name: service.search_one(name, queries, k) for name in names}
+    if as_json:
+        return json.dumps([{"query": q.text, "image": str(q.image) if q.image else None,
+                            "results": {n: [asdict(r) for r in per_name[n][i]] for n in names}}
+                           for i, q in enumerate(queries)], indent=2)
+    blocks = [format_table(q.text or str(q.image), n, per_name[n][i]) for i, q in enumerate(queries) for n in names]
+    return "\n\n".join(blocks)
