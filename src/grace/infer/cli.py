@@ -54,18 +54,23 @@ def _bench_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_service(config):
+    """The SearchService a ``RetrieversConfig`` names (each retriever loaded once)."""
+    from grace.infer.search import SearchService
+
+    return SearchService.load(config.retriever, run=config.run, dataset=config.dataset, split=config.split,
+                              num_beams=config.num_beams)
+
+
 def _search(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args
     from grace.infer.configs import SearchConfig
-    from grace.infer.search import SearchService, read_queries, run_search
+    from grace.infer.search import read_queries, run_search
 
     config = dataclass_from_args(SearchConfig, args)
-    texts = read_queries(args.queries, config.queries_file) if (args.queries or config.queries_file or
-                                                                 config.image is None) else []
+    texts = read_queries(args.queries, config.queries_file, image=config.image)
     with contextlib.redirect_stdout(sys.stderr):  # libraries print while loading; stdout carries the results
-        service = SearchService.load(config.retriever, run=config.run, dataset=config.dataset,
-                                     split=config.split, num_beams=config.num_beams)
-        rendered = run_search(service, texts, k=config.k, image=config.image, as_json=config.json)
+        rendered = run_search(_load_service(config), texts, k=config.k, image=config.image, as_json=config.json)
     print(rendered)
     return 0
 
@@ -73,12 +78,10 @@ def _search(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args
     from grace.infer.configs import ServeConfig
-    from grace.infer.search import SearchService
     from grace.infer.server import serve
 
     config = dataclass_from_args(ServeConfig, args)
-    service = SearchService.load(config.retriever, run=config.run, dataset=config.dataset, split=config.split,
-                                 num_beams=config.num_beams)
+    service = _load_service(config)
     print(f"grace serve: {', '.join(service.retrievers)} on http://{config.host}:{config.port}/", flush=True)
     serve(service, host=config.host, port=config.port, max_batch=config.max_batch, window_ms=config.window_ms)
     return 0

@@ -90,30 +90,31 @@ class BenchConfig:
 
 
 @dataclass
-class SearchConfig:
-    """Ask retrievers (``KIND:PATH``, or every retriever of ``--run``) for the images of text or image queries."""
+class RetrieversConfig:
+    """Which retrievers to load (``KIND:PATH``, or every retriever of ``--run``) and the corpus they search."""
 
     retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (default: every retriever of --run)"})
     run: Path | None = field(default=None, metadata={"help": "run folder whose trained retrievers to load"})
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json naming the image files (default RUN/data/dataset.json)"})
     split: str = field(default="test", metadata={"help": "split whose images are the corpus"})
+    num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
+
+
+@dataclass
+class SearchConfig(RetrieversConfig):
+    """Ask retrievers (``KIND:PATH``, or every retriever of ``--run``) for the images of text or image queries."""
+
     queries_file: Path | None = field(default=None, metadata={"help": "file with one query per line"})
     image: Path | None = field(default=None, metadata={"help": "query image (retrievers that take images)"})
     k: int = field(default=10, metadata={"help": "results per query"})
-    num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     json: bool = field(default=False, metadata={"help": "print JSON instead of tables"})
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(RetrieversConfig):
     """Serve the search page and JSON API over the retrievers of a run (or ``--retriever KIND:PATH``)."""
 
-    run: Path | None = field(default=None, metadata={"help": "run folder whose trained retrievers to serve"})
-    retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (default: every retriever of --run)"})
-    dataset: Path | None = field(default=None, metadata={"help": "dataset.json naming the image files (default RUN/data/dataset.json)"})
-    split: str = field(default="test", metadata={"help": "split whose images are the corpus"})
     host: str = field(default="127.0.0.1", metadata={"help": "bind address (loopback by default)"})
     port: int = field(default=8000, metadata={"help": "port"})
-    num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     max_batch: int = field(default=32, metadata={"help": "most concurrent queries batched into one search call"})
     window_ms: float = field(default=5.0, metadata={"help": "how long a request waits for others to join its batch"})

@@ -133,11 +133,10 @@ class GenerativeRetriever(Retriever):
         return results
 
     def _explain(self, image: str, score: float, tokens: list[int], logps: list[float]) -> GeneratedHit:
-        eoc = self.tokenizer.eoc_token_id
-        pieces = [self.tokenizer.decode_identifier([t]) for t in tokens if t != eoc]
-        body = [t for t in tokens if t != eoc]
+        body = [t for t in tokens if t != self.tokenizer.eoc_token_id]
         return GeneratedHit(image_id=image, score=score, identifier=self.tokenizer.decode_identifier(body),
-                            path=pieces, step_scores=list(itertools.accumulate(logps)))
+                            path=[self.tokenizer.decode_identifier([t]) for t in body],
+                            step_scores=list(itertools.accumulate(logps)))
 
     @classmethod
     def load(cls, path: str | Path, *, ids: str | Path | None = None, trie: str | Path | None = None,

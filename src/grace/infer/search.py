@@ -58,11 +58,6 @@ def retriever_name(spec: str) -> str:
     return kind
 
 
-def modalities(retriever: Retriever) -> tuple[str, ...]:
-    """What a retriever's queries may hold: ``("text",)`` or ``("text", "image")``."""
-    return tuple(retriever.modalities)
-
-
 class SearchService:
     """Named retrievers over one corpus; :meth:`search` validates a request and returns :class:`Result` rows."""
 
@@ -102,7 +97,7 @@ class SearchService:
 
     def describe(self) -> list[dict]:
         """What is loaded: name, class name and query modalities of each retriever."""
-        return [{"name": name, "kind": type(r).__name__, "modalities": list(modalities(r))}
+        return [{"name": name, "kind": type(r).__name__, "modalities": list(r.modalities)}
                 for name, r in self.retrievers.items()]
 
     def check_request(self, names: list[str] | None, k: int, query: Query) -> list[str]:
@@ -119,7 +114,7 @@ class SearchService:
         if query.text is not None and len(query.text) > MAX_QUERY_CHARS:
             raise InputError(f"query is {len(query.text)} characters long (at most {MAX_QUERY_CHARS})")
         if query.image is not None:
-            text_only = [n for n in names if "image" not in modalities(self.retrievers[n])]
+            text_only = [n for n in names if "image" not in self.retrievers[n].modalities]
             if text_only:
                 raise InputError(f"retriever(s) {text_only} take text queries only")
         return names
@@ -148,9 +143,13 @@ class SearchService:
         out = {}
         for name in self.check_request(names, k, query):
             t0 = time.perf_counter()
-            rows = self.search_one(name, [query], k)[0]
-            out[name] = {"results": [asdict(r) for r in rows], "latency_ms": 1000 * (time.perf_counter() - t0)}
+            out[name] = response_entry(self.search_one(name, [query], k)[0], time.perf_counter() - t0)
         return out
+
+
+def response_entry(rows: list[Result], seconds: float) -> dict:
+    """One retriever's answer to one query, as the API and :meth:`SearchService.search` return it."""
+    return {"results": [asdict(r) for r in rows], "latency_ms": 1000 * seconds}
 
 
 def corpus_files(dataset_json: str | Path, split: str = "test") -> tuple[dict[str, Path], dict[str, str]]:
@@ -178,15 +177,16 @@ def format_table(query: str, name: str, rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def read_queries(texts: list[str], queries_file: Path | None) -> list[str]:
-    """Queries from the command line and/or a file (one per line; blank lines skipped)."""
+def read_queries(texts: list[str], queries_file: Path | None, image: Path | None = None) -> list[str]:
+    """Queries from the command line and/or a file (one per line; blank lines skipped); none at all is an
+    error unless an ``image`` is the query."""
     queries = list(texts)
     if queries_file is not None:
         if not Path(queries_file).is_file():
             raise InputError("queries file not found", path=queries_file)
         queries += [line.strip() for line in Path(queries_file).read_text(encoding="utf-8").splitlines()
                     if line.strip()]
-    if not queries:
+    if not queries and image is None:
         raise InputError("no query given (pass text, --image, or --queries-file)")
     return queries
 
@@ -197,7 +197,7 @@ def run_search(service: SearchService, texts: list[str], *, k: int = 10, image: 
     queries = [Query(text=t, image=image) for t in texts] if texts else [Query(image=image)]
     names = None
     if image is not None:  # an image query goes to the retrievers that take images
-        names = [n for n, r in service.retrievers.items() if "image" in modalities(r)]
+        names = [n for n, r in service.retrievers.items() if "image" in r.modalities]
         if not names:
             raise InputError(f"none of the loaded retrievers ({', '.join(service.retrievers)}) takes image queries")
     names = service.check_request(names, k, queries[0])

@@ -19,7 +19,6 @@ import json
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from grace.errors import GraceError
+from grace.errors import GraceError, InputError
 from grace.infer.batching import DynamicBatcher
-from grace.infer.search import SearchService
+from grace.infer.search import SearchService, response_entry
 from grace.retriever import Query
 
 STATIC = Path(__file__).parent / "static"
@@ -88,8 +87,7 @@ def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float 
         out = {}
         for name in names:
             t0 = time.perf_counter()
-            rows = await batchers[name].submit(query, k)
-            out[name] = {"results": [asdict(r) for r in rows], "latency_ms": 1000 * (time.perf_counter() - t0)}
+            out[name] = response_entry(await batchers[name].submit(query, k), time.perf_counter() - t0)
         return {"query": query.text, "k": k, "retrievers": out}
 
     @app.get("/healthz")
@@ -168,8 +166,6 @@ def _image_suffix(data: bytes) -> str:
     import io
 
     from PIL import Image, UnidentifiedImageError
-
-    from grace.errors import InputError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
