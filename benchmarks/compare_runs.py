@@ -21,7 +21,8 @@ KS = (1, 5, 10)
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", nargs="+", type=Path, help="published ablation JSONs (same dataset and queries)")
+    p.add_argument("results", nargs="+", help="published ablation JSONs (same dataset and queries), each optionally "
+                   "LABEL=PATH to name its rows LABEL/<scheme> (default: its model)")
     p.add_argument("--dataset", type=Path, required=True, help="their dataset.json (gold images for the bootstrap)")
     p.add_argument("--baseline", default="clip_faiss", help="baseline row to carry over (from the first input)")
     p.add_argument("--title", default="Generative retrievers compared on the same queries")
@@ -30,15 +31,23 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def collect(paths: list[Path], baseline: str) -> tuple[dict[str, dict], dict[str, dict]]:
-    """``(rows, provenance)``: ``model/scheme`` → result (plus the baseline once), and each input's provenance."""
+def _labelled(arg: str) -> tuple[str | None, Path]:
+    label, sep, path = arg.partition("=")
+    return (label, Path(path)) if sep and not Path(arg).is_file() else (None, Path(arg))
+
+
+def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(rows, provenance)``: ``label/scheme`` → result (plus the baseline once), and each input's provenance."""
     from grace.infer.configs import SCHEMES
 
     rows, provenance, n_queries = {}, {}, None
-    for path in paths:
+    for arg in inputs:
+        label, path = _labelled(arg)
         data = json.loads(path.read_text())
-        model = data["provenance"]["config"].get("model", path.stem)
+        model = label or data["provenance"]["config"].get("model", path.stem)
         model = Path(model).stem if model.endswith(".json") else model
+        if model in provenance:
+            raise SystemExit(f"{path}: a second input named {model!r}; name inputs LABEL=PATH")
         provenance[model] = data["provenance"]
         for name, res in data.items():
             if name in SCHEMES or (name == baseline and baseline not in rows):
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
              paired_markdown(comparisons, KS, "generative row"),
              f"\n- command: `{command}`", f"- machine: {machine_description()}",
              "- each row's training command is in the provenance of its input JSON: "
-             + ", ".join(f"`{p}`" for p in args.results),
+             + ", ".join(f"`{_labelled(p)[1]}`" for p in args.results),
              "- R@1 per train hour: R@1 points / hours of training on this machine (all its cores).",
              *[f"- {note}" for note in args.note]]
     report = {"rows": rows, "comparisons": comparisons, "provenance": provenance, "command": command,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Decoding benchmarks P1 (constrained vs unconstrained beam search; vectorised vs GENRE reference processor)
-# and P2 (latency vs 1K..1M identifiers). Extra arguments go to `grace bench decode` (e.g. --device cuda).
+# Decoding benchmarks: P1 (constrained vs unconstrained beam search; vectorised vs GENRE reference processor),
+# the decode loop vs the reference loop, and P2 (latency vs 1K..1M ids, beside CLIP-FAISS). Extra arguments go to `grace bench decode` (e.g. --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . "${VENV:-.venv}/bin/activate"

@@ -136,3 +136,32 @@ def test_bad_input(shared_tiny_dataset):
         IdentifierMap("numeric", {"a": "1", "b": "1"})
     with pytest.raises(GraceError, match="unknown identifier"):
         _build("numeric", shared_tiny_dataset).to_image("9 9 9")
+
+
+def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
+    """cluster_on=text: the first level splits fruit from vehicles by the texts training may read — a held-out
+    image goes by its keywords (pseudo-queries), never by its held-out caption (here deliberately misleading)."""
+    fruit = ["red apple fruit", "ripe banana fruit", "green pear fruit", "sweet cherry fruit", "fresh orange fruit",
+             "tropical mango fruit"]
+    vehicle = ["fast red car", "big yellow bus", "old green truck", "small blue van", "police motorcycle",
+               "delivery lorry"]
+    records = [ImageRecord(f"t{n}", tmp_path / f"t{n}.png", "train", [text]) for n, text in enumerate(fruit + vehicle)]
+    records += [ImageRecord("h_fruit", tmp_path / "h1.png", "test", ["a fast racing car"],
+                            meta={"keywords": ["plum fruit", "juicy plum"]}),
+                ImageRecord("h_vehicle", tmp_path / "h2.png", "test", ["a ripe apple"],
+                            meta={"keywords": ["delivery truck", "vehicle"]})]
+    dataset = Dataset(records)
+    features = np.zeros((len(records), 4), np.float32)  # images carry no signal: only texts can split them
+    # seed 2: one k-means init on 14 points depends on it (seed 0 starts both centroids in one group)
+    scheme = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="text", seed=2)
+    idmap = scheme.build(dataset, features)
+    top = {r.image_id: idmap.to_id(r.image_id).split(">")[0] for r in records}
+    fruit_ids = [f"t{n}" for n in range(6)] + ["h_fruit"]
+    vehicle_ids = [f"t{n}" for n in range(6, 12)] + ["h_vehicle"]
+    assert len({top[i] for i in fruit_ids}) == 1 and len({top[i] for i in vehicle_ids}) == 1
+    assert top["h_fruit"] != top["h_vehicle"]
+    assert idmap.config["cluster_on"] == "text"
+    both = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="both").build(dataset, features)
+    assert len(set(both.identifiers())) == len(records)
+    with pytest.raises(GraceError, match="cluster_on"):
+        create_scheme("structured", cluster_on="captions").build(dataset, features)

@@ -38,7 +38,7 @@ def test_vectorised_equals_reference_on_flamingo(parts):
     depth = max(len(s) for s in trie)
     outs = []
     for constraint in (TrieLogitsProcessor(trie.transitions()), PrefixAllowedReference(trie, ids.shape[1])):
-        outs.append(beam_search(make_adapter(model, 3, torch.device("cpu")), ids, mask, num_beams=6,
+        outs.append(beam_search(make_adapter(model), ids, mask, num_beams=6,
                                 max_new_tokens=depth, eos_token_id=tok.eoc_token_id, constraint=constraint,
                                 pad_token_id=tok.pad_token_id))
     for row in range(3):

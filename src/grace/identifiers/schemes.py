@@ -19,6 +19,7 @@ from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
 
 log = logging.getLogger(__name__)
 SCHEMES = tuple(SCHEME_MODES)
+CLUSTER_ON = ("image", "text", "both")
 
 
 @dataclass
@@ -33,6 +34,11 @@ class SchemeConfig:
     kmeans: str = field(default="faiss", metadata={"help": "structured: k-means backend", "choices": BACKENDS})
     niter: int = field(default=20, metadata={"help": "structured: k-means iterations"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "structured: image feature encoder"})
+    cluster_on: str = field(default="image", metadata={
+        "help": "structured: what k-means clusters — image features, the text embedding of each image's "
+                "training-visible texts (train captions; held-out images' pseudo-queries), or both concatenated",
+        "choices": CLUSTER_ON})
+    text_encoder: str = field(default="minilm", metadata={"help": "structured: text encoder of cluster_on text/both"})
 
 
 def _check_dataset(dataset) -> None:
@@ -61,6 +67,31 @@ def _feature_matrix(dataset, features) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError("features contain NaN or inf", path=dataset.name)
     return array.astype(np.float32, copy=False)
+
+
+def _text_matrix(dataset, text_encoder: str) -> np.ndarray:
+    """(N, D) mean of the L2-normalised embeddings of each image's training-visible texts: a train image's
+    captions, a held-out image's pseudo-queries (never its held-out captions); zeros for an image with none."""
+    from grace.data_process.encoders import create_text_encoder
+
+    pseudo = _pseudo_queries(dataset)
+    texts = [list(r.texts) if r.split in TRAIN_SPLITS else pseudo.get(r.image_id, []) for r in dataset.images]
+    missing = sum(not t for t in texts)
+    if missing:
+        log.warning("%d images have no training-visible text; their text embedding is zero", missing)
+    flat = [t for group in texts for t in group]
+    embedded = create_text_encoder(text_encoder).encode(flat).numpy() if flat else np.zeros((0, 1), np.float32)
+    out = np.zeros((len(texts), embedded.shape[1]), np.float32)
+    start = 0
+    for row, group in enumerate(texts):
+        if group:
+            out[row] = embedded[start:start + len(group)].mean(axis=0)
+        start += len(group)
+    return out
+
+
+def _normalised(array: np.ndarray) -> np.ndarray:
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
 
 def _permutation(n: int, seed: int) -> np.ndarray:
@@ -173,13 +204,24 @@ class SemanticScheme(Scheme):
 
 
 class StructuredScheme(Scheme):
-    """Hierarchical k-means over image features: ``<L0_12><L1_3><L2_7>`` (last level = leaf position)."""
+    """Hierarchical k-means: ``<L0_12><L1_3><L2_7>`` (last level = leaf position), over image features,
+    the images' training-visible texts embedded (``cluster_on="text"``: prefixes group images a query's words
+    point to), or both (each part L2-normalised, so they weigh the same)."""
 
     name = "structured"
 
     def assign(self, dataset, features):
         cfg = self.config
-        paths = hierarchical_kmeans(_feature_matrix(dataset, features), k=cfg.k, c=cfg.c, seed=cfg.seed,
+        if cfg.cluster_on not in CLUSTER_ON:
+            raise GraceError(f"cluster_on must be one of {list(CLUSTER_ON)}, got {cfg.cluster_on!r}")
+        parts = []
+        if cfg.cluster_on in ("image", "both"):
+            parts.append(_normalised(_feature_matrix(dataset, features)) if cfg.cluster_on == "both"
+                         else _feature_matrix(dataset, features))
+        if cfg.cluster_on in ("text", "both"):
+            parts.append(_normalised(_text_matrix(dataset, cfg.text_encoder)))
+        matrix = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        paths = hierarchical_kmeans(matrix, k=cfg.k, c=cfg.c, seed=cfg.seed,
                                     niter=cfg.niter, backend=cfg.kmeans)
         return ["".join(f"<L{level}_{j}>" for level, j in enumerate(path)) for path in paths], {}
 

@@ -23,15 +23,17 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
                timer: P.StageTimer) -> dict:
     """One scheme end to end; returns its eval metrics plus train/stage seconds."""
     overrides = json.loads(config.train_overrides) if config.train_overrides else {}
-    idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force, seed=config.seed,
-                        tokenizer=config.tokenizer)
+    scheme_settings = json.loads(config.scheme_overrides) if config.scheme_overrides else {}
+    idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force,
+                        **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
-    P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=config.force)
-    trie = P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, force=config.force)
+    force = config.force or f"ids/{scheme}" not in timer.skipped  # new ids: nothing built on the old ones is kept
+    P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=force)
+    trie = P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, force=force)
     values = P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
                                    batch_size_i2id=config.batch_size_i2id, batch_size_t2id=config.batch_size_t2id,
                                    encoder=config.encoder, seed=config.seed, overrides=overrides)
-    export = P.stage_train(run, scheme, values, timer, nproc=config.nproc, force=config.force)
+    export = P.stage_train(run, scheme, values, timer, nproc=config.nproc, force=force)
     res = P.stage_eval(run, scheme, export, dataset, idmap, trie, tokenizer, timer, num_beams=config.num_beams,
                        max_queries=config.max_queries, seed=config.seed)
     res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)

@@ -80,6 +80,8 @@ def _time(fn, repeats: int) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -90,11 +92,12 @@ def _prompts(batch: int, device: str, seed: int) -> tuple[torch.Tensor, torch.Te
     return ids.to(device), torch.ones_like(ids)
 
 
-def bench_p1(model, digits, eoc, config: BenchConfig) -> dict:
+def bench_p1(model, digits, eoc, config: BenchConfig, batch_size: int | None = None) -> dict:
+    batch_size = batch_size or config.batch_size
     seqs = numeric_sequences(config.p1_ids, config.id_digits, digits, eoc, config.seed)
     trie, table, _ = build_trie(seqs)
     proc = TrieLogitsProcessor(table, device=config.device)
-    ids, mask = _prompts(config.batch_size, config.device, config.seed)
+    ids, mask = _prompts(batch_size, config.device, config.seed)
     steps = seqs.shape[1]
 
     def run(constraint, eos):
@@ -104,7 +107,7 @@ def bench_p1(model, digits, eoc, config: BenchConfig) -> dict:
     constrained = _time(lambda: run(proc, eoc), config.p1_repeats)
     unconstrained = _time(lambda: run(None, -1), config.p1_repeats)  # never finishes early: same step count
     # per-step processor cost on realistic states: rows at every depth of random trie paths
-    rows = config.batch_size * config.num_beams
+    rows = batch_size * config.num_beams
     vocab = model.config.vocab_size
     scores = torch.randn(rows, vocab, device=config.device)
     paths = torch.as_tensor(seqs[np.random.default_rng(1).integers(0, len(seqs), rows)], device=config.device)
@@ -119,7 +122,7 @@ def bench_p1(model, digits, eoc, config: BenchConfig) -> dict:
         fast_t.append(_time(lambda st=state, ch=chosen: (proc.apply(None, scores, st), proc.advance(st, ch)), 20))
         ref_t.append(_time(lambda pre=prefix: ref.apply(pre, scores), 5))
     fast_ms, ref_ms = 1000 * float(np.mean(fast_t)), 1000 * float(np.mean(ref_t))
-    return {"ids": config.p1_ids, "id_tokens": steps, "beams": config.num_beams, "batch": config.batch_size,
+    return {"ids": config.p1_ids, "id_tokens": steps, "beams": config.num_beams, "batch": batch_size,
             "constrained_s": constrained, "unconstrained_s": unconstrained, "ratio": constrained / unconstrained,
             "processor_ms_per_step": fast_ms, "reference_ms_per_step": ref_ms, "speedup": ref_ms / fast_ms}
 
@@ -149,6 +152,7 @@ def bench_p2(model, digits, eoc, config: BenchConfig) -> list[dict]:
 
 
 def run_bench(config: BenchConfig) -> dict:
+    from grace.infer.bench_loop import bench_loop, plot_latency_vs_corpus
     from grace.infer.report import markdown_table
 
     seed_everything(config.seed)
@@ -156,18 +160,39 @@ def run_bench(config: BenchConfig) -> dict:
     model, digits, eoc = load_lm(config.model, config.device)
     env = {"device": config.device, "cpu": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "model": config.model}
-    p1 = bench_p1(model, digits, eoc, config)
-    print(f"P1: constrained/unconstrained = {p1['ratio']:.3f}; processor {p1['processor_ms_per_step']:.3f} ms/step "
-          f"vs reference {p1['reference_ms_per_step']:.3f} ms/step ({p1['speedup']:.1f}x)")
+    p1_all = [bench_p1(model, digits, eoc, config, batch) for batch in dict.fromkeys([config.batch_size, config.loop_batch])]
+    for p1 in p1_all:
+        print(f"P1 batch {p1['batch']}: constrained/unconstrained = {p1['ratio']:.3f}; processor "
+              f"{p1['processor_ms_per_step']:.3f} ms/step vs reference {p1['reference_ms_per_step']:.3f} ms/step "
+              f"({p1['speedup']:.1f}x)")
     p2 = bench_p2(model, digits, eoc, config)
-    results = {"env": env, "p1": p1, "p2": p2}
+    del model
+    loop = [bench_loop(name, config) for name in config.loop_models]
+    dense = []
+    if config.dense:
+        from grace.retrieval_baselines.clip_faiss.latency import latency_rows
+
+        dense = latency_rows(config.sizes, dim=256, num_queries=config.p2_queries, batch_size=config.p2_queries,
+                             seed=config.seed, use_gpu=config.device != "cpu", progress=False)
+    results = {"env": env, "p1": p1_all[0], "p1_batches": p1_all, "p2": p2, "loop": loop, "dense": dense}
     out = Path(config.out)
     write_json(out / "results.json", results)
     save_config(out, config)
-    p1_rows = [{"metric": k, "value": v} for k, v in p1.items()]
+    plot = plot_latency_vs_corpus(p2, dense, out / "latency_vs_corpus.png",
+                                  note=f"{config.model}, {config.num_beams} beams; {config.p2_queries} queries per batch")
+    p1_keys = [k for k in p1_all[0] if k != "batch"]
+    p1_rows = [{"metric": k, **{f"batch {p['batch']}": p[k] for p in p1_all}} for k in p1_keys]
+    loop_cols = ["model", "batch", "beams", "reference_qps", "new_qps", "speedup", "new_top1_equal",
+                 "new_max_score_diff"] + (["new_bf16_qps", "bf16_speedup", "bf16_top1_equal"] if config.bf16 else [])
     text = (f"# Decoding benchmarks\n\nEnvironment: {env}.\n\n## P1 (targets: ratio <= 1.10, speedup >= 10)\n\n"
-            + markdown_table(p1_rows, ["metric", "value"]) + "\n## P2: latency vs trie size (target: 1M <= 1.3x 1K)\n\n"
-            + markdown_table(p2, ["ids", "latency_ms", "vs_smallest", "trie_build_s", "trie_rss_mb", "table_mb", "impl"]))
+            + markdown_table(p1_rows, ["metric"] + [f"batch {p['batch']}" for p in p1_all])
+            + "\n## Loop: new vs reference loop, queries/s (target: speedup >= 2 at beam 10, batch 32)\n\n"
+            + markdown_table(loop, loop_cols)
+            + "\n## P2: latency vs trie size (target: 1M <= 1.3x 1K)\n\n"
+            + markdown_table(p2, ["ids", "latency_ms", "vs_smallest", "trie_build_s", "trie_rss_mb", "table_mb", "impl"])
+            + (("\n## Dense retrieval at the same sizes (CLIP-FAISS, synthetic 256-d vectors, same batch)\n\n"
+                + markdown_table(dense, ["index", "faiss", "corpus_size", "latency_ms", "recall_vs_flat"])) if dense else "")
+            + f"\n![latency vs corpus size]({plot.name})\n")
     atomic_write_text(out / "results.md", text)
     print((out / "results.md").read_text())
     return results

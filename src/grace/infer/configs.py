@@ -48,6 +48,8 @@ class AblateConfig:
     batch_size_t2id: int = field(default=16, metadata={"help": "t2id samples per step"})
     nproc: int = field(default=1, metadata={"help": "training processes (torchrun) per scheme"})
     train_overrides: str = field(default="", metadata={"help": "JSON dict of extra TrainConfig fields"})
+    scheme_overrides: str = field(default="", metadata={
+        "help": 'JSON dict of identifier-scheme settings, e.g. \'{"k": 10, "c": 10, "cluster_on": "text"}\''})
     num_beams: int = field(default=10, metadata={"help": "beams at evaluation"})
     max_queries: int = field(default=0, metadata={"help": "evaluate only the first N test queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})
@@ -85,6 +87,13 @@ class BenchConfig:
     p1_repeats: int = field(default=5, metadata={"help": "timed repeats (P1)"})
     sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000, 1000000], metadata={"help": "trie sizes (P2)"})
     p2_queries: int = field(default=16, metadata={"help": "queries timed per size (P2)"})
+    loop_models: list[str] = field(default_factory=lambda: ["smollm2", "tiny-effnet"], metadata={
+        "help": "models of the loop benchmark (new loop vs the reference loop): smollm2, tiny-llama, or a "
+                "Flamingo model config (random weights, e.g. tiny-effnet, smollm2-effnet)"})
+    loop_batch: int = field(default=32, metadata={"help": "queries per search in the loop benchmark (and a 2nd P1 batch)"})
+    loop_repeats: int = field(default=3, metadata={"help": "timed repeats per loop variant"})
+    bf16: bool = field(default=True, metadata={"help": "also time the new loop with the model in bfloat16"})
+    dense: bool = field(default=True, metadata={"help": "time CLIP-FAISS Flat and IVF-PQ at the P2 sizes for the plot"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     seed: int = field(default=0, metadata={"help": "seed"})
 

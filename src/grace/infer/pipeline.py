@@ -110,7 +110,7 @@ def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: 
 
 
 def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False, **cfg):
-    """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer)."""
+    """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer); rebuilt when its saved settings differ from ``cfg``."""
     ids_mod = _module("grace.identifiers")
     out = run / "ids" / scheme
 
@@ -119,7 +119,10 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
         idmap.save(out)
         return idmap
 
-    return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and not force, build,
+    saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+    wanted = dataclasses.asdict(ids_mod.create_scheme(scheme, **cfg).config)
+    same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
+    return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and same and not force, build,
                      lambda: ids_mod.IdentifierMap.load(out))
 
 

@@ -37,14 +37,44 @@ class GeneratedHit(Hit):
     step_scores: list[float] = field(default_factory=list)
 
 
-def make_adapter(model: Any, batch_size: int, device: torch.device) -> CausalLMAdapter:
-    """A Flamingo model gets ``lang_x`` + null vision features; any HF causal LM gets ``input_ids``."""
+class FlamingoAdapter(CausalLMAdapter):
+    """Beam-search adapter of a :class:`~grace.model.FlamingoModel` that computes the vision side once per
+    query: the perceiver's latents at the prompt (for the null image: once, on one row), and every
+    cross-attention layer's keys/values, both expanded to the beams and reused at every step (a beam keeps
+    its query's image, so re-ordering beams never changes them). ``cache_vision=False`` is the reference
+    path: the vision inputs go through the perceiver and every layer's K/V projection at each step."""
+
+    def __init__(self, model: Any, *, vision_features: torch.Tensor | None = None, cache_vision: bool = True):
+        super().__init__(model, input_key="lang_x",
+                         position_ids="position_ids" in inspect.signature(model.forward).parameters)
+        self.vision_features = vision_features
+        self.cache_vision = cache_vision
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
+        from grace.model.flamingo import CrossAttentionCache
+
+        batch = input_ids.shape[0]
+        if not self.cache_vision:
+            features = self.vision_features
+            self.extra = {"vision_features": features if features is not None
+                          else self.model.null_vision_features(batch).to(input_ids.device)}
+            return super().prefill(input_ids, attention_mask, num_beams)
+        cache = CrossAttentionCache()
+        media = self.model.encode_vision(vision_features=self.vision_features, batch_size=batch)
+        self.extra = {"media": media, "xattn_cache": cache}
+        logits = super().prefill(input_ids, attention_mask, num_beams)  # expands media to the beams
+        cache.repeat_interleave(num_beams)
+        return logits
+
+
+def make_adapter(model: Any, *, cache_vision: bool = True) -> CausalLMAdapter:
+    """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries); any HF causal LM
+    gets ``input_ids``."""
     params = inspect.signature(model.forward).parameters
+    if "lang_x" in params and hasattr(model, "encode_vision"):
+        return FlamingoAdapter(model, cache_vision=cache_vision)
     if "lang_x" in params:
-        extra = {}
-        if hasattr(model, "null_vision_features"):
-            extra["vision_features"] = model.null_vision_features(batch_size).to(device)
-        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params, **extra)
+        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params)
     return CausalLMAdapter(model)
 
 
@@ -117,7 +147,7 @@ class GenerativeRetriever(Retriever):
                 if query.text is None:
                     raise InputError("the generative retriever takes text queries", entry=start + i)
             inputs = self.prompt_inputs([q.text for q in batch])
-            adapter = make_adapter(self.model, len(batch), self.device)
+            adapter = make_adapter(self.model)
             out = beam_search(adapter, inputs["lang_x"], inputs["attention_mask"], num_beams=beams,
                               max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eoc_token_id,
                               constraint=self.processor, length_penalty=self.length_penalty,

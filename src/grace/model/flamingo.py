@@ -62,12 +62,33 @@ def find_decoder_layers(lm: nn.Module, attr: str | None = None) -> str:
     raise GraceError(f"cannot find the decoder layers of {type(lm).__name__}; set decoder_layers_attr")
 
 
+class CrossAttentionCache:
+    """Keys and values of every gated cross-attention layer, computed from the visual latents on the first
+    call and reused after: a decoder that keeps each row's image fixed across steps (beam search: beams of
+    one query share its image) passes one through ``FlamingoModel.forward(xattn_cache=...)``."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, layer: nn.Module, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = id(layer)
+        if key not in self.kv:
+            self.kv[key] = layer.attn.media_kv(media)
+        return self.kv[key]
+
+    def repeat_interleave(self, repeats: int) -> None:
+        """Expand every entry from one row per query to ``repeats`` contiguous rows (the beams)."""
+        self.kv = {key: (k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0))
+                   for key, (k, v) in self.kv.items()}
+
+
 @dataclass
 class _MediaState:
     """What the wrapped layers read during one LM call."""
 
     media: torch.Tensor | None = None  # (B, T_img, n_latents, vis_dim)
     text_time: torch.Tensor | None = None  # (B, L) 1-based image index per token, 0 = none
+    xattn_cache: CrossAttentionCache | None = None
 
 
 class FlamingoLayer(nn.Module):
@@ -89,7 +110,8 @@ class FlamingoLayer(nn.Module):
                 hidden_states = checkpoint(self.gated_cross_attn_layer, hidden_states, media, state.text_time,
                                            use_reentrant=False)
             else:
-                hidden_states = self.gated_cross_attn_layer(hidden_states, media, state.text_time)
+                kv = state.xattn_cache.get(self.gated_cross_attn_layer, media) if state.xattn_cache else None
+                hidden_states = self.gated_cross_attn_layer(hidden_states, media, state.text_time, kv)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # LMs may read per-layer attributes (e.g. attention_type)
@@ -180,7 +202,8 @@ class FlamingoModel(nn.Module):
 
     def encode_vision(self, *, vision_x: torch.Tensor | None = None, vision_features: torch.Tensor | None = None,
                       batch_size: int | None = None) -> torch.Tensor:
-        """Pixels (B, T, F, 3, H, W) or encoder tokens (B, T, n, D) → perceiver latents (B, T, n_latents, D)."""
+        """Pixels (B, T, F, 3, H, W) or encoder tokens (B, T, n, D) → perceiver latents (B, T, n_latents, D).
+        Without either, the null image's latents: computed on one row and expanded to ``batch_size``."""
         if vision_features is not None:
             if vision_features.dim() != 4 or vision_features.shape[-1] != self.config.vis_dim:
                 raise GraceError(f"vision_features must be (B, T_img, n_tokens, {self.config.vis_dim}); "
@@ -196,8 +219,13 @@ class FlamingoModel(nn.Module):
                 tokens = self.vision_encoder(vision_x.flatten(0, 2))
             feats = tokens.reshape(b, t, f, *tokens.shape[1:])
         else:
-            feats = self.null_vision_features(batch_size or 1).unsqueeze(2)
+            feats = self.null_vision_features(1).unsqueeze(2)
         feats = feats.to(device=self.device, dtype=self.perceiver.latents.dtype)
+        if vision_features is None and vision_x is None:
+            return self._resample(feats).expand(batch_size or 1, -1, -1, -1)
+        return self._resample(feats)
+
+    def _resample(self, feats: torch.Tensor) -> torch.Tensor:
         if self._checkpoint_perceiver and self.training and torch.is_grad_enabled():
             return checkpoint(self.perceiver, feats, use_reentrant=False)
         return self.perceiver(feats)
@@ -234,26 +262,34 @@ class FlamingoModel(nn.Module):
         if cache is not None and self._state.text_time is not None:
             setattr(cache, MEDIA_COUNT_ATTR, self._state.text_time[:, -1].detach())
 
-    def _condition(self, vision_x, vision_features, batch_size: int) -> None:
-        self._state.media = self.encode_vision(vision_x=vision_x, vision_features=vision_features,
-                                               batch_size=batch_size)
+    def _condition(self, vision_x, vision_features, batch_size: int, media: torch.Tensor | None = None,
+                   xattn_cache: CrossAttentionCache | None = None) -> None:
+        if media is not None and (vision_x is not None or vision_features is not None):
+            raise GraceError("pass the visual latents (media) or the vision inputs, not both")
+        self._state.media = media if media is not None else self.encode_vision(
+            vision_x=vision_x, vision_features=vision_features, batch_size=batch_size)
         self._state.text_time = None
+        self._state.xattn_cache = xattn_cache
 
     def _clear(self) -> None:
         self._state.media = None
         self._state.text_time = None
+        self._state.xattn_cache = None
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, *, lang_x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 vision_x: torch.Tensor | None = None, vision_features: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values: Any = None, use_cache: bool = False,
-                position_ids: torch.Tensor | None = None, **lm_kwargs: Any):
+                position_ids: torch.Tensor | None = None, media: torch.Tensor | None = None,
+                xattn_cache: CrossAttentionCache | None = None, **lm_kwargs: Any):
         """Logits (and loss with ``labels``) as a transformers ``CausalLMOutputWithPast``.
 
         Without vision inputs the null image is used. With ``past_key_values``, pass only the new tokens
-        and the same vision inputs: they attend to the last ``<image>`` seen so far in their row.
+        and the same vision inputs: they attend to the last ``<image>`` seen so far in their row. A decoder
+        may pass the perceiver's output once computed (``media``, from :meth:`encode_vision`) and a
+        :class:`CrossAttentionCache` that keeps every cross-attention layer's keys/values across calls.
         """
-        self._condition(vision_x, vision_features, lang_x.shape[0])
+        self._condition(vision_x, vision_features, lang_x.shape[0], media, xattn_cache)
         try:
             lm_kwargs[cache_kwarg(self.lang_encoder)] = past_key_values
             keep = _labelled_tail(labels) if labels is not None and takes_logits_to_keep(self.lang_encoder) else 0

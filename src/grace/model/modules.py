@@ -101,11 +101,18 @@ class MaskedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.only_attend_immediate_media = only_attend_immediate_media
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+    def media_kv(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the visual latents (b, T_img, n, D) → two (b, h, T_img*n, d): what a decoder
+        may compute once per query and reuse at every step (``kv=`` of :meth:`forward`)."""
         b, T_img, n, _ = media.shape
-        q = self.to_q(self.norm(x))
         k, v = self.to_kv(media.reshape(b, T_img * n, -1)).chunk(2, dim=-1)
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
+        return _split_heads(k, self.heads), _split_heads(v, self.heads)
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        T_img, n = media.shape[1:3]
+        k, v = kv if kv is not None else self.media_kv(media)
+        q = _split_heads(self.to_q(self.norm(x)), self.heads)
         sim = (q * self.scale) @ k.transpose(-1, -2)  # (b, h, n_txt, T_img*n)
         media_time = torch.arange(1, T_img + 1, device=x.device).repeat_interleave(n)
         tt = text_time[:, None, :, None]
@@ -130,6 +137,7 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
-        x = self.attn(x, media, text_time) * self.attn_gate.tanh() + x
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.attn(x, media, text_time, kv) * self.attn_gate.tanh() + x
         return self.ff(x) * self.ff_gate.tanh() + x

@@ -1,0 +1,27 @@
+"""``grace bench decode`` end to end on tiny models: P1 at two batch sizes, the loop comparison (the new loop
+returns the reference loop's answers), P2, dense rows and the latency-vs-corpus plot."""
+
+from __future__ import annotations
+
+import json
+
+from grace.infer.bench import run_bench
+from grace.infer.configs import BenchConfig
+
+
+def test_bench_decode_writes_every_section(tmp_path):
+    config = BenchConfig(out=tmp_path / "bench", model="tiny-llama", num_beams=4, batch_size=2, id_digits=3,
+                         p1_ids=200, p1_repeats=1, sizes=[1000, 3000], p2_queries=2, loop_models=["tiny-llama", "tiny"],
+                         loop_batch=3, loop_repeats=1)
+    run_bench(config)
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [p["batch"] for p in results["p1_batches"]] == [2, 3] and results["p1"]["batch"] == 2
+    assert [r["model"] for r in results["loop"]] == ["tiny-llama", "tiny"]
+    for row in results["loop"]:
+        assert row["speedup"] > 0 and row["new_qps"] > 0 and row["new_bf16_qps"] > 0
+        assert row["new_top1_equal"] == 1.0 and row["new_max_score_diff"] < 1e-4  # same answers as the reference
+    assert [r["ids"] for r in results["p2"]] == [1000, 3000]
+    assert {r["index"] for r in results["dense"]} == {"Flat", "IVF1024_PQ32"}
+    assert (tmp_path / "bench" / "latency_vs_corpus.png").stat().st_size > 1000
+    text = (tmp_path / "bench" / "results.md").read_text()
+    assert "## Loop" in text and "latency_vs_corpus.png" in text
