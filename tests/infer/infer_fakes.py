@@ -23,8 +23,9 @@ class FakeTokenizer(CharTokenizer):
 
 
 class FakeIdMap:
-    def __init__(self, image_to_id):
+    def __init__(self, image_to_id, config=None):
         self.image_to_id = dict(image_to_id)
+        self.config = dict(config or {})
         self._inv = {v: k for k, v in self.image_to_id.items()}
 
     def to_id(self, image_id):
@@ -36,6 +37,7 @@ class FakeIdMap:
     def save(self, out):
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "ids.json").write_text(json.dumps(self.image_to_id))
+        (Path(out) / "config.json").write_text(json.dumps(self.config))  # the settings, as IdentifierMap saves them
 
     @classmethod
     def load(cls, out):
@@ -43,13 +45,14 @@ class FakeIdMap:
 
 
 class FakeScheme:
-    def __init__(self, name, seed=0, **_):
-        self.name, self.seed = name, seed
+    def __init__(self, name, seed=0, **settings):
+        self.name, self.seed, self.settings = name, seed, settings
 
     def build(self, dataset, features):
         _count(f"ids:{self.name}")
         seqs = random_sequences(len(dataset), 40, FakeTokenizer.eoc_token_id, seed=len(self.name))
-        return FakeIdMap({r.image_id: " ".join(map(str, s[:-1])) for r, s in zip(dataset.images, seqs)})
+        return FakeIdMap({r.image_id: " ".join(map(str, s[:-1])) for r, s in zip(dataset.images, seqs)},
+                         {"scheme": self.name, "seed": self.seed, **self.settings})
 
 
 class FakeTrie(DictTrie):
@@ -92,6 +95,8 @@ def write_shards(dataset, idmap, out_dir, *, pseudo_queries, max_per_shard=1000)
 
 def install(monkeypatch):
     """Put the fakes in sys.modules under the real module names."""
+    from grace.identifiers.schemes import SchemeConfig  # the real settings dataclass (stage_ids compares them)
+
     CALLS.clear()
     mods = {
         "grace.data_process.features": {"image_features": image_features},
@@ -99,7 +104,8 @@ def install(monkeypatch):
             "KeywordPseudoQueries": object,
             "build_pseudo_queries": lambda ds, gen, split="test": {r.image_id: ["kw"] for r in ds.split(split)}},
         "grace.data_process.shards": {"write_shards": write_shards},
-        "grace.identifiers": {"create_scheme": FakeScheme, "IdentifierMap": FakeIdMap, "Trie": FakeTrie},
+        "grace.identifiers": {"create_scheme": FakeScheme, "SchemeConfig": SchemeConfig, "IdentifierMap": FakeIdMap,
+                              "Trie": FakeTrie},
         "grace.identifiers.trie": {"Trie": FakeTrie, "build_trie": build_trie},
         "grace.identifiers.tokenization": {"IdentifierTokenizer": types.SimpleNamespace(load=lambda d: FakeTokenizer())},
         "grace.model": {"load_pretrained": lambda d: (tiny_llama(48, 0), FakeTokenizer())},

@@ -41,6 +41,12 @@ def test_ablation_smoke_with_stand_in_stages(shared_tiny_dataset, tmp_path, monk
     # changing the training config retrains (only) that stage
     run_ablation(AblateConfig(**{**config.__dict__, "steps": 2, "schemes": ["numeric"]}))
     assert CALLS["train"] == 3 and CALLS["trie"] == 2
+    # changing an identifier setting rebuilds that scheme's ids and everything built on them
+    settings = {**config.__dict__, "steps": 2, "schemes": ["structured"], "scheme_overrides": '{"k": 5}'}
+    run_ablation(AblateConfig(**settings))
+    assert CALLS["ids:structured"] == 2 and CALLS["shards"] == 3 and CALLS["trie"] == 3 and CALLS["train"] == 4
+    run_ablation(AblateConfig(**settings))  # the same settings again: reused
+    assert CALLS["ids:structured"] == 2 and CALLS["train"] == 4
 
 
 def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from grace.infer.bench import run_bench
 from grace.infer.configs import BenchConfig
 
@@ -14,6 +16,7 @@ def test_bench_decode_writes_every_section(tmp_path):
                          p1_ids=200, p1_repeats=1, sizes=[1000, 3000], p2_queries=2, loop_models=["tiny-llama", "tiny"],
                          loop_batch=3, loop_repeats=1)
     run_bench(config)
+    assert torch.is_grad_enabled()  # the benchmark leaves the process's autograd as it found it
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert [p["batch"] for p in results["p1_batches"]] == [2, 3] and results["p1"]["batch"] == 2
     assert [r["model"] for r in results["loop"]] == ["tiny-llama", "tiny"]

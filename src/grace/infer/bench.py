@@ -152,11 +152,16 @@ def bench_p2(model, digits, eoc, config: BenchConfig) -> list[dict]:
 
 
 def run_bench(config: BenchConfig) -> dict:
+    """Every section of ``grace bench decode`` (gradients off inside, restored after)."""
+    with torch.no_grad():
+        return _run_bench(config)
+
+
+def _run_bench(config: BenchConfig) -> dict:
     from grace.infer.bench_loop import bench_loop, plot_latency_vs_corpus
     from grace.infer.report import markdown_table
 
     seed_everything(config.seed)
-    torch.set_grad_enabled(False)
     model, digits, eoc = load_lm(config.model, config.device)
     env = {"device": config.device, "cpu": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "model": config.model}

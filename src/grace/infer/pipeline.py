@@ -120,7 +120,7 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
         return idmap
 
     saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
-    wanted = dataclasses.asdict(ids_mod.create_scheme(scheme, **cfg).config)
+    wanted = dataclasses.asdict(ids_mod.SchemeConfig(scheme=scheme, **cfg))
     same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
     return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and same and not force, build,
                      lambda: ids_mod.IdentifierMap.load(out))

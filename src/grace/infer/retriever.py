@@ -68,11 +68,11 @@ class FlamingoAdapter(CausalLMAdapter):
 
 
 def make_adapter(model: Any, *, cache_vision: bool = True) -> CausalLMAdapter:
-    """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries); any HF causal LM
-    gets ``input_ids``."""
+    """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries; the vision side cached when
+    the model can compute it apart, ``encode_vision``); any HF causal LM gets ``input_ids``."""
     params = inspect.signature(model.forward).parameters
-    if "lang_x" in params and hasattr(model, "encode_vision"):
-        return FlamingoAdapter(model, cache_vision=cache_vision)
+    if "lang_x" in params and hasattr(model, "null_vision_features"):
+        return FlamingoAdapter(model, cache_vision=cache_vision and hasattr(model, "encode_vision"))
     if "lang_x" in params:
         return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params)
     return CausalLMAdapter(model)
