@@ -74,14 +74,19 @@ def load_lm(name: str, device: str) -> tuple[Any, list[int], int]:
     return LlamaForCausalLM(config).eval().to(device), list(range(32, 42)), 2
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op on CPU), so a timer stops when the work is done."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grace.infer.beam_search import CausalLMAdapter, beam_search
+from grace.infer.beam_search import beam_search
 from grace.infer.constraint import TrieLogitsProcessor
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ def load_loop_model(name: str, device: str) -> tuple[Any, list[int], int, int | 
     return model.eval().to(device), list(range(32, 42)), vocab - 1, vocab - 2
 
 
-def _adapter(model: Any, image_token: int | None, *, new: bool):
-    if image_token is None:
-        return CausalLMAdapter(model)
-    from grace.infer.retriever import FlamingoAdapter
-
-    return FlamingoAdapter(model, cache_vision=new)
-
-
 def _prompts(batch: int, image_token: int | None, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, 5000, (batch, 12), generator=gen)
@@ -61,7 +53,8 @@ def _prompts(batch: int, image_token: int | None, device: str, seed: int) -> tup
 
 def bench_loop(name: str, config: Any) -> dict:
     """Queries/s of the new and reference loops (and bf16) for one model; ``speedup`` = new / reference."""
-    from grace.infer.bench import build_trie, numeric_sequences
+    from grace.infer.bench import build_trie, numeric_sequences, synchronize
+    from grace.infer.retriever import make_adapter
 
     model, digits, eoc, image_token = load_loop_model(name, config.device)
     seqs = numeric_sequences(config.p1_ids, config.id_digits, digits, eoc, config.seed)
@@ -75,7 +68,7 @@ def bench_loop(name: str, config: Any) -> dict:
 
     def run(variant: str):
         m, new = variants[variant]
-        return beam_search(_adapter(m, image_token, new=new), ids, mask, num_beams=config.num_beams,
+        return beam_search(make_adapter(m, cache_vision=new), ids, mask, num_beams=config.num_beams,
                            max_new_tokens=seqs.shape[1], eos_token_id=eoc,
                            constraint=constraints["reference" if variant == "reference" else "new"])
 
@@ -85,8 +78,7 @@ def bench_loop(name: str, config: Any) -> dict:
         for variant in variants:
             start = time.perf_counter()
             run(variant)
-            if config.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronize()
             times[variant].append(time.perf_counter() - start)
     row: dict[str, Any] = {"model": name, "batch": config.loop_batch, "beams": config.num_beams,
                            "id_tokens": int(seqs.shape[1]), "repeats": config.loop_repeats}
