@@ -18,6 +18,11 @@ T = TypeVar("T")
 _UNSET = object()
 
 
+#: metadata of the ``--image-root`` option of every command that reads the image files a Karpathy JSON names
+IMAGE_ROOT_HELP = {"help": "folder holding the dataset's images (Karpathy: ROOT/[filepath/]filename; default: the "
+                           "JSON's images/ folder, else its own folder), e.g. the unpacked flickr30k-images/"}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

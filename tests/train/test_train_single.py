@@ -88,3 +88,21 @@ def test_lora_run_trains_only_adapters_and_exports_a_mergeable_model(tmp_path, s
     with torch.no_grad():
         torch.testing.assert_close(merged(lang_x=ids, vision_features=feats).logits,
                                    unmerged(lang_x=ids, vision_features=feats).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_init_from_an_export_starts_where_it_left_off(tmp_path, shared_tiny_dataset):
+    """``--init-from EXPORT``: fresh optimiser and step 0, the export's weights (embedding rows by token)."""
+    values = build_tiny_run(tmp_path, shared_tiny_dataset)
+    losses = {}
+    runs = {"first": {"steps": 6, "zero_stage": 0},
+            "second": {"steps": 2, "zero_stage": 0, "export": False, "init_from": str(tmp_path / "first" / "export")}}
+    for name, extra in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(values, output_dir=str(tmp_path / name), **extra)))
+        proc = subprocess.run([sys.executable, "-m", "grace.cli", "train", "--config", str(tmp_path / f"{name}.json")],
+                              env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        losses[name] = json.loads((tmp_path / name / "metrics.json").read_text())["losses"]
+    report = json.loads((tmp_path / "second" / "init_from.json").read_text())
+    assert report["kind"] == "export" and report["copied"] > 10 and report["rows_new"] == 0
+    assert losses["second"][0] < 0.8 * losses["first"][0]  # not a fresh model
+    assert losses["second"][0] == pytest.approx(losses["first"][-1], rel=0.5)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from grace.config import IMAGE_ROOT_HELP
+
 BENCHMARKS = ("emoji", "openclipart", "synthetic")
 
 
@@ -24,10 +26,23 @@ class DataBuildConfig:
 
 
 @dataclass
+class DataCheckConfig:
+    """Report a Karpathy-form dataset's missing and unreadable images (exit status 1 when any) before a run."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON (e.g. dataset_flickr30k.json)"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
+    decode: bool = field(default=True, metadata={"help": "open and decode every image (catches truncated files)"})
+    workers: int = field(default=8, metadata={"help": "threads checking images"})
+    report: Path | None = field(default=None, metadata={"help": "full JSON report (default: DATASET.check.json beside it)"})
+    show: int = field(default=10, metadata={"help": "problems printed per kind"})
+
+
+@dataclass
 class FeaturesConfig:
     """Encode every image of a dataset with a frozen encoder into a reusable cache."""
 
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Optional[Path] = field(default=None, metadata={"help": "cache folder (meta.json, pooled.npy, tokens.npy)"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 | open_clip:A/P | hf:ID"})
     tokens: bool = field(default=False, metadata={"help": "also store the (N, T, D) visual tokens"})
@@ -39,9 +54,15 @@ class PseudoQueriesConfig:
     """Pseudo-queries for the held-out images (never equal to a held-out query)."""
 
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
-    generator: str = field(default="keywords", metadata={"help": "keywords | captioner:MODEL_ID"})
+    generator: str = field(default="keywords", metadata={"help": "keywords | captioner:MODEL_ID (hub id or folder)"})
     split: str = field(default="test", metadata={"help": "split whose images get pseudo-queries"})
+    num_captions: int = field(default=3, metadata={"help": "captioner: beams kept per image"})
+    batch_size: int = field(default=8, metadata={"help": "captioner: images per generate call"})
+    prompt: Optional[str] = field(default=None, metadata={
+        "help": "captioner: instruction for a chat VLM (e.g. 'Describe this image in one sentence.')"})
+    device: Optional[str] = field(default=None, metadata={"help": "captioner: cpu | cuda (default: cuda if available)"})
 
 
 @dataclass
@@ -49,6 +70,7 @@ class ShardsBuildConfig:
     """Write i2id + t2id webdataset shards for one identifier scheme."""
 
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
     out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
     pseudo_queries: Optional[Path] = field(default=None, metadata={
@@ -64,6 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = add_command(sub, "build", DataBuildConfig, _data_build,
                         help="build an offline benchmark: emoji | openclipart | synthetic")
     build.add_argument("benchmark", choices=BENCHMARKS)
+    add_command(sub, "check", DataCheckConfig, _data_check,
+                help="report missing / corrupt images of a Karpathy JSON (--image-root) before any stage reads it")
     add_command(sub, "features", FeaturesConfig, _features)
     add_command(sub, "pseudo-queries", PseudoQueriesConfig, _pseudo_queries)
     shards = subparsers.add_parser("shards", help="i2id / t2id webdataset shards")
@@ -103,6 +127,22 @@ def _data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from grace.config import dataclass_from_args, require
+    from grace.data_process.check import check_images, default_report_path, format_report, problems
+    from grace.data_process.dataset import load_karpathy
+    from grace.io_utils import write_json
+
+    cfg = dataclass_from_args(DataCheckConfig, args)
+    require(cfg, "dataset")
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=False)  # the JSON's own errors first
+    report = check_images(dataset, decode=cfg.decode, workers=cfg.workers)
+    path = write_json(cfg.report or default_report_path(cfg.dataset), report)
+    print(format_report(report, cfg.show))
+    print(f"report -> {path}")
+    return 1 if problems(report) else 0
+
+
 def _features(args: argparse.Namespace) -> int:
     import time
 
@@ -113,7 +153,7 @@ def _features(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(FeaturesConfig, args)
     require(cfg, "dataset", "out")
     start = time.perf_counter()
-    fs = image_features(load_karpathy(cfg.dataset), encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
+    fs = image_features(load_karpathy(cfg.dataset, cfg.image_root), encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
                         batch_size=cfg.batch_size)
     print(f"features {cfg.encoder}: {tuple(fs.array.shape)} in {time.perf_counter() - start:.1f} s -> {cfg.out}")
     return 0
@@ -127,8 +167,11 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(PseudoQueriesConfig, args)
     require(cfg, "dataset", "out")
-    dataset = load_karpathy(cfg.dataset, check_files=not cfg.generator == "keywords")
-    queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator), split=cfg.split)
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=not cfg.generator == "keywords")
+    options = {} if cfg.generator == "keywords" else {
+        "num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "device": cfg.device,
+        "cache": Path(cfg.out).with_suffix(".captions.jsonl")}  # resumable: captioned images are kept there
+    queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator, **options), split=cfg.split)
     write_json(cfg.out, queries)
     print(f"pseudo-queries ({cfg.generator}): {len(queries)} images, {sum(map(len, queries.values()))} texts "
           f"-> {cfg.out}")
@@ -148,7 +191,7 @@ def _shards_build(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(ShardsBuildConfig, args)
     require(cfg, "dataset", "ids", "out")
     start = time.perf_counter()
-    dataset = load_karpathy(cfg.dataset)
+    dataset = load_karpathy(cfg.dataset, cfg.image_root)
     idmap = IdentifierMap.load(cfg.ids)
     if cfg.pseudo_queries is not None:
         queries = read_json(cfg.pseudo_queries)

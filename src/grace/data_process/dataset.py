@@ -132,7 +132,7 @@ def save_karpathy(dataset: Dataset, json_path: str | Path) -> Path:
             rel = record.path.resolve().relative_to(image_root.resolve())
             filepath, filename = str(rel.parent) if str(rel.parent) != "." else "", rel.name
         except ValueError:
-            filepath, filename = str(record.path.parent), record.path.name
+            filepath, filename = str(record.path.resolve().parent), record.path.name
         entry = {"image_id": record.image_id, "filename": filename, "split": record.split,
                  "sentences": [{"raw": t, "tokens": t.lower().split()} for t in record.texts]}
         if filepath:

@@ -3,8 +3,8 @@ are held out (the test split). A generator is pluggable:
 
 - ``keywords`` (offline default, :class:`KeywordPseudoQueries`): the image's non-query texts
   (``meta["keywords"]``, e.g. CLDR keywords of an emoji, tags of a clip-art), optionally templated;
-- ``captioner:MODEL_ID`` (:class:`CaptionerPseudoQueries`): an image-to-text model from the hub
-  (e.g. ``captioner:Salesforce/blip-image-captioning-base``), as GRACE did — needs internet.
+- ``captioner:MODEL_ID`` (:class:`CaptionerPseudoQueries`): an image-text-to-text model, a hub id (online,
+  e.g. ``captioner:Salesforce/blip-image-captioning-base``, as GRACE did) or a saved folder.
 
 :func:`build_pseudo_queries` never returns a text equal (case/space-normalised) to any held-out query of
 the dataset, so no test query can leak into the training shards.
@@ -12,10 +12,12 @@ the dataset, so no test query can leak into the training shards.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from grace.data_process.dataset import TRAIN_SPLITS, Dataset, ImageRecord
 from grace.errors import GraceError
@@ -69,25 +71,83 @@ class KeywordPseudoQueries(PseudoQueryGenerator):
 
 
 class CaptionerPseudoQueries(PseudoQueryGenerator):
-    """Captions from a Hugging Face image-to-text model (online; GRACE used a captioner for test images)."""
+    """Captions from a Hugging Face image-text-to-text model, as GRACE generated pseudo-queries for its test
+    images: BLIP / BLIP-2 / Florence-2 / SmolVLM class models (``AutoModelForImageTextToText``), by hub id
+    (online) or from a saved folder. ``num_captions`` beams are kept per image, decoded in batches; a chat
+    model gets ``prompt`` through its chat template, a captioner a plain text prefix (BLIP: none).
 
-    def __init__(self, model_id: str, *, num_captions: int = 3, batch_size: int = 8, device: str | None = None):
-        from transformers import pipeline
+    ``cache``: a JSONL file ``{"image_id", "captions"}`` appended after every batch; images already in it
+    are never captioned again, so a killed run resumes where it stopped.
+    """
+
+    def __init__(self, model_id: str, *, num_captions: int = 3, batch_size: int = 8, device: str | None = None,
+                 prompt: str | None = None, max_new_tokens: int = 30, cache: str | Path | None = None):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = f"captioner:{model_id}"
-        self.num_captions, self.batch_size = num_captions, batch_size
-        self.pipe = pipeline("image-to-text", model=model_id, device=device)
+        self.num_captions, self.batch_size, self.max_new_tokens = num_captions, batch_size, max_new_tokens
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.processor = AutoProcessor.from_pretrained(model_id)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_id).eval().to(self.device)
+        self.prompt = prompt
+        self.cache_path = Path(cache) if cache else None
+        self.cached: dict[str, list[str]] = {}
+        if self.cache_path and self.cache_path.is_file():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                if line.strip():  # a line cut by a crash is the last one: skip it
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    self.cached[row["image_id"]] = row["captions"]
+
+    def _text_inputs(self, count: int) -> list[str] | None:
+        if self.prompt is None:
+            return None
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
+            return [self.processor.apply_chat_template(messages, add_generation_prompt=True)] * count
+        return [self.prompt] * count
+
+    def _caption(self, records: Sequence[ImageRecord]) -> list[list[str]]:
+        import torch
+
+        from grace.data_process.features import open_image
+
+        images = [open_image(r.path).convert("RGB") for r in records]
+        text = self._text_inputs(len(images))
+        inputs = self.processor(images=images, text=text, return_tensors="pt", padding=text is not None)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.no_grad():
+            out = self.model.generate(**inputs, num_beams=self.num_captions, num_return_sequences=self.num_captions,
+                                      max_new_tokens=self.max_new_tokens, do_sample=False)
+        prompt_ids = inputs.get("input_ids")
+        if prompt_ids is not None and not self.model.config.is_encoder_decoder and \
+                out.shape[1] > prompt_ids.shape[1]:  # a decoder-only VLM echoes its prompt: keep the new tokens
+            out = out[:, prompt_ids.shape[1]:]
+        texts = [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+        if self.prompt and not getattr(self.processor, "chat_template", None):  # BLIP-style prefix echoed
+            texts = [t[len(self.prompt):].strip() if t.lower().startswith(self.prompt.lower()) else t for t in texts]
+        n = self.num_captions
+        return [texts[i * n:(i + 1) * n] for i in range(len(records))]
 
     def generate(self, record: ImageRecord) -> list[str]:
         return self.generate_batch([record])[0]
 
     def generate_batch(self, records: Sequence[ImageRecord]) -> list[list[str]]:
-        from grace.data_process.features import open_image
-
-        images = [open_image(r.path).convert("RGB") for r in records]
-        outputs = self.pipe(images, batch_size=self.batch_size,
-                            generate_kwargs={"num_beams": self.num_captions, "num_return_sequences": self.num_captions})
-        return [[o["generated_text"].strip() for o in (out if isinstance(out, list) else [out])] for out in outputs]
+        todo = [r for r in records if r.image_id not in self.cached]
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            captions = self._caption(batch)
+            for record, texts in zip(batch, captions):
+                self.cached[record.image_id] = texts
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps({"image_id": r.image_id, "captions": t}, ensure_ascii=False) + "\n"
+                                      for r, t in zip(batch, captions))
+        return [list(self.cached[r.image_id]) for r in records]
 
 
 def create_pseudo_query_generator(name: str = "keywords", **kwargs) -> PseudoQueryGenerator:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from grace.config import IMAGE_ROOT_HELP
+
 SCHEME_NAMES = ("numeric", "string", "semantic", "structured", "atomic")
 
 
@@ -15,6 +17,7 @@ class IdsBuildConfig:
     """Build an IdentifierMap (+ its tokenizer) for one scheme."""
 
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     scheme: str = field(default="numeric", metadata={"help": "identifier scheme", "choices": SCHEME_NAMES})
     out: Optional[Path] = field(default=None, metadata={"help": "output folder (ids.json, config.json, tokenizer/)"})
     features_cache: Optional[Path] = field(default=None, metadata={"help": "structured: image feature cache folder"})
@@ -58,7 +61,7 @@ def _ids_build(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(IdsBuildConfig, args)
     require(cfg, "dataset", "out")
     start = time.perf_counter()
-    dataset = load_karpathy(cfg.dataset, check_files=cfg.scheme == "structured")
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=cfg.scheme == "structured")
     features = None
     if cfg.scheme == "structured":
         from grace.data_process.features import image_features

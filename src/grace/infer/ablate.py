@@ -88,13 +88,13 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     timer = P.StageTimer()
     started = time.perf_counter()
     dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
-                              benchmark=config.benchmark)
+                              benchmark=config.benchmark, image_root=config.image_root)
     features = P.stage_features(run, dataset, config.encoder, timer,
                                 tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1)
     pseudo_queries = P.stage_pseudo_queries(run, dataset, timer)
     results = {scheme: run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer)
                for scheme in config.schemes}
-    dataset_json = Path(config.dataset) if config.dataset else run / "data" / "dataset.json"
+    dataset_json = run / "data" / "dataset.json"
     for kind in baselines:
         results[kind] = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder,
                                        seed=config.seed, max_queries=config.max_queries)

@@ -15,21 +15,26 @@ the beams, then ``step`` one token per beam with ``reorder`` between steps.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from grace.hf_compat import cache_kwarg, output_cache, takes_logits_to_keep
+from grace.infer.kv_cache import StaticBeamCache, reorder_cache, repeat_cache, static_cache_supported
 
 NEG = -1.0e9
+log = logging.getLogger(__name__)
 
 
 class DecoderAdapter(Protocol):
     """Incremental decoding interface the beam loop drives."""
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
-        """Run the (B, L) prompt; keep a cache expanded to B*num_beams rows; return (B*num_beams, V)."""
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
+                max_new_tokens: int | None = None) -> torch.Tensor:
+        """Run the (B, L) prompt; keep a cache expanded to B*num_beams rows (room for ``max_new_tokens``
+        steps, when given); return (B*num_beams, V)."""
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         """Re-index the cache rows with flat beam indices (B*num_beams,)."""
@@ -43,79 +48,101 @@ class CausalLMAdapter:
 
     ``extra`` kwargs (e.g. ``vision_features``) go to every forward call, expanded to the beams when
     their first dim equals the batch size; ``input_key`` renames ``input_ids`` (``lang_x`` for Flamingo).
+    ``static_cache``: after the prompt, keep the beams' keys/values in a preallocated
+    :class:`~grace.infer.kv_cache.StaticBeamCache` (written in place, only generated positions re-ordered)
+    where the LM supports it; otherwise, and by default, transformers' growing ``DynamicCache``.
+    ``step_model``: what runs the one-token steps (e.g. :func:`compile_for_decoding`'s); the prompt always
+    runs on ``model``.
     """
 
-    def __init__(self, model: Any, *, input_key: str = "input_ids", position_ids: bool = True, **extra: Any):
+    def __init__(self, model: Any, *, input_key: str = "input_ids", position_ids: bool = True,
+                 static_cache: bool = False, step_model: Any = None, **extra: Any):
         self.model = model
+        self.step_model = step_model or model
+        self.lm = getattr(model, "lang_encoder", model)
         self.input_key = input_key
         self.use_position_ids = position_ids
+        self.static_cache = static_cache
         self.extra = extra
         # the prompt's logits are needed at its last position only (a Flamingo model passes this to its LM)
-        self.last_logits_only = takes_logits_to_keep(getattr(model, "lang_encoder", model))
+        self.last_logits_only = takes_logits_to_keep(self.lm)
         self.past = None
+        self.static: StaticBeamCache | None = None
         self.mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, extra: dict) -> torch.Tensor:
-        kwargs = {self.input_key: ids, "attention_mask": mask, "use_cache": True, cache_kwarg(self.model): self.past}
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, extra: dict,
+                 model: Any = None) -> torch.Tensor:
+        past = self.static.cache if self.static is not None else self.past
+        kwargs = {self.input_key: ids, "attention_mask": mask, "use_cache": True, cache_kwarg(self.model): past}
         if self.use_position_ids:
             kwargs["position_ids"] = positions
         if self.last_logits_only:
             kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs, **extra)
-        self.past = output_cache(out)
+        out = (model or self.model)(**kwargs, **extra)
+        if self.static is None:
+            self.past = output_cache(out)
         return out.logits[:, -1, :].float()
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
-        self.past = None
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
+                max_new_tokens: int | None = None) -> torch.Tensor:
+        self.past, self.static = None, None
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         batch = input_ids.shape[0]
-        extra = {k: v for k, v in self.extra.items()}
-        logits = self._forward(input_ids, attention_mask, positions, extra)
-        self.past = _repeat_cache(self.past, num_beams)
-        self.mask = attention_mask.repeat_interleave(num_beams, 0)
+        logits = self._forward(input_ids, attention_mask, positions, dict(self.extra))
+        if self.static_cache and max_new_tokens and static_cache_supported(self.lm, self.past):
+            self.static = StaticBeamCache(self.lm, self.past, attention_mask, num_beams, max_new_tokens)
+            self.past = None
+        else:
+            self.past = repeat_cache(self.past, num_beams)
+            self.mask = attention_mask.repeat_interleave(num_beams, 0)
         self.positions = positions[:, -1].repeat_interleave(num_beams, 0)
         self.extra = {k: (v.repeat_interleave(num_beams, 0) if torch.is_tensor(v) and v.shape[0] == batch else v)
                       for k, v in self.extra.items()}
         return logits.repeat_interleave(num_beams, 0)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
-        self.past = _reorder_cache(self.past, beam_idx)
+        if self.static is not None:  # a query's beams share its prompt: mask and positions stay
+            self.static.reorder(beam_idx)
+            return
+        self.past = reorder_cache(self.past, beam_idx)
         self.mask = self.mask[beam_idx]
         self.positions = self.positions[beam_idx]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        if self.static is not None:
+            mask = self.static.open_next()
+        else:
+            mask = self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         self.positions = self.positions + 1
-        return self._forward(tokens[:, None], self.mask, self.positions[:, None], self.extra)
+        return self._forward(tokens[:, None], mask, self.positions[:, None], self.extra, self.step_model)
 
 
-#: per-row tensors a model keeps on its cache object (FlamingoModel: media seen so far per row); they
-#: follow the cache rows through beam expansion and re-ordering.
-CACHE_ROW_ATTRS = ("_grace_media_count",)
+class _CompiledOrEager:
+    """A compiled callable that falls back to the eager one, for good, the first time compiling fails."""
+
+    def __init__(self, eager: Any, compiled: Any):
+        self.eager, self.compiled = eager, compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any compiler/backend failure: decode eagerly instead
+                log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self.compiled = None
+        return self.eager(*args, **kwargs)
 
 
-def _index_row_attrs(past: Any, fn) -> None:
-    for name in CACHE_ROW_ATTRS:
-        value = getattr(past, name, None)
-        if torch.is_tensor(value):
-            setattr(past, name, fn(value))
-
-
-def _repeat_cache(past: Any, repeats: int) -> Any:
-    if hasattr(past, "batch_repeat_interleave"):
-        past.batch_repeat_interleave(repeats)
-        _index_row_attrs(past, lambda t: t.repeat_interleave(repeats, 0))
-        return past
-    return tuple(tuple(t.repeat_interleave(repeats, 0) for t in layer) for layer in past)
-
-
-def _reorder_cache(past: Any, beam_idx: torch.Tensor) -> Any:
-    if hasattr(past, "reorder_cache"):
-        past.reorder_cache(beam_idx)
-        _index_row_attrs(past, lambda t: t.index_select(0, beam_idx.to(t.device)))
-        return past
-    return tuple(tuple(t.index_select(0, beam_idx) for t in layer) for layer in past)
+def compile_for_decoding(model: Any, device: torch.device | str) -> Any:
+    """``model`` compiled for one-token decode steps (``torch.compile``, CUDA graphs through
+    ``mode="reduce-overhead"``; use with ``static_cache`` so every step has the same shapes and addresses).
+    On a CPU, or where compiling fails, the eager model: a warning, never an error."""
+    if torch.device(device).type != "cuda":
+        log.warning("decode --compile needs a CUDA device (got %s); decoding eagerly", device)
+        return model
+    return _CompiledOrEager(model, torch.compile(model, mode="reduce-overhead", dynamic=False))
 
 
 @dataclass
@@ -176,11 +203,14 @@ def _top_children(log_probs: torch.Tensor, cands: tuple[torch.Tensor, torch.Tens
 @torch.no_grad()
 def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                 num_beams: int, max_new_tokens: int, eos_token_id: int, constraint: Any = None,
-                length_penalty: float = 1.0, pad_token_id: int = 0) -> BeamOutput:
+                length_penalty: float = 1.0, pad_token_id: int = 0, early_stop: bool = True) -> BeamOutput:
     """Beam search for (B, L) left-padded prompts; returns ``num_beams`` finished hypotheses per prompt.
 
     A hypothesis finishes when it emits ``eos_token_id`` (under a trie: the end-of-chunk token that
     closes every identifier) or reaches ``max_new_tokens``. Scores are sum-log-probs / length**penalty.
+    ``early_stop=False`` runs exactly ``max_new_tokens`` steps (the trie depth) with no host synchronisation
+    inside the loop, for GPUs and compiled steps; the answers are the same (a query that cannot improve
+    stops adding hypotheses either way).
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -199,7 +229,7 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
     state = constraint.init_state(batch * num_beams, device) if constraint is not None else None
     batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
 
-    logits = adapter.prefill(input_ids, attention_mask, num_beams)
+    logits = adapter.prefill(input_ids, attention_mask, num_beams, max_new_tokens)
     prompt_rows = input_ids.repeat_interleave(num_beams, 0)
     fanout = getattr(constraint, "candidates", None)
     for cur in range(max_new_tokens):
@@ -256,7 +286,7 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
         best_live = running_scores[:, :1] / float(cur + 1) ** length_penalty
         worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], torch.full_like(finished_scores, NEG))
         improvable = improvable & (best_live > worst_done).any(dim=-1, keepdim=True)
-        if cur + 1 >= max_new_tokens or not bool(improvable.any()) or bool(done.all()):
+        if cur + 1 >= max_new_tokens or (early_stop and (not bool(improvable.any()) or bool(done.all()))):
             break
         adapter.reorder(beam_idx)
         logits = adapter.step(running[:, :, cur].reshape(-1))

@@ -192,8 +192,10 @@ def _run_bench(config: BenchConfig) -> dict:
                                   note=f"{config.model}, {config.num_beams} beams; {config.p2_queries} queries per batch")
     p1_keys = [k for k in p1_all[0] if k != "batch"]
     p1_rows = [{"metric": k, **{f"batch {p['batch']}": p[k] for p in p1_all}} for k in p1_keys]
-    loop_cols = ["model", "batch", "beams", "reference_qps", "new_qps", "speedup", "new_top1_equal",
-                 "new_max_score_diff"] + (["new_bf16_qps", "bf16_speedup", "bf16_top1_equal"] if config.bf16 else [])
+    loop_cols = (["model", "batch", "beams", "reference_qps", "new_dynamic_qps", "new_qps", "speedup", "static_cache_speedup",
+                  "new_top1_equal", "new_max_score_diff"]
+                 + (["new_bf16_qps", "bf16_speedup", "bf16_top1_equal"] if config.bf16 else [])
+                 + (["new_compiled_qps", "compiled_speedup", "compiled_top1_equal"] if config.compile else []))
     text = (f"# Decoding benchmarks\n\nEnvironment: {env}.\n\n## P1 (targets: ratio <= 1.10, speedup >= 10)\n\n"
             + markdown_table(p1_rows, ["metric"] + [f"batch {p['batch']}" for p in p1_all])
             + "\n## Loop: new vs reference loop, queries/s (target: speedup >= 2 at beam 10, batch 32)\n\n"

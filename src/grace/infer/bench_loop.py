@@ -2,9 +2,10 @@
 
 Loop — same model, prompts and trie, ``num_beams`` beams, ``loop_batch`` queries per search: queries/s of
 the new loop (fan-out table: top-k over K × F trie children; for a Flamingo model the perceiver latents and
-every cross-attention K/V computed once per query, the null image once per search) over the reference loop
-(the vocabulary-wide mask over K × V, vision recomputed on every beam at every step), both fp32; plus the new
-loop with the model in bfloat16, with how often its top-1 agrees with fp32.
+every cross-attention K/V computed once per query, the null image once per search; the beams' KV in a
+preallocated static cache) over the reference loop (the vocabulary-wide mask over K × V, vision recomputed on
+every beam at every step, a growing DynamicCache), both fp32; the new loop on a DynamicCache (the static
+cache's share); and the new loop with the model in bfloat16, with how often its top-1 agrees with fp32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grace.infer.beam_search import beam_search
+from grace.infer.beam_search import beam_search, compile_for_decoding
 from grace.infer.constraint import TrieLogitsProcessor
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,21 @@ def bench_loop(name: str, config: Any) -> dict:
     ids, mask = _prompts(config.loop_batch, image_token, config.device, config.seed)
     constraints = {"new": TrieLogitsProcessor(table, device=config.device),
                    "reference": TrieLogitsProcessor(table, device=config.device, max_fanout_entries=0)}
-    variants = {"new": (model, True), "reference": (model, False)}
+    # variant: (model, new loop, static beam cache); "new_dynamic" isolates the static cache's share
+    variants = {"new": (model, True, True), "new_dynamic": (model, True, False), "reference": (model, False, False)}
     if config.bf16:
-        variants["new_bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True)
+        variants["new_bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True, True)
+    if config.compile:  # the fastest variant (bf16 when timed), its steps compiled
+        variants["new_compiled"] = variants["new_bf16" if config.bf16 else "new"]
+    step_models = {"new_compiled": compile_for_decoding(variants["new_compiled"][0], config.device)} \
+        if config.compile else {}
+    early_stop = torch.device(config.device).type == "cpu"  # as GenerativeRetriever decides
 
     def run(variant: str):
-        m, new = variants[variant]
-        return beam_search(make_adapter(m, cache_vision=new), ids, mask, num_beams=config.num_beams,
-                           max_new_tokens=seqs.shape[1], eos_token_id=eoc,
-                           constraint=constraints["reference" if variant == "reference" else "new"])
+        m, new, static = variants[variant]
+        adapter = make_adapter(m, cache_vision=new, static_cache=static, step_model=step_models.get(variant))
+        return beam_search(adapter, ids, mask, num_beams=config.num_beams, max_new_tokens=seqs.shape[1], eos_token_id=eoc,
+                           constraint=constraints["new" if new else "reference"], early_stop=early_stop or not new)
 
     outputs = {v: run(v) for v in variants}  # warm-up, and the answers compared below
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -86,9 +93,13 @@ def bench_loop(name: str, config: Any) -> dict:
         row[f"{variant}_qps"] = config.loop_batch / float(np.median(ts))
         row[f"{variant}_qps_range"] = [config.loop_batch / max(ts), config.loop_batch / min(ts)]
     row["speedup"] = row["new_qps"] / row["reference_qps"]
+    row["static_cache_speedup"] = row["new_qps"] / row["new_dynamic_qps"]
     ref_top = outputs["reference"].sequences[:, 0]
     row["new_top1_equal"] = float((outputs["new"].sequences[:, 0] == ref_top).all(-1).float().mean())
     row["new_max_score_diff"] = float((outputs["new"].scores[:, 0] - outputs["reference"].scores[:, 0]).abs().max())
+    if "new_compiled" in outputs:
+        row["compiled_speedup"] = row["new_compiled_qps"] / row["reference_qps"]
+        row["compiled_top1_equal"] = float((outputs["new_compiled"].sequences[:, 0] == ref_top).all(-1).float().mean())
     if "new_bf16" in outputs:
         row["bf16_speedup"] = row["new_bf16_qps"] / row["reference_qps"]
         row["bf16_top1_equal"] = float((outputs["new_bf16"].sequences[:, 0] == ref_top).all(-1).float().mean())

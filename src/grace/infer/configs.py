@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grace.config import IMAGE_ROOT_HELP
+
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 BASELINES = ("clip_faiss", "late_interaction")
 BENCHMARKS = ("emoji", "openclipart")
@@ -15,12 +17,14 @@ class EvalConfig:
     """Score retrievers (``KIND:PATH``) on the held-out queries of a dataset split."""
 
     dataset: Path = field(default=Path("runs/emoji/data/dataset.json"), metadata={"help": "Karpathy-form dataset.json"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (generative:RUN/ckpt/structured/export)"})
     split: str = field(default="test", metadata={"help": "split whose texts are the queries"})
     out: Path = field(default=Path("runs/emoji/results"), metadata={"help": "output folder"})
     ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam-search length penalty"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"})
     batch_size: int = field(default=16, metadata={"help": "queries per search call"})
     max_queries: int = field(default=0, metadata={"help": "use only the first N queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed (random baseline)"})
@@ -33,6 +37,7 @@ class AblateConfig:
 
     run: Path = field(default=Path("runs/emoji"), metadata={"help": "run folder (RUN/data, RUN/ids/<scheme>, ...)"})
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json (default RUN/data/dataset.json, built from emoji if absent)"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
     baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
         "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none)"})
@@ -93,6 +98,7 @@ class BenchConfig:
     loop_batch: int = field(default=32, metadata={"help": "queries per search in the loop benchmark (and a 2nd P1 batch)"})
     loop_repeats: int = field(default=3, metadata={"help": "timed repeats per loop variant"})
     bf16: bool = field(default=True, metadata={"help": "also time the new loop with the model in bfloat16"})
+    compile: bool = field(default=False, metadata={"help": "also time the new loop with its step compiled (CUDA only)"})
     dense: bool = field(default=True, metadata={"help": "time CLIP-FAISS Flat and IVF-PQ at the P2 sizes for the plot"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     seed: int = field(default=0, metadata={"help": "seed"})
@@ -105,8 +111,10 @@ class RetrieversConfig:
     retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (default: every retriever of --run)"})
     run: Path | None = field(default=None, metadata={"help": "run folder whose trained retrievers to load"})
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json naming the image files (default RUN/data/dataset.json)"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     split: str = field(default="test", metadata={"help": "split whose images are the corpus"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"})
 
 
 @dataclass

@@ -24,7 +24,7 @@ def _load(spec: str, config: EvalConfig):
     kind = spec.partition(":")[0]
     kwargs: dict[str, Any] = {}
     if kind == "generative":
-        kwargs = {"num_beams": config.num_beams, "length_penalty": config.length_penalty}
+        kwargs = {"num_beams": config.num_beams, "length_penalty": config.length_penalty, "compile": config.compile}
     elif kind == "random":
         kwargs = {"split": config.split, "seed": config.seed}
     return load_retriever(spec, **kwargs)
@@ -96,7 +96,7 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
     from grace.data_process.dataset import load_karpathy, test_queries
 
     seed_everything(config.seed)
-    dataset = load_karpathy(config.dataset, check_files=False)
+    dataset = load_karpathy(config.dataset, config.image_root, check_files=False)
     queries, gold = test_queries(dataset, config.split)
     if config.max_queries:
         queries, gold = queries[: config.max_queries], gold[: config.max_queries]

@@ -72,14 +72,28 @@ def test_split_queries(dataset, max_queries: int = 0) -> tuple[list[str], list[s
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
-                  benchmark: str = "emoji"):
-    """RUN/data/dataset.json (the offline ``benchmark``, emoji or openclipart, is built there when no
-    dataset is given)."""
-    from grace.data_process.dataset import load_karpathy
+                  benchmark: str = "emoji", image_root: Path | None = None):
+    """RUN/data/dataset.json: the offline ``benchmark`` (emoji or openclipart) built there when no dataset is
+    given; else a copy of ``dataset`` whose image paths are resolved against ``image_root`` (absolute), so
+    every later stage and command reads the run's copy without an image root (its source in
+    RUN/data/source.json)."""
+    from grace.data_process.dataset import load_karpathy, save_karpathy
+    from grace.io_utils import read_json, save_config
 
-    if dataset is not None:
-        return timer.run("data", True, lambda: None, lambda: load_karpathy(dataset))
     target = run / "data" / "dataset.json"
+    if dataset is not None:
+        source = {"dataset": str(Path(dataset).resolve()),
+                  "image_root": str(Path(image_root).resolve()) if image_root else None}
+        source_file = run / "data" / "source.json"
+        done = target.is_file() and source_file.is_file() and read_json(source_file) == source
+
+        def copy():
+            loaded = load_karpathy(source["dataset"], source["image_root"])
+            save_karpathy(loaded, target)
+            save_config(run / "data", source, name="source.json")
+            return load_karpathy(target)
+
+        return timer.run("data", done, copy, lambda: load_karpathy(target))
     builders = {"emoji": ("grace.data_process.emoji", "build_emoji"),
                 "openclipart": ("grace.data_process.openclipart", "build_openclipart")}
     if benchmark not in builders:

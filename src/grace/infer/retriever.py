@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from grace.errors import GraceError, InputError
-from grace.infer.beam_search import CausalLMAdapter, beam_search
+from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding
 from grace.infer.constraint import TrieLogitsProcessor
 from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
@@ -44,13 +44,15 @@ class FlamingoAdapter(CausalLMAdapter):
     its query's image, so re-ordering beams never changes them). ``cache_vision=False`` is the reference
     path: the vision inputs go through the perceiver and every layer's K/V projection at each step."""
 
-    def __init__(self, model: Any, *, vision_features: torch.Tensor | None = None, cache_vision: bool = True):
-        super().__init__(model, input_key="lang_x",
+    def __init__(self, model: Any, *, vision_features: torch.Tensor | None = None, cache_vision: bool = True,
+                 static_cache: bool = False, step_model: Any = None):
+        super().__init__(model, input_key="lang_x", static_cache=static_cache, step_model=step_model,
                          position_ids="position_ids" in inspect.signature(model.forward).parameters)
         self.vision_features = vision_features
         self.cache_vision = cache_vision
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
+                max_new_tokens: int | None = None) -> torch.Tensor:
         from grace.model.flamingo import CrossAttentionCache
 
         batch = input_ids.shape[0]
@@ -58,24 +60,27 @@ class FlamingoAdapter(CausalLMAdapter):
             features = self.vision_features
             self.extra = {"vision_features": features if features is not None
                           else self.model.null_vision_features(batch).to(input_ids.device)}
-            return super().prefill(input_ids, attention_mask, num_beams)
+            return super().prefill(input_ids, attention_mask, num_beams, max_new_tokens)
         cache = CrossAttentionCache()
         media = self.model.encode_vision(vision_features=self.vision_features, batch_size=batch)
         self.extra = {"media": media, "xattn_cache": cache}
-        logits = super().prefill(input_ids, attention_mask, num_beams)  # expands media to the beams
+        logits = super().prefill(input_ids, attention_mask, num_beams, max_new_tokens)  # media → beams
         cache.repeat_interleave(num_beams)
         return logits
 
 
-def make_adapter(model: Any, *, cache_vision: bool = True) -> CausalLMAdapter:
+def make_adapter(model: Any, *, cache_vision: bool = True, static_cache: bool = False,
+                 step_model: Any = None) -> CausalLMAdapter:
     """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries; the vision side cached when
-    the model can compute it apart, ``encode_vision``); any HF causal LM gets ``input_ids``."""
+    the model can compute it apart, ``encode_vision``); any HF causal LM gets ``input_ids``. ``static_cache``
+    and ``step_model``: see :class:`~grace.infer.beam_search.CausalLMAdapter`."""
     params = inspect.signature(model.forward).parameters
+    options = {"static_cache": static_cache, "step_model": step_model}
     if "lang_x" in params and hasattr(model, "null_vision_features"):
-        return FlamingoAdapter(model, cache_vision=cache_vision and hasattr(model, "encode_vision"))
+        return FlamingoAdapter(model, cache_vision=cache_vision and hasattr(model, "encode_vision"), **options)
     if "lang_x" in params:
-        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params)
-    return CausalLMAdapter(model)
+        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params, **options)
+    return CausalLMAdapter(model, **options)
 
 
 def trie_depth(trie: Any) -> int:
@@ -91,7 +96,7 @@ class GenerativeRetriever(Retriever):
 
     def __init__(self, model: Any, tokenizer: Any, idmap: Any, trie: Any, *, num_beams: int = 10,
                  length_penalty: float = 1.0, batch_size: int = 16, device: str | torch.device = "cpu",
-                 decode: Any = None):
+                 decode: Any = None, static_cache: bool = True, compile: bool = False):
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.idmap = idmap
@@ -104,6 +109,10 @@ class GenerativeRetriever(Retriever):
         self.max_new_tokens = trie_depth(trie)
         self._decode = decode or self._decode_with_tokenizer
         self._cache: dict[tuple[int, ...], str | None] = {}
+        # decoding: a preallocated beam cache; on a GPU a fixed step count (no host syncs), optionally compiled
+        self.static_cache = static_cache
+        self.early_stop = self.device.type == "cpu"
+        self.step_model = compile_for_decoding(self.model, self.device) if compile else None
 
     def _decode_with_tokenizer(self, tokens: list[int]) -> str | None:
         """Token ids (ending with end-of-chunk) → image id: the trie's own value when it stores one, else
@@ -147,11 +156,11 @@ class GenerativeRetriever(Retriever):
                 if query.text is None:
                     raise InputError("the generative retriever takes text queries", entry=start + i)
             inputs = self.prompt_inputs([q.text for q in batch])
-            adapter = make_adapter(self.model)
+            adapter = make_adapter(self.model, static_cache=self.static_cache, step_model=self.step_model)
             out = beam_search(adapter, inputs["lang_x"], inputs["attention_mask"], num_beams=beams,
                               max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eoc_token_id,
                               constraint=self.processor, length_penalty=self.length_penalty,
-                              pad_token_id=self.tokenizer.pad_token_id)
+                              pad_token_id=self.tokenizer.pad_token_id, early_stop=self.early_stop)
             for row in range(len(batch)):
                 hits, seen = [], set()
                 for tokens, score, logps in out.detailed_hypotheses(row):

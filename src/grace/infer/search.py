@@ -73,7 +73,8 @@ class SearchService:
     @classmethod
     def load(cls, specs: list[str] | None = None, *, run: str | Path | None = None,
              dataset: str | Path | None = None, split: str = "test", num_beams: int = 10,
-             device: str | None = None) -> SearchService:
+             device: str | None = None, compile: bool = False, image_root: str | Path | None = None
+             ) -> SearchService:
         """Load ``specs`` (default: every retriever of ``run``) once; the ``split`` images of ``dataset``
         (default ``RUN/data/dataset.json``) are the corpus that results point to."""
         from grace.retriever import load_retriever
@@ -85,14 +86,14 @@ class SearchService:
         retrievers: dict[str, Retriever] = {}
         for spec in specs:
             kind = spec.partition(":")[0]
-            kwargs: dict[str, Any] = {"num_beams": num_beams} if kind == "generative" else {}
+            kwargs: dict[str, Any] = {"num_beams": num_beams, "compile": compile} if kind == "generative" else {}
             if kind == "generative" and device:
                 kwargs["device"] = device
             name = retriever_name(spec)
             retrievers[name if name not in retrievers else spec] = load_retriever(spec, **kwargs)
         if dataset is None and run_dir is not None and (run_dir / "data" / "dataset.json").is_file():
             dataset = run_dir / "data" / "dataset.json"
-        files, captions = corpus_files(dataset, split) if dataset else ({}, {})
+        files, captions = corpus_files(dataset, split, image_root) if dataset else ({}, {})
         return cls(retrievers, files, run_dir, captions)
 
     def describe(self) -> list[dict]:
@@ -152,12 +153,13 @@ def response_entry(rows: list[Result], seconds: float) -> dict:
     return {"results": [asdict(r) for r in rows], "latency_ms": 1000 * seconds}
 
 
-def corpus_files(dataset_json: str | Path, split: str = "test") -> tuple[dict[str, Path], dict[str, str]]:
+def corpus_files(dataset_json: str | Path, split: str = "test", image_root: str | Path | None = None
+                 ) -> tuple[dict[str, Path], dict[str, str]]:
     """image id → absolute image file, and image id → first caption, of the ``split`` images of a
     Karpathy-form dataset (the retrieval corpus of a run: its tries and baseline indexes cover the test split)."""
     from grace.data_process.dataset import load_karpathy
 
-    dataset = load_karpathy(dataset_json, check_files=False)
+    dataset = load_karpathy(dataset_json, image_root, check_files=False)
     records = dataset.split(split) if split else dataset.images
     if not records:
         raise InputError(f"split {split!r} has no images", path=dataset_json)

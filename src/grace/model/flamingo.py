@@ -244,12 +244,12 @@ class FlamingoModel(nn.Module):
             rows, length = input_ids.shape
             new_images = (input_ids == self.config.image_token_id).long().cumsum(-1)
         state.media = _expand_rows(state.media, rows, "vision input")
-        prior = None
-        if cache is not None and cache.get_seq_length() > 0:
-            prior = getattr(cache, MEDIA_COUNT_ATTR, None)
+        prior = getattr(cache, MEDIA_COUNT_ATTR, None) if cache is not None else None  # set by our last call
+        if prior is not None:
+            prior = _expand_rows(prior, rows, "cache")
+        elif cache is not None and cache.get_seq_length() > 0:
             # a cache we did not fill: OpenFlamingo's rule, continue after the last image
-            prior = _expand_rows(prior, rows, "cache") if prior is not None else torch.full(
-                (rows,), state.media.shape[1], dtype=torch.long)
+            prior = torch.full((rows,), state.media.shape[1], dtype=torch.long)
         text_time = torch.zeros(rows, length, dtype=torch.long, device=state.media.device)
         if prior is not None:
             text_time += prior.to(text_time.device)[:, None]

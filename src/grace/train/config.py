@@ -44,6 +44,10 @@ class TrainConfig:
     report_to: str = field(default="none", metadata=_help("none|wandb", choices=["none", "wandb"]))
     resume: bool = field(default=True, metadata=_help("continue from output_dir/checkpoints/latest when present"))
     resume_from: Path | None = field(default=None, metadata=_help("a checkpoint folder (…/checkpoints/stepN) to start from"))
+    init_from: str | None = field(default=None, metadata=_help(
+        "initial weights (not a resume: fresh optimiser and step 0): one of our exports (memorise a new corpus "
+        "without starting over), an OpenFlamingo checkpoint.pt, or its hub repo id "
+        "(openflamingo/OpenFlamingo-3B-vitl-mpt1b); embedding rows matched by token"))
     stop_after: int | None = field(default=None, metadata=_help("stop (after checkpointing) at this step, as if killed"))
     export: bool = field(default=True, metadata=_help("write the consolidated export/ at the end"))
     log_every: int = field(default=1, metadata=_help("update the progress bar / wandb (and sync the loss) every N steps"))

@@ -96,6 +96,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     n_tokens, vis_dim = model.config.n_visual_tokens, model.config.vis_dim
     vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder, n_visual_tokens=n_tokens)
     vision.check_layout(vis_dim, n_tokens, str(cfg.features_cache or cfg.image_encoder))
+    resume_dir = E.find_resume_point(cfg, ckpt_root)
+    if cfg.init_from and resume_dir is None:  # a resumed run restores its own weights instead
+        from grace.model.init_from import init_from
+
+        report = init_from(model, cfg.init_from, tokenizer, rank=rank)
+        if rank == 0:
+            save_config(out, report, name="init_from.json")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
@@ -103,7 +110,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     engine.train()
 
     step, micro_step = 0, 0
-    resume_dir = E.find_resume_point(cfg, ckpt_root)
     if resume_dir is not None:
         state = E.load_checkpoint(engine, resume_dir, rank)
         step, micro_step = int(state["step"]), int(state["micro_step"])

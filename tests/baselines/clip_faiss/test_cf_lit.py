@@ -59,3 +59,59 @@ def test_retrieve_pairs_writes_class_folders_and_shards(lit_features, lit_encode
         assert len(tar.getnames()) == 4 * 3  # 4 samples × (png, txt, json)
     red = on_disk["classes"]["red circle"]["pairs"]
     assert sum("red" in p["image_id"] for p in red) >= 2
+
+
+def test_interleave_prompt_hits_takes_each_prompts_rank_in_turn():
+    from grace.retrieval_baselines.clip_faiss.pairs import interleave_prompt_hits
+
+    images = ["a", "b", "c", "d", "e"]  # row -> image
+    per_prompt = [[(0, 0.9), (1, 0.8), (2, 0.7)], [(1, 0.95), (3, 0.6)], [(0, 0.5), (4, 0.4)]]
+    assert interleave_prompt_hits(per_prompt, images, 10) == [(0, 0.9, 0), (1, 0.95, 1), (3, 0.6, 1), (4, 0.4, 2),
+                                                               (2, 0.7, 0)]
+    assert [r for r, _, _ in interleave_prompt_hits(per_prompt, images, 2)] == [0, 1]
+
+
+def test_retrieve_pairs_separate_prompts(lit_features, lit_encoder, tmp_path):
+    build_index(BuildIndexConfig(features=lit_features[0], out=tmp_path / "index", use_gpu=False))
+    retriever = ClipFaissRetriever.load(tmp_path / "index", encoder=lit_encoder, use_gpu=False)
+    templates = ["a {}", "a picture of a {}.", "{} on white"]
+    config = RetrievePairsConfig(index=tmp_path / "index", classes=["red circle", "blue square"], templates=templates,
+                                 images_per_class=4, out=tmp_path / "pairs", prompt_mode="separate", folders=False)
+    meta = retrieve_pairs(config, retriever=retriever)
+    assert meta["prompt_mode"] == "separate"
+    for cls, entry in meta["classes"].items():
+        pairs = entry["pairs"]
+        assert len(pairs) == 4 and len({p["image_id"] for p in pairs}) == 4
+        assert {p["prompt"] for p in pairs} <= {t.format(cls) for t in templates}
+        # the first pair is the best hit of the first prompt, searched alone
+        first = retriever.search([Query(text=templates[0].format(cls))], 1)[0][0]
+        assert pairs[0]["image_id"] == first.image_id and pairs[0]["prompt"] == templates[0].format(cls)
+    averaged = retrieve_pairs(RetrievePairsConfig(index=tmp_path / "index", classes=["red circle"], templates=templates,
+                                                  images_per_class=4, out=tmp_path / "avg", folders=False),
+                              retriever=retriever)
+    assert averaged["classes"]["red circle"]["pairs"][0]["prompt"] is None
+
+
+def test_imagenet_class_set_ships_names_and_templates(lit_features, lit_encoder, tmp_path):
+    import pytest
+
+    from grace.errors import InputError
+    from grace.retrieval_baselines.clip_faiss.pairs import load_class_set, resolve_classes
+
+    imagenet = load_class_set("imagenet-1k")
+    assert len(imagenet["classes"]) == 1000 and imagenet["classes"][:2] == ["tench", "goldfish"]
+    assert len(imagenet["templates"]) == 80 and all("{}" in t for t in imagenet["templates"])
+    _, folders, templates = resolve_classes(RetrievePairsConfig(dataset="imagenet-1k"))
+    assert folders[0] == "0000_tench" and len(set(folders)) == 1000 and templates == imagenet["templates"]
+    with pytest.raises(InputError, match="not both"):
+        resolve_classes(RetrievePairsConfig(dataset="imagenet-1k", classes=["cat"]))
+    with pytest.raises(InputError, match="unknown class set"):
+        resolve_classes(RetrievePairsConfig(dataset="imagenet-22k"))
+    build_index(BuildIndexConfig(features=lit_features[0], out=tmp_path / "index", use_gpu=False))
+    retriever = ClipFaissRetriever.load(tmp_path / "index", encoder=lit_encoder, use_gpu=False)
+    meta = retrieve_pairs(RetrievePairsConfig(index=tmp_path / "index", dataset="imagenet-1k", templates=["a {}."],
+                                              images_per_class=1, out=tmp_path / "pairs", folders=False),
+                          retriever=retriever)
+    assert len(meta["classes"]) == 1000 and meta["classes"]["0000_tench"]["class"] == "tench"
+    assert meta["classes"]["0657_missile"]["class"] == meta["classes"]["0744_missile"]["class"] == "missile"
+    assert meta["dataset"] == "imagenet-1k" and meta["templates"] == ["a {}."]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grace.config import IMAGE_ROOT_HELP
+
 FEATURE_MODES = ("image", "text")
 SOURCE_KINDS = ("auto", "karpathy", "folder", "webdataset")
 
@@ -39,6 +41,7 @@ class TrainHeadsConfig:
     """Train LiT projection heads (InfoNCE) over frozen image and text encoders on a train split."""
 
     dataset: Path = field(default=Path("runs/emoji/data/dataset.json"), metadata={"help": "Karpathy-form dataset.json"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Path = field(default=Path("runs/emoji/clip_faiss/heads"), metadata={"help": "heads folder"})
     split: str = field(default="train", metadata={"help": "split whose (image, caption) pairs train the heads"})
     image_encoder: str = field(default="efficientnet-lite0", metadata={"help": "frozen image encoder"})
@@ -88,7 +91,13 @@ class RetrievePairsConfig:
     index: Path = field(default=Path("runs/emoji/clip_faiss/index"), metadata={"help": "index folder"})
     classes: list[str] = field(default_factory=list, metadata={"help": "class names"})
     classes_file: Path | None = field(default=None, metadata={"help": "file with one class name per line"})
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."], metadata={"help": "prompt templates with {}"})
+    dataset: str | None = field(default=None, metadata={
+        "help": "a shipped class set instead of --classes: imagenet-1k (its 1,000 class names and CLIP's 80 templates)"})
+    templates: list[str] = field(default_factory=list, metadata={
+        "help": "prompt templates with {} (default: the dataset's, else 'a photo of a {}.')"})
+    prompt_mode: str = field(default="averaged", metadata={
+        "help": "averaged: one query per class (mean of its prompts); separate: one query per prompt, hits "
+                "interleaved by rank (REACT's sep_prompts)", "choices": ["averaged", "separate"]})
     images_per_class: int = field(default=10, metadata={"help": "distinct images kept per class"})
     out: Path = field(default=Path("runs/emoji/clip_faiss/pairs"), metadata={"help": "output folder"})
     folders: bool = field(default=True, metadata={"help": "write OUT/<class>/NNNN.png + .txt"})

@@ -133,7 +133,7 @@ def train_heads(config) -> dict:
     from grace.retrieval_baselines.clip_faiss.dual_encoder import dataset_image_features
 
     seed_everything(config.seed)
-    dataset = load_karpathy(config.dataset)
+    dataset = load_karpathy(config.dataset, config.image_root)
     image_ids, texts, owners = train_pairs(dataset, config.split)
     start = time.perf_counter()
     cache_dir = config.cache_dir or Path(config.out) / "cache"

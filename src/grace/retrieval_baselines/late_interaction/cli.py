@@ -1,4 +1,4 @@
-"""``grace baselines late-interaction {train,index,search,kbvqa}``."""
+"""``grace baselines late-interaction {train,index,search,kbvqa,vid2r}``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _index(args) -> int:
                       kmeans_niters=config.kmeans_niters, seed=config.seed).index_custom_collection(
             config.out, TextDocs(texts), ids)
     else:
-        out = index_images(config.model, load_karpathy(config.dataset), config.out, split=config.split,
+        out = index_images(config.model, load_karpathy(config.dataset, config.image_root), config.out, split=config.split,
                            backend=config.backend, nbits=config.nbits, kmeans_niters=config.kmeans_niters,
                            cache_dir=config.cache_dir or Path(config.out) / "cache", seed=config.seed, model=model)
     save_config(out, config, name="index_config.json")
@@ -100,6 +100,16 @@ def _search(args) -> int:
     return 0
 
 
+def _vid2r(args) -> int:
+    from grace.retrieval_baselines.late_interaction.vid2r import run_vid2r
+
+    config = dataclass_from_args(C.ViD2RConfig, args)
+    report = run_vid2r(config)
+    print(f"ViD2R: {report['turns']} turns → {report['kept']} kept ({report['dropped_by_filter']} answerable from "
+          f"the question alone), {report['passages']} passages → {config.out / 'vid2r.json'}")
+    return 0
+
+
 def _kbvqa(args) -> int:
     from grace.retrieval_baselines.late_interaction.kbvqa import run_kbvqa
 
@@ -113,6 +123,7 @@ COMMANDS = {
     "index": (C.IndexConfig, _index),
     "search": (C.SearchConfig, _search),
     "kbvqa": (C.KBVQAConfig, _kbvqa),
+    "vid2r": (C.ViD2RConfig, _vid2r),
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grace.config import IMAGE_ROOT_HELP
+
 FUSIONS = ("none", "flmr", "retxknow", "mire")
 BACKENDS = ("plaid", "exact")
 NBITS = (1, 2, 4, 8)
@@ -39,6 +41,7 @@ class TrainConfig:
     """Contrastive training (in-batch + hard negatives) on a Karpathy dataset: captions → image documents."""
 
     dataset: Path = field(default=Path("runs/emoji/data/dataset.json"), metadata={"help": "Karpathy dataset.json"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Path = field(default=Path("runs/emoji/late_interaction/model"), metadata={"help": "model folder"})
     split: str = field(default="train", metadata={"help": "split whose (caption, image) pairs train the model"})
     text_encoder: str = field(default="minilm", metadata={"help": "see ModelConfig"})
@@ -53,6 +56,13 @@ class TrainConfig:
     hard_negatives: int = field(default=0, metadata={"help": "random hard negatives per query (0 = in-batch only)"})
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate of the new layers"})
     cache_dir: Path | None = field(default=None, metadata={"help": "visual token cache (default OUT/cache)"})
+    direction: str = field(default="t2i", metadata={
+        "help": "t2i: captions retrieve their images; i2t: images (with --instruction) retrieve their captions, "
+                "the mapping-network pre-training of FLMR / PreFLMR", "choices": ["t2i", "i2t"]})
+    instruction: str = field(default="Utilize the given image to generate a caption.", metadata={
+        "help": "i2t: the query text every image goes with (PreFLMR-style instruction)"})
+    init_from: Path | None = field(default=None, metadata={
+        "help": "a trained model folder to continue from (pre-train, then fine-tune); same fusion and encoders"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 
@@ -64,6 +74,7 @@ class IndexConfig:
     out: Path = field(default=Path("runs/emoji/late_interaction/index"), metadata={"help": "index folder"})
     dataset: Path | None = field(default=Path("runs/emoji/data/dataset.json"),
                                  metadata={"help": "Karpathy dataset.json: its images become documents"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     split: str = field(default="test", metadata={"help": "split indexed ('' = all images)"})
     passages: Path | None = field(default=None, metadata={"help": "instead: a .jsonl/.tsv of text passages (id, text)"})
     backend: str = field(default="plaid", metadata={"help": "index type", "choices": BACKENDS})
@@ -104,6 +115,9 @@ class KBVQAConfig:
     batch_size: int = field(default=32, metadata={"help": "queries per step"})
     hard_negatives: int = field(default=1, metadata={"help": "random hard negatives per query"})
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    init_from: Path | None = field(default=None, metadata={
+        "help": "pre-trained models to fine-tune: DIR/<fusion>/model, DIR/<fusion>, or DIR itself (one fusion), "
+                "e.g. from `train --direction i2t`"})
     backend: str = field(default="exact", metadata={"help": "index used for scoring", "choices": BACKENDS})
     nbits: int = field(default=2, metadata={"help": "PLAID residual bits", "choices": NBITS})
     plaid_nbits: list[int] = field(default_factory=lambda: [2, 4, 8],
@@ -115,3 +129,25 @@ class KBVQAConfig:
     dedupe_answers: bool = field(default=True, metadata={"help": "score one test query per answer passage"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N emoji (smoke runs)"})
     seed: int = field(default=0, metadata={"help": "seed"})
+
+
+@dataclass
+class ViD2RConfig:
+    """ViD2R (Ret-XKnow, MIRe): visual dialogues → (image, question, positive / negative passages) triples."""
+
+    dialogues: Path | None = field(default=None, metadata={"help": "LLaVA-Instruct JSON (id, image, conversations)"})
+    kb: Path | None = field(default=None, metadata={"help": "knowledge base jsonl (id + text [+ title] per line)"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
+    out: Path = field(default=Path("runs/vid2r"), metadata={"help": "output folder (vid2r.json, report.json)"})
+    offline: bool = field(default=False, metadata={
+        "help": "build the dialogues and the KB offline: emoji images (CLDR names, keywords) + WordNet glosses"})
+    emoji_dir: Path = field(default=Path("runs/emoji/data"), metadata={"help": "offline: emoji dataset folder"})
+    wordnet_dir: Path = field(default=Path("/usr/share/wordnet"), metadata={"help": "offline: WordNet data.* files"})
+    kb_size: int = field(default=5_000, metadata={"help": "offline: WordNet passages in the KB"})
+    text_encoder: str = field(default="minilm", metadata={"help": "the text retriever's sentence encoder"})
+    filter_k: int = field(default=10, metadata={
+        "help": "drop a turn whose question alone retrieves its response's best passage in the top K (0: no filter)"})
+    positives: int = field(default=3, metadata={"help": "passages the response retrieves = positives"})
+    negatives: int = field(default=3, metadata={"help": "hard negatives: the question's own hits, not positives"})
+    limit: int = field(default=0, metadata={"help": "use only the first N turns (offline: images; 0 = all)"})
+    seed: int = field(default=0, metadata={"help": "seed (offline KB sample)"})

@@ -188,7 +188,7 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
     from grace.retrieval_baselines.late_interaction.configs import ModelConfig
     from grace.retrieval_baselines.late_interaction.index import Indexer, Searcher
     from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
-    from grace.retrieval_baselines.late_interaction.train import fit
+    from grace.retrieval_baselines.late_interaction.train import fit, load_initial_model
 
     seed_everything(config.seed)
     out = Path(config.out)
@@ -208,10 +208,14 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
                         "images": len(dataset)}, "models": {}}
     docs = None
     for fusion in config.fusions:
-        model = LateInteractionModel(config=ModelConfig(
-            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=fusion, dim=config.dim,
-            visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid, doc_maxlen=config.doc_maxlen,
-            truncate_docs=True, seed=config.seed))
+        if config.init_from:  # fine-tune a pre-trained model (e.g. `train --direction i2t`) on the task
+            model = load_initial_model(config.init_from, fusion=fusion, visual_dim=int(visual.shape[-1]))
+            model.config.doc_maxlen, model.config.truncate_docs = config.doc_maxlen, True
+        else:
+            model = LateInteractionModel(config=ModelConfig(
+                text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=fusion, dim=config.dim,
+                visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid, doc_maxlen=config.doc_maxlen,
+                truncate_docs=True, seed=config.seed))
         if docs is None:  # the frozen backbone is shared: its passage states are computed once
             start = time.perf_counter()
             docs = CachedTextDocs.build(model, task.passages, progress=progress)
@@ -229,6 +233,7 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
         queries = encode_query_set(model, test_q, visual[test_rows])
         results, latency = searcher.timed_search(queries, 10)
         summary["models"][fusion] = {**kbvqa_metrics(results, test_gold, test_words, task.passages),
+                                     "init_from": str(config.init_from) if config.init_from else None,
                                      "train_s": train_s, "loss_first": history[0],
                                      "loss_last": float(np.mean(history[-20:])), "backend": searcher.backend,
                                      "latency_ms": 1000 * latency}

@@ -79,16 +79,58 @@ def fit(model, *, query_texts: Sequence[str | None], positives: Sequence[int], d
     return history
 
 
+def pretrained_model_dir(init_from: str | Path, fusion: str) -> Path:
+    """The model folder for ``fusion`` under ``init_from``: DIR/<fusion>/model, DIR/<fusion>, or DIR itself."""
+    root = Path(init_from)
+    for candidate in (root / fusion / "model", root / fusion, root):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise InputError(f"--init-from: no {fusion} model (looked for {fusion}/model/, {fusion}/ and the folder itself)",
+                     path=root)
+
+
+def load_initial_model(model_dir: str | Path, *, fusion: str, visual_dim: int):
+    """A trained model to continue from; its fusion style and visual token size must be this run's."""
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+
+    model_dir = pretrained_model_dir(model_dir, fusion)
+    model = LateInteractionModel.load(model_dir)
+    if model.config.fusion != fusion:
+        raise InputError(f"--init-from holds a {model.config.fusion!r} model; this run trains {fusion!r}", path=model_dir)
+    if model.config.visual_dim != visual_dim:
+        raise InputError(f"--init-from was trained on {model.config.visual_dim}-d visual tokens, these are "
+                         f"{visual_dim}-d (another image encoder)", path=model_dir)
+    return model
+
+
+class _PairImages:
+    """Row ``i`` = the visual tokens of pair ``i``'s image, without copying them per pair."""
+
+    def __init__(self, visual, owners: Sequence[int]):
+        self.visual, self.owners = np.asarray(visual), np.asarray(owners)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def __getitem__(self, rows):
+        return self.visual[self.owners[rows]]
+
+
 def train_t2i(config, *, model=None, progress: bool = True) -> dict:
-    """``train``: (caption → image) pairs of ``config.split`` → model folder ``config.out``."""
+    """``train``: the (caption, image) pairs of ``config.split`` → model folder ``config.out``: captions
+    retrieve images (``t2i``), or images with an instruction retrieve their captions (``i2t``, pre-training);
+    from ``config.init_from`` when given."""
     from grace.data_process.dataset import load_karpathy
     from grace.io_utils import save_config, seed_everything
-    from grace.retrieval_baselines.late_interaction.collection import ImageDocs, visual_tokens
+    from grace.retrieval_baselines.late_interaction.collection import CachedTextDocs, ImageDocs, visual_tokens
     from grace.retrieval_baselines.late_interaction.configs import ModelConfig
     from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
 
+    if config.direction == "i2t" and (config.fusion == "none" or config.train_backbone):
+        raise InputError("--direction i2t trains the image side of a fusion (flmr, retxknow, mire) over the frozen "
+                         "text backbone's cached caption states: not with --fusion none or --train-backbone")
     seed_everything(config.seed)
-    dataset = load_karpathy(config.dataset)
+    dataset = load_karpathy(config.dataset, config.image_root)
     records = dataset.split(config.split)
     if not records:
         raise InputError(f"split {config.split!r} has no images", path=config.dataset)
@@ -100,17 +142,25 @@ def train_t2i(config, *, model=None, progress: bool = True) -> dict:
     visual = visual_tokens(dataset, config.image_encoder, config.cache_dir or Path(config.out) / "cache",
                            image_ids=[r.image_id for r in records], progress=progress)
     encode_s = time.perf_counter() - start
+    if model is None and config.init_from:
+        model = load_initial_model(config.init_from, fusion=config.fusion, visual_dim=int(visual.shape[-1]))
     if model is None:
         model = LateInteractionModel(config=ModelConfig(
             text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion,
             dim=config.dim, visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid,
-            train_backbone=config.train_backbone, seed=config.seed))
+            train_backbone=config.train_backbone, truncate_docs=config.direction == "i2t", seed=config.seed))
     start = time.perf_counter()
-    history = fit(model, query_texts=texts, positives=owners, docs=ImageDocs(visual), steps=config.steps,
-                  batch_size=config.batch_size, lr=config.lr, hard_negatives=config.hard_negatives,
-                  seed=config.seed, progress=progress)
+    common = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
+              "hard_negatives": config.hard_negatives, "seed": config.seed, "progress": progress}
+    if config.direction == "i2t":  # query = (instruction, image), document = one of its captions
+        history = fit(model, query_texts=[config.instruction] * len(texts), query_visual=_PairImages(visual, owners),
+                      positives=list(range(len(texts))), docs=CachedTextDocs.build(model, texts, progress=progress),
+                      **common)
+    else:
+        history = fit(model, query_texts=texts, positives=owners, docs=ImageDocs(visual), **common)
     train_s = time.perf_counter() - start
-    stats = {"num_images": len(records), "num_pairs": len(texts), "encode_s": encode_s, "train_s": train_s,
+    stats = {"direction": config.direction, "init_from": str(config.init_from) if config.init_from else None,
+             "num_images": len(records), "num_pairs": len(texts), "encode_s": encode_s, "train_s": train_s,
              "loss_first": history[0], "loss_last": float(np.mean(history[-10:])), "loss_history": history}
     model.save(config.out, extra={"train_stats": stats})
     save_config(config.out, config, name="train_config.json")

@@ -1,0 +1,79 @@
+"""ViD2R construction: LLaVA-Instruct dialogues and a jsonl knowledge base in their released layouts, the
+neural filter (drop turns the question answers alone), response-to-passage positives, hard negatives, and the
+offline instance (synthetic shapes + a tiny WordNet)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_li_kbvqa import SYNSETS, write_wordnet
+
+from grace.errors import InputError
+from grace.retrieval_baselines.late_interaction.vid2r import Turn, build_vid2r, read_dialogues, read_passages
+
+
+def test_dialogues_and_knowledge_base_in_their_released_layouts(tmp_path):
+    llava = [{"id": "000000033471", "image": "000000033471.jpg", "conversations": [
+                 {"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
+                 {"from": "gpt", "value": "The bus in the image is white and red."},
+                 {"from": "human", "value": "What feature can be seen on the back of the bus?"},
+                 {"from": "gpt", "value": "The back of the bus features an advertisement."}]},
+             {"id": "text-only", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    (tmp_path / "llava.json").write_text(json.dumps(llava))
+    turns = read_dialogues(tmp_path / "llava.json")
+    assert [t.question for t in turns] == ["What are the colors of the bus in the image?",
+                                           "What feature can be seen on the back of the bus?"]
+    assert {t.image for t in turns} == {"000000033471.jpg"} and turns[1].response.endswith("advertisement.")
+    llava[0]["conversations"][1]["from"] = "human"
+    (tmp_path / "bad.json").write_text(json.dumps(llava))
+    with pytest.raises(InputError, match="alternate human / gpt"):
+        read_dialogues(tmp_path / "bad.json")
+
+    wiki = [{"wikipedia_id": "12", "wikipedia_title": "Bus", "text": "A bus is a road vehicle."},
+            {"id": "p2", "text": "An advertisement is a notice."}]
+    (tmp_path / "kb.jsonl").write_text("\n".join(json.dumps(r) for r in wiki) + "\n\n")
+    assert read_passages(tmp_path / "kb.jsonl") == (["12", "p2"], ["Bus: A bus is a road vehicle.",
+                                                                   "An advertisement is a notice."])
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "x", "title": "no text"}) + "\n")
+    with pytest.raises(InputError, match="needs one of"):
+        read_passages(tmp_path / "bad.jsonl")
+
+
+def test_filter_drops_what_the_question_answers_alone():
+    ids = [o for o, _, _ in SYNSETS]
+    passages = [f"{', '.join(w)}: {g}" for _, w, g in SYNSETS]
+    hammer = "A hammer is a hand tool with a heavy rigid head and a handle."
+    turns = [Turn("a", "a.png", "What is this, and what is it for?", hammer),
+             Turn("b", "b.png", "What does the word 'hammer' mean?", hammer),
+             Turn("c", "c.png", "What is this?", "This is the front of the human head, a face.")]
+    entries, report = build_vid2r(turns, ids, passages, filter_k=1, positives=2, negatives=2)
+    assert report["turns"] == 3 and report["dropped_by_filter"] == 1
+    kept = {e["source_id"]: e for e in entries}
+    assert kept.keys() == {"a", "c"}  # b: the word alone retrieves the hammer gloss, the image adds nothing
+    for source, gold in (("a", "00000005"), ("c", "00000007")):
+        assert kept[source]["positives"][0] == gold and len(kept[source]["positives"]) == 2
+        assert len(kept[source]["negatives"]) == 2
+        assert not set(kept[source]["negatives"]) & set(kept[source]["positives"])
+    assert build_vid2r(turns, ids, passages, filter_k=0)[1]["kept"] == 3  # filtering off
+
+
+def test_offline_instance_end_to_end(shared_tiny_dataset, tmp_path):
+    from grace.cli import main
+
+    wordnet = write_wordnet(tmp_path / "wn")
+    out = tmp_path / "vid2r"
+    assert main(["baselines", "late-interaction", "vid2r", "--offline", "--emoji-dir",
+                 str(shared_tiny_dataset.root.parent), "--wordnet-dir", str(wordnet), "--filter-k", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    entries = json.loads((out / "vid2r.json").read_text())
+    dialogues = json.loads((out / "dialogues.json").read_text())
+    assert report["turns"] == 2 * len(dialogues) == 2 * len(shared_tiny_dataset)  # every shape has a noun
+    assert all(e["question"].startswith("What is this") for e in entries)  # the word questions all dropped
+    assert report["kept"] == len(entries) > 0
+    gold = {d["id"]: d["conversations"][1]["value"] for d in dialogues}
+    for entry in entries:  # the response's best passage is its shape's gloss
+        shape = next(w for _, ws, _ in SYNSETS for w in ws if f"A {w} is" in gold[entry["source_id"]])
+        assert entry["positives"][0] == next(o for o, ws, _ in SYNSETS if shape in ws)
+        assert entry["image"].endswith(".png")
