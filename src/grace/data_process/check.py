@@ -7,20 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from grace.data_process.dataset import Dataset, ImageRecord
+from grace.data_process.features import open_image
+from grace.errors import InputError
 
 
 def _check_one(record: ImageRecord, decode: bool) -> tuple[str, str | None]:
-    """("ok" | "missing" | "corrupt", why)."""
+    """("ok" | "missing" | "corrupt", why): corrupt = what every stage's ``open_image`` refuses."""
     if not record.path.is_file():
         return "missing", None
     if decode:
-        from PIL import Image
-
         try:
-            with Image.open(record.path) as image:
-                image.load()  # a full decode: a truncated file fails here, not at open
-        except Exception as err:  # noqa: BLE001 - every decoder failure is a corrupt image to report
-            return "corrupt", f"{type(err).__name__}: {err}"
+            open_image(record.path)  # a full decode: a truncated file fails here, not at open
+        except InputError as err:
+            return "corrupt", str(err)
     return "ok", None
 
 

@@ -118,6 +118,12 @@ class CausalLMAdapter:
         return self._forward(tokens[:, None], mask, self.positions[:, None], self.extra, self.step_model)
 
 
+def early_stop_on(device: torch.device | str) -> bool:
+    """Whether ``beam_search`` should stop early on ``device``: on a CPU the per-step check is cheap; on a GPU
+    it is a host sync, so the loop runs its fixed step count (same answers)."""
+    return torch.device(device).type == "cpu"
+
+
 class _CompiledOrEager:
     """A compiled callable that falls back to the eager one, for good, the first time compiling fails."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grace.infer.beam_search import beam_search, compile_for_decoding
+from grace.infer.beam_search import beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ def bench_loop(name: str, config: Any) -> dict:
     variants = {"new": (model, True, True), "new_dynamic": (model, True, False), "reference": (model, False, False)}
     if config.bf16:
         variants["new_bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True, True)
+    step_models = {}
     if config.compile:  # the fastest variant (bf16 when timed), its steps compiled
         variants["new_compiled"] = variants["new_bf16" if config.bf16 else "new"]
-    step_models = {"new_compiled": compile_for_decoding(variants["new_compiled"][0], config.device)} \
-        if config.compile else {}
-    early_stop = torch.device(config.device).type == "cpu"  # as GenerativeRetriever decides
+        step_models["new_compiled"] = compile_for_decoding(variants["new_compiled"][0], config.device)
+    early_stop = early_stop_on(config.device)
 
     def run(variant: str):
         m, new, static = variants[variant]

@@ -10,6 +10,7 @@ from grace.config import IMAGE_ROOT_HELP
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 BASELINES = ("clip_faiss", "late_interaction")
 BENCHMARKS = ("emoji", "openclipart")
+COMPILE_HELP = {"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"}
 
 
 @dataclass
@@ -24,7 +25,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam-search length penalty"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"})
+    compile: bool = field(default=False, metadata=COMPILE_HELP)
     batch_size: int = field(default=16, metadata={"help": "queries per search call"})
     max_queries: int = field(default=0, metadata={"help": "use only the first N queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed (random baseline)"})
@@ -114,7 +115,7 @@ class RetrieversConfig:
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     split: str = field(default="test", metadata={"help": "split whose images are the corpus"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"})
+    compile: bool = field(default=False, metadata=COMPILE_HELP)
 
 
 @dataclass

@@ -91,7 +91,7 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
             loaded = load_karpathy(source["dataset"], source["image_root"])
             save_karpathy(loaded, target)
             save_config(run / "data", source, name="source.json")
-            return load_karpathy(target)
+            return load_karpathy(target, check_files=False)  # ``loaded`` just checked every image
 
         return timer.run("data", done, copy, lambda: load_karpathy(target))
     builders = {"emoji": ("grace.data_process.emoji", "build_emoji"),

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from grace.errors import GraceError, InputError
-from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding
+from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
 from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
@@ -111,7 +111,7 @@ class GenerativeRetriever(Retriever):
         self._cache: dict[tuple[int, ...], str | None] = {}
         # decoding: a preallocated beam cache; on a GPU a fixed step count (no host syncs), optionally compiled
         self.static_cache = static_cache
-        self.early_stop = self.device.type == "cpu"
+        self.early_stop = early_stop_on(self.device)
         self.step_model = compile_for_decoding(self.model, self.device) if compile else None
 
     def _decode_with_tokenizer(self, tokens: list[int]) -> str | None:

@@ -114,10 +114,10 @@ def class_hits(retriever, classes: list[str], templates: list[str], k: int, mode
         return [[(row, score, None) for row, score in picked] for picked in rows]
     if mode != "separate":
         raise InputError(f"prompt mode must be averaged or separate, got {mode!r}")
+    from grace.retriever import Query
+
     _check_templates(templates)
-    emb = retriever.encoder.encode_texts([t.format(c) for c in classes for t in templates])
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    rows = retriever.search_rows(emb, k)
+    rows = retriever.search_rows(retriever.embed([Query(text=t.format(c)) for c in classes for t in templates]), k)
     width = len(templates)
     return [interleave_prompt_hits(rows[i * width:(i + 1) * width], retriever.index.row_images, k)
             for i in range(len(classes))]

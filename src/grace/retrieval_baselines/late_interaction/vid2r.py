@@ -106,8 +106,8 @@ class TextRetriever:
         self.index.add(vectors)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.asarray(self.encoder.encode(list(texts), batch_size=self.batch_size).float().cpu().numpy())
-        return np.ascontiguousarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12),
+        """L2-normalised vectors (``TextEncoder.encode`` normalises), so inner product = cosine."""
+        return np.ascontiguousarray(self.encoder.encode(list(texts), batch_size=self.batch_size).float().cpu().numpy(),
                                     dtype=np.float32)
 
     def search(self, texts: Sequence[str], k: int) -> np.ndarray:
