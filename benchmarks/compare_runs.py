@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     from grace.infer.ablate import machine_description
     from grace.infer.pipeline import test_split_queries
     from grace.infer.report import markdown_table, paired_markdown, recall_rows
-    from grace.infer.stats import summarise
     from grace.io_utils import atomic_write_text, write_json
+    from grace.stats import summarise
 
     args = _args(argv)
     rows, provenance = collect(args.results, args.baseline)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from grace.infer.evaluate import gold_rank, metrics
-from grace.infer.stats import paired_comparison, recall_ci, summarise
+from grace.stats import paired_comparison, recall_ci, summarise
 
 
 def _ranks(rng: np.random.Generator, n: int, p_hit: float) -> list[int]:

@@ -57,7 +57,7 @@ def write_ablation(run: Path, results: dict[str, dict], config, gold: list[str] 
     is compared, on the same queries, with the best baseline by R@1 (paired bootstrap + McNemar).
     """
     from grace.infer.report import markdown_table, paired_markdown, plot_recall_bars, recall_rows, write_table
-    from grace.infer.stats import summarise
+    from grace.stats import summarise
 
     out = run / "results"
     schemes = [name for name in results if name in SCHEMES]

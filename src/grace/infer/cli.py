@@ -24,7 +24,8 @@ def _eval(args: argparse.Namespace) -> int:
     config = dataclass_from_args(EvalConfig, args)
     results = run_eval(config)
     if _world()[1] == 0:
-        columns = ["retriever"] + [f"R@{k}" for k in config.ks] + ["latency_ms", "num_queries", "corpus_size"]
+        pseudo = [f"PR@{k}" for k in config.ks] if config.m2kr and config.pseudo_recall else []
+        columns = ["retriever"] + [f"R@{k}" for k in config.ks] + pseudo + ["latency_ms", "num_queries", "corpus_size"]
         print(markdown_table(recall_rows(results, config.ks), columns), end="")
         print(f"wrote {config.out}/results.json, table.md, recall.png, latency.png")
     return 0

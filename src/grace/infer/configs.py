@@ -19,10 +19,19 @@ class EvalConfig:
 
     dataset: Path = field(default=Path("runs/emoji/data/dataset.json"), metadata={"help": "Karpathy-form dataset.json"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
+    m2kr: str = field(default="", metadata={
+        "help": "instead of --dataset: an M2KR source (the hub id BByrneLab/multi_task_multi_modal_knowledge_"
+                "retrieval_benchmark_M2KR or a folder in its layout); retrievers are passage indexes of --m2kr-task"})
+    m2kr_task: str = field(default="EVQA", metadata={"help": "M2KR task (EVQA, OKVQA, Infoseek, OVEN, WIT, ...)"})
+    pseudo_recall: bool = field(default=False, metadata={
+        "help": "M2KR: also pseudo-recall (a top-K passage contains an answer), as PreFLMR reports for "
+                "OKVQA / E-VQA / Infoseek"})
+    blank_image: bool = field(default=True, metadata={
+        "help": "M2KR: a query without an image gets a black 336x336 image, as PreFLMR's evaluation does"})
     retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (generative:RUN/ckpt/structured/export)"})
     split: str = field(default="test", metadata={"help": "split whose texts are the queries"})
     out: Path = field(default=Path("runs/emoji/results"), metadata={"help": "output folder"})
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs"})
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs (any K, e.g. 1 5 10 20 50 100 500)"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam-search length penalty"})
     compile: bool = field(default=False, metadata=COMPILE_HELP)

@@ -46,7 +46,8 @@ def evaluate_retrievers(retrievers: dict[str, Any], queries: list[str], gold: li
 
 
 def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results",
-                  comparisons: dict | None = None) -> None:
+                  comparisons: dict | None = None,
+                  notes: str = "Recall in % [95% bootstrap interval over gold images], latency in ms/query.") -> None:
     """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size); recalls
     with their intervals when the results carry them, and the paired comparisons when given."""
     from grace.infer.report import (
@@ -61,11 +62,12 @@ def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int
     paired = paired_markdown(comparisons, ks, "other retriever")
     write_json(out / "results.json", {**results, "comparisons": comparisons} if paired else results)
     save_config(out, config)
-    columns = ["retriever"] + [f"R@{k}" for k in ks] + ["latency_ms", "num_queries", "corpus_size"]
+    pseudo = [f"PR@{k}" for k in ks if any(f"pseudo_recall@{k}" in r for r in results.values())]
+    columns = ["retriever"] + [f"R@{k}" for k in ks] + pseudo + ["latency_ms", "num_queries", "corpus_size"]
     if any("train_s" in r for r in results.values()):
         columns.append("train_s")
     write_table(out / "table.md", title, recall_rows(results, ks), columns,
-                notes="Recall in % [95% bootstrap interval over gold images], latency in ms/query.", extra=paired)
+                notes=notes, extra=paired)
     plot_recall_bars(results, ks, out / "recall.png", title=title)
     history_path = out / "history.json"
     history = read_json(history_path) if history_path.is_file() else {}
@@ -95,6 +97,10 @@ def run_eval(config: EvalConfig) -> dict[str, dict]:
 def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
     from grace.data_process.dataset import load_karpathy, test_queries
 
+    if config.m2kr:
+        from grace.infer.m2kr_eval import run_m2kr_eval
+
+        return run_m2kr_eval(config, rank)
     seed_everything(config.seed)
     dataset = load_karpathy(config.dataset, config.image_root, check_files=False)
     queries, gold = test_queries(dataset, config.split)
@@ -114,7 +120,7 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
     for res in results.values():
         res["world_size"] = world
     if rank == 0:
-        from grace.infer.stats import summarise
+        from grace.stats import summarise
 
         generative = [name for name in results if name.startswith("generative")]
         others = [name for name in results if name not in generative and not name.startswith("random")]

@@ -23,10 +23,11 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recall_cell(res: dict, k: int) -> str:
-    """``35.6 [29.3, 42.0]``: Recall@K in percent with its 95% interval when the result has one."""
-    ci = res.get(f"recall@{k}_ci")
-    value = f"{100.0 * res[f'recall@{k}']:.1f}"
+def recall_cell(res: dict, k: int, metric: str = "recall") -> str:
+    """``35.6 [29.3, 42.0]``: Recall@K (or ``pseudo_recall``) in percent with its 95% interval when the
+    result has one."""
+    ci = res.get(f"{metric}@{k}_ci")
+    value = f"{100.0 * res[f'{metric}@{k}']:.1f}"
     return f"{value} [{100.0 * ci[0]:.1f}, {100.0 * ci[1]:.1f}]" if ci else value
 
 
@@ -36,6 +37,7 @@ def recall_rows(results: dict[str, dict], ks: Sequence[int]) -> list[dict]:
     for name, res in results.items():
         row = {"retriever": name}
         row.update({f"R@{k}": recall_cell(res, k) for k in ks})
+        row.update({f"PR@{k}": recall_cell(res, k, "pseudo_recall") for k in ks if f"pseudo_recall@{k}" in res})
         row["latency_ms"] = res.get("latency_ms", 0.0)
         row.update({key: res[key] for key in ("num_queries", "corpus_size", "train_s") if key in res})
         if "index_bytes" in res:

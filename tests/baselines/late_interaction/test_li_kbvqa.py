@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import pytest
+
+from grace.errors import InputError
 from grace.retrieval_baselines.late_interaction.kbvqa import WordNet, build_kbvqa, kbvqa_metrics
 
 SYNSETS = [  # offset, words, gloss
@@ -67,3 +71,23 @@ def test_run_kbvqa_end_to_end(shared_tiny_dataset, tmp_path):
         assert 0.0 <= metrics["R@5"] <= metrics["R@10"] <= 100.0 and metrics["PR@10"] >= metrics["R@10"]
     assert (tmp_path / "out" / "flmr" / "index" / "config.json").is_file()
     assert (tmp_path / "out" / "config.json").is_file()
+    for metrics in on_disk["models"].values():  # per-query ranks back every recall and its interval
+        for name, key in (("R", "gold_ranks"), ("PR", "pseudo_ranks")):
+            ranks = metrics[key]
+            assert len(ranks) == 4 and metrics[f"{name}@5"] == 100.0 * sum(0 < r <= 5 for r in ranks) / 4
+            low, high = metrics[f"{name}@5_ci"]
+            assert low <= metrics[f"{name}@5"] <= high
+    # a second run compared with the first, paired on the same queries
+    again = run_kbvqa(dataclasses.replace(config, out=tmp_path / "again", fusions=["flmr"],
+                                          compare_with=tmp_path / "out" / "results.json"), progress=False)
+    comp = again["compared_with"]["by_fusion"]["flmr"]
+    assert comp["R@5"]["num_queries"] == 4 and comp["R@5"]["diff"] == pytest.approx(
+        (again["models"]["flmr"]["R@5"] - summary["models"]["flmr"]["R@5"]) / 100)
+    report = (tmp_path / "again" / "results.md").read_text()
+    assert "Paired vs" in report and "| flmr |" in report
+    bad = json.loads((tmp_path / "out" / "results.json").read_text())
+    bad["task"]["passages"] += 1
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="another task"):
+        run_kbvqa(dataclasses.replace(config, out=tmp_path / "x", fusions=["none"], compare_with=tmp_path / "bad.json"),
+                  progress=False)

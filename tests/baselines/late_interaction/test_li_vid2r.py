@@ -77,3 +77,30 @@ def test_offline_instance_end_to_end(shared_tiny_dataset, tmp_path):
         shape = next(w for _, ws, _ in SYNSETS for w in ws if f"A {w} is" in gold[entry["source_id"]])
         assert entry["positives"][0] == next(o for o, ws, _ in SYNSETS if shape in ws)
         assert entry["image"].endswith(".png")
+
+
+def test_train_on_vid2r_triples_through_the_cli(shared_tiny_dataset, tmp_path, capsys):
+    """ViD2R → `train --direction vid2r` (in-batch + the triples' hard negatives) learns, and its model
+    continues (`--init-from`) in a second run; bad passage ids are a clear error."""
+    from grace.cli import main
+
+    wordnet = write_wordnet(tmp_path / "wn")
+    out = tmp_path / "vid2r"
+    assert main(["baselines", "late-interaction", "vid2r", "--offline", "--emoji-dir",
+                 str(shared_tiny_dataset.root.parent), "--wordnet-dir", str(wordnet), "--filter-k", "0",
+                 "--positives", "1", "--negatives", "2", "--out", str(out)]) == 0
+    common = ["baselines", "late-interaction", "train", "--direction", "vid2r", "--vid2r", str(out / "vid2r.json"),
+              "--fusion", "flmr", "--batch-size", "8", "--hard-negatives", "1", "--lr", "3e-3"]
+    assert main(common + ["--steps", "60", "--out", str(tmp_path / "pre")]) == 0
+    stats = json.loads((tmp_path / "pre" / "config.json").read_text())["train_stats"]
+    assert stats["direction"] == "vid2r" and stats["num_pairs"] == stats["num_entries"] > 0
+    assert stats["loss_last"] < 0.7 * stats["loss_first"], stats  # it learns
+    assert main(common + ["--steps", "5", "--init-from", str(tmp_path / "pre"), "--out", str(tmp_path / "ft")]) == 0
+    again = json.loads((tmp_path / "ft" / "config.json").read_text())["train_stats"]
+    assert again["init_from"] == str(tmp_path / "pre") and again["loss_first"] < stats["loss_first"]
+    entries = json.loads((out / "vid2r.json").read_text())
+    entries[0]["positives"] = ["no-such-passage"]
+    (out / "bad.json").write_text(json.dumps(entries))
+    capsys.readouterr()
+    assert main(common[:6] + [str(out / "bad.json"), "--kb", str(out / "kb.jsonl"), "--out", str(tmp_path / "x")]) != 0
+    assert "not in the knowledge base" in capsys.readouterr().err

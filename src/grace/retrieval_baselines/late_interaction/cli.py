@@ -16,8 +16,9 @@ def _train(args) -> int:
     return 0
 
 
-def _passages(path):
-    """(ids, texts) of a .tsv (id<TAB>text) or .jsonl ({"id", "text"}) passage file."""
+def _passages(path, image_root=None):
+    """(ids, texts, image features, images) of a .tsv (id<TAB>text) or .jsonl passage file; a .jsonl line may
+    add ``image_features`` (a list of floats) or ``image`` (a path, relative to ``image_root``)."""
     from pathlib import Path
 
     from grace.errors import InputError
@@ -25,41 +26,70 @@ def _passages(path):
     path = Path(path)
     if not path.is_file():
         raise InputError("passage file not found", path=path)
-    ids, texts = [], []
+    ids, texts, features, images = [], [], [], []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             if path.suffix == ".tsv":
-                pid, text = line.split("\t", 1)
+                (pid, text), obj = line.split("\t", 1), {}
             else:
                 obj = json.loads(line)
                 pid, text = obj["id"], obj["text"]
+            feature = [float(x) for x in obj["image_features"]] if obj.get("image_features") is not None else None
         except (ValueError, KeyError, TypeError):
-            raise InputError("expected id<TAB>text (.tsv) or {\"id\", \"text\"} (.jsonl)", path=path, entry=n) from None
+            raise InputError("expected id<TAB>text (.tsv) or {\"id\", \"text\"[, \"image_features\" | \"image\"]} "
+                             "(.jsonl)", path=path, entry=n) from None
+        image = obj.get("image")
+        if image is not None and image_root is not None and not Path(image).is_absolute():
+            image = Path(image_root) / image
         ids.append(str(pid))
         texts.append(text)
-    return ids, texts
+        features.append(feature)
+        images.append(image)
+    return ids, texts, features, images
 
 
 def _index(args) -> int:
     from pathlib import Path
 
     from grace.data_process.dataset import load_karpathy
+    from grace.errors import InputError
     from grace.io_utils import read_json, save_config, seed_everything
-    from grace.retrieval_baselines.late_interaction.collection import TextDocs
+    from grace.retrieval_baselines.late_interaction.collection import MultimodalDocs, TextDocs
     from grace.retrieval_baselines.late_interaction.index import Indexer
-    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
     from grace.retrieval_baselines.late_interaction.retriever import index_images
 
     config = dataclass_from_args(C.IndexConfig, args)
     seed_everything(config.seed)
-    model = LateInteractionModel.load(config.model)
-    if config.passages is not None:
-        ids, texts = _passages(config.passages)
-        out = Indexer(model=model, model_dir=config.model, backend=config.backend, nbits=config.nbits,
+    if config.checkpoint:
+        from grace.retrieval_baselines.late_interaction.flmr_checkpoint import (
+            FLMRCheckpointModel,
+            resolve_checkpoint,
+        )
+
+        if config.passages is None and not config.m2kr:
+            raise InputError("an FLMR / PreFLMR checkpoint indexes passages: give --passages or --m2kr")
+        model_dir = resolve_checkpoint(config.checkpoint)
+        model = FLMRCheckpointModel.from_pretrained(model_dir)
+    else:
+        from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+
+        model_dir, model = config.model, LateInteractionModel.load(config.model)
+    if config.m2kr:
+        from grace.data_process.m2kr import load_passages
+
+        ids, texts = load_passages(config.m2kr, config.m2kr_task, config.split or "test")
+        out = Indexer(model=model, model_dir=model_dir, backend=config.backend, nbits=config.nbits,
                       kmeans_niters=config.kmeans_niters, seed=config.seed).index_custom_collection(
             config.out, TextDocs(texts), ids)
+    elif config.passages is not None:
+        ids, texts, features, images = _passages(config.passages, config.image_root)
+        multimodal = any(f is not None for f in features) or any(i is not None for i in images)
+        source = MultimodalDocs(texts, features, images) if multimodal else TextDocs(texts)
+        out = Indexer(model=model, model_dir=model_dir, backend=config.backend, nbits=config.nbits,
+                      kmeans_niters=config.kmeans_niters, seed=config.seed).index_custom_collection(
+            config.out, source, ids)
     else:
         out = index_images(config.model, load_karpathy(config.dataset, config.image_root), config.out, split=config.split,
                            backend=config.backend, nbits=config.nbits, kmeans_niters=config.kmeans_niters,
@@ -83,7 +113,8 @@ def _search(args) -> int:
     n = max(len(config.texts), len(config.images))
     queries = [Query(text=config.texts[i] if config.texts else None, image=config.images[i] if config.images else None)
                for i in range(n)]
-    retriever = LateInteractionRetriever.load(config.index, backend=config.backend or None)
+    retriever = LateInteractionRetriever.load(config.index, backend=config.backend or None,
+                                              instruction=config.instruction)
     texts = retriever.searcher.collection.get("texts")
     results = []
     for query, hits in zip(queries, retriever.search(queries, config.k)):

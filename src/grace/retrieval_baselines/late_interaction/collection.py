@@ -71,6 +71,50 @@ class CachedTextDocs(TextDocs):
         return F.normalize(model.project(hidden), dim=-1), mask.to(model.device) & keep[..., 0].to(model.device)
 
 
+class MultimodalDocs(TextDocs):
+    """Passages that may carry an image, in the three forms of FLMR's ``index_custom_collection``: text
+    only, text + a pre-extracted image feature, text + an image file. Needs a model whose ``encode_docs``
+    takes images (an FLMR / PreFLMR checkpoint); each batch encodes each form apart, then pads."""
+
+    def __init__(self, texts: Sequence[str], features: Sequence | None = None, images: Sequence | None = None):
+        super().__init__(texts)
+        self.features = list(features) if features is not None else [None] * len(self.texts)
+        self.images = list(images) if images is not None else [None] * len(self.texts)
+        if not len(self.features) == len(self.images) == len(self.texts):
+            raise InputError(f"{len(self.texts)} passages but {len(self.features)} feature rows and "
+                             f"{len(self.images)} image entries")
+        both = [i for i, (f, m) in enumerate(zip(self.features, self.images)) if f is not None and m is not None]
+        if both:
+            raise InputError("a passage has both image_features and an image: give one", entry=both[0])
+
+    def form(self, row: int) -> str:
+        return "features" if self.features[row] is not None else "image" if self.images[row] is not None else "text"
+
+    def encode(self, model, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        forms = [self.form(r) for r in rows]
+        if set(forms) != {"text"} and not hasattr(model, "prepare_images"):
+            raise InputError("passages with images need an FLMR / PreFLMR checkpoint (index --checkpoint)")
+        parts, order = [], []
+        for form in ("text", "features", "image"):
+            group = [r for r, f in zip(rows, forms) if f == form]
+            if not group:
+                continue
+            texts = [self.texts[r] for r in group]
+            if form == "text":
+                parts.append(model.encode_docs(texts))
+            elif form == "features":
+                feats = torch.as_tensor(np.asarray([self.features[r] for r in group], dtype=np.float32))
+                parts.append(model.encode_docs(texts, feats))
+            else:
+                parts.append(model.encode_docs(texts, model.prepare_images([self.images[r] for r in group])))
+            order += group
+        width = max(d.shape[1] for d, _ in parts)
+        d = torch.cat([F.pad(d, (0, 0, 0, width - d.shape[1])) for d, _ in parts])
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
+        back = [order.index(r) for r in rows]
+        return d[back], mask[back]
+
+
 class ImageDocs:
     """Images as documents, from cached visual tokens (N, T, Dv)."""
 

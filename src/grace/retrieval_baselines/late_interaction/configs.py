@@ -58,7 +58,12 @@ class TrainConfig:
     cache_dir: Path | None = field(default=None, metadata={"help": "visual token cache (default OUT/cache)"})
     direction: str = field(default="t2i", metadata={
         "help": "t2i: captions retrieve their images; i2t: images (with --instruction) retrieve their captions, "
-                "the mapping-network pre-training of FLMR / PreFLMR", "choices": ["t2i", "i2t"]})
+                "the mapping-network pre-training of FLMR / PreFLMR; vid2r: (image, question) retrieves the "
+                "knowledge-base passages of --vid2r triples (Ret-XKnow / MIRe pre-training)",
+        "choices": ["t2i", "i2t", "vid2r"]})
+    vid2r: Path | None = field(default=None, metadata={"help": "vid2r: the vid2r.json of `late-interaction vid2r`"})
+    kb: Path | None = field(default=None, metadata={
+        "help": "vid2r: the knowledge base jsonl (default: the one that vid2r.json was built from)"})
     instruction: str = field(default="Utilize the given image to generate a caption.", metadata={
         "help": "i2t: the query text every image goes with (PreFLMR-style instruction)"})
     init_from: Path | None = field(default=None, metadata={
@@ -71,12 +76,20 @@ class IndexConfig:
     """Encode a collection with a trained model and index it (PLAID via colbert-ai, or exact MaxSim)."""
 
     model: Path = field(default=Path("runs/emoji/late_interaction/model"), metadata={"help": "model folder"})
+    checkpoint: str = field(default="", metadata={
+        "help": "instead of --model: a released FLMR / PreFLMR checkpoint (hub id such as "
+                "LinWeizheDragon/PreFLMR_ViT-L, or its folder), zero-shot; indexes --passages"})
     out: Path = field(default=Path("runs/emoji/late_interaction/index"), metadata={"help": "index folder"})
     dataset: Path | None = field(default=Path("runs/emoji/data/dataset.json"),
                                  metadata={"help": "Karpathy dataset.json: its images become documents"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     split: str = field(default="test", metadata={"help": "split indexed ('' = all images)"})
-    passages: Path | None = field(default=None, metadata={"help": "instead: a .jsonl/.tsv of text passages (id, text)"})
+    passages: Path | None = field(default=None, metadata={
+        "help": "instead: a .tsv (id<TAB>text) or .jsonl of passages: {id, text} and, with --checkpoint, "
+                "optionally image_features (a list) or image (a path, under --image-root if relative)"})
+    m2kr: str = field(default="", metadata={
+        "help": "instead: the passages of an M2KR task (hub id or a folder in its layout; --m2kr-task, --split)"})
+    m2kr_task: str = field(default="EVQA", metadata={"help": "M2KR task whose <split>_passages are indexed"})
     backend: str = field(default="plaid", metadata={"help": "index type", "choices": BACKENDS})
     nbits: int = field(default=2, metadata={"help": "PLAID residual bits", "choices": NBITS})
     kmeans_niters: int = field(default=4, metadata={"help": "PLAID k-means iterations"})
@@ -92,6 +105,9 @@ class SearchConfig:
     texts: list[str] = field(default_factory=list, metadata={"help": "text queries"})
     images: list[Path] = field(default_factory=list, metadata={"help": "query images (paired with --texts when both)"})
     k: int = field(default=10, metadata={"help": "hits per query"})
+    instruction: str = field(default="", metadata={
+        "help": "prefix every query text (PreFLMR: 'Using the provided image, obtain documents that address the "
+                "subsequent question:'; its checkpoints mask the instruction's tokens)"})
     backend: str = field(default="", metadata={"help": "override the index backend (plaid|exact)"})
     out: Path | None = field(default=None, metadata={"help": "write the hits as JSON here (default: print)"})
 
@@ -118,6 +134,9 @@ class KBVQAConfig:
     init_from: Path | None = field(default=None, metadata={
         "help": "pre-trained models to fine-tune: DIR/<fusion>/model, DIR/<fusion>, or DIR itself (one fusion), "
                 "e.g. from `train --direction i2t`"})
+    compare_with: Path | None = field(default=None, metadata={
+        "help": "results.json of another kbvqa run on the same task (e.g. from scratch): paired ΔR@k / ΔPR@k "
+                "per fusion in results.md"})
     backend: str = field(default="exact", metadata={"help": "index used for scoring", "choices": BACKENDS})
     nbits: int = field(default=2, metadata={"help": "PLAID residual bits", "choices": NBITS})
     plaid_nbits: list[int] = field(default_factory=lambda: [2, 4, 8],

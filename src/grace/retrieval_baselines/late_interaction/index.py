@@ -85,7 +85,7 @@ class Indexer:
         config = {"backend": self.backend, "nbits": self.nbits, "kmeans_niters": self.kmeans_niters,
                   "model": str(Path(self.model_dir).resolve()) if self.model_dir else None, "kind": source.kind,
                   "num_docs": len(doc_ids), "num_embeddings": len(emb), "dim": int(emb.shape[1]),
-                  "encode_s": encode_s}
+                  "encode_s": encode_s, "model_kind": type(self.model).__name__}
         if self.backend == "plaid":
             from grace.retrieval_baselines.late_interaction.plaid import build_plaid
 
@@ -151,11 +151,17 @@ def load_index_model(index_dir: str | Path, model=None):
     """The model an index was built with (from its config), unless ``model`` is given."""
     if model is not None:
         return model
+    from grace.retrieval_baselines.late_interaction.flmr_checkpoint import (
+        FLMRCheckpointModel,
+        is_flmr_checkpoint,
+    )
     from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
 
     config = read_json(Path(index_dir) / "config.json")
     if not config.get("model"):
         raise InputError("index config names no model folder; pass model=", path=index_dir)
+    if is_flmr_checkpoint(config["model"]):
+        return FLMRCheckpointModel.from_pretrained(config["model"])
     return LateInteractionModel.load(config["model"])
 
 

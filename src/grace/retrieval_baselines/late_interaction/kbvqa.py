@@ -134,6 +134,74 @@ def kbvqa_metrics(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence
     return out
 
 
+def kbvqa_ranks(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[int], words: Sequence[str],
+                passages: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Per query, 1-based: the rank of its gold passage, and of the first passage naming its answer (0: none)."""
+    gold_ranks, pseudo_ranks = [], []
+    for res, g, word in zip(results, gold, words):
+        rows = [r for r, _ in res]
+        pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+        gold_ranks.append(rows.index(g) + 1 if g in rows else 0)
+        pseudo_ranks.append(next((i for i, r in enumerate(rows, start=1) if pattern.search(passages[r])), 0))
+    return gold_ranks, pseudo_ranks
+
+
+def _with_intervals(metrics: dict, gold_ranks: list[int], pseudo_ranks: list[int], ks=(5, 10), seed: int = 0) -> dict:
+    """Add per-query ranks and the 95% bootstrap interval (percent) of every R@k / PR@k."""
+    from grace.stats import recall_ci
+
+    for name, ranks in (("R", gold_ranks), ("PR", pseudo_ranks)):
+        for k in ks:
+            _, low, high = recall_ci(ranks, k, seed=seed)
+            metrics[f"{name}@{k}_ci"] = [100.0 * low, 100.0 * high]
+    return {**metrics, "gold_ranks": gold_ranks, "pseudo_ranks": pseudo_ranks}
+
+
+def compare_runs(summary: dict, other: dict, ks=(5, 10), seed: int = 0) -> dict:
+    """Paired ΔR@k / ΔPR@k (points, 95% paired bootstrap interval, McNemar p) of every fusion that both runs
+    scored on the same task (e.g. pre-trained vs from scratch)."""
+    from grace.stats import paired_comparison
+
+    if {k: other["task"].get(k) for k in ("passages", "test_queries")} != \
+            {k: summary["task"].get(k) for k in ("passages", "test_queries")}:
+        raise InputError("--compare-with holds a run on another task (passages / test queries differ)")
+    out = {}
+    for fusion, mine in summary["models"].items():
+        theirs = other["models"].get(fusion)
+        if not theirs or "gold_ranks" not in theirs:
+            continue
+        out[fusion] = {f"{name}@{k}": paired_comparison(mine[key], theirs[key], k, seed=seed).as_dict()
+                       for name, key in (("R", "gold_ranks"), ("PR", "pseudo_ranks")) for k in ks}
+    return out
+
+
+def _write_report(out: Path, summary: dict, ks=(5, 10)) -> None:
+    """OUT/results.md: recall and pseudo-recall with intervals per fusion, then the paired comparison."""
+    from grace.io_utils import atomic_write_text
+
+    def cell(m: dict, key: str) -> str:
+        return f"{m[key]:.1f} [{m[key + '_ci'][0]:.1f}, {m[key + '_ci'][1]:.1f}]"
+
+    cols = [f"{n}@{k}" for n in ("R", "PR") for k in ks]
+    title = (f"# KB-VQA (WordNet glosses): {summary['task']['test_queries']} test queries, "
+             f"{summary['task']['passages']} passages")
+    lines = [title, "", "| fusion | init_from | " + " | ".join(cols) + " | train_s |",
+             "|---|---|" + "---|" * (len(cols) + 1)]
+    for fusion, m in summary["models"].items():
+        lines.append(f"| {fusion} | {m.get('init_from') or 'scratch'} | " + " | ".join(cell(m, c) for c in cols)
+                     + f" | {m['train_s']:.0f} |")
+    if summary.get("compared_with"):
+        heading = (f"Paired vs {summary['compared_with']['path']} (Δ in points [95% paired bootstrap], "
+                   "McNemar p):")
+        lines += ["", heading, "", "| fusion | " + " | ".join(f"Δ{c}" for c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for fusion, comp in summary["compared_with"]["by_fusion"].items():
+            lines.append(f"| {fusion} | " + " | ".join(
+                f"{100 * comp[c]['diff']:+.1f} [{100 * comp[c]['low']:+.1f}, {100 * comp[c]['high']:+.1f}] "
+                f"p {comp[c]['p_mcnemar']:.2g}" for c in cols) + " |")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
 def load_kbvqa_dataset(config):
     """The image dataset of the task: ``config.dataset``, or the emoji benchmark (built when absent)."""
     from grace.data_process.dataset import load_karpathy
@@ -232,7 +300,9 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
         searcher = Searcher(out / fusion / "index", ncells=config.ncells, ndocs=config.ndocs)
         queries = encode_query_set(model, test_q, visual[test_rows])
         results, latency = searcher.timed_search(queries, 10)
-        summary["models"][fusion] = {**kbvqa_metrics(results, test_gold, test_words, task.passages),
+        ranks = kbvqa_ranks(results, test_gold, test_words, task.passages)
+        metrics = _with_intervals(kbvqa_metrics(results, test_gold, test_words, task.passages), *ranks, seed=config.seed)
+        summary["models"][fusion] = {**metrics,
                                      "init_from": str(config.init_from) if config.init_from else None,
                                      "train_s": train_s, "loss_first": history[0],
                                      "loss_last": float(np.mean(history[-20:])), "backend": searcher.backend,
@@ -242,5 +312,11 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
             exact = results if searcher.backend == "exact" else Searcher(out / fusion / "index", backend="exact"
                                                                           ).search_custom_collection(queries, 10)
             summary["plaid"] = _bench_plaid(config, model, docs, packed, task, queries, test_gold, test_words, exact)
+        if config.compare_with:
+            from grace.io_utils import read_json
+
+            summary["compared_with"] = {"path": str(config.compare_with), "by_fusion": compare_runs(
+                summary, read_json(config.compare_with), seed=config.seed)}
         write_json(out / "results.json", summary)
+        _write_report(out, summary)
     return summary

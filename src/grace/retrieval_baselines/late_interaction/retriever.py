@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from grace.retriever import Hit, Query, Retriever
@@ -22,9 +21,10 @@ class LateInteractionRetriever(Retriever):
     name = "late_interaction"
     modalities = ("text", "image")
 
-    def __init__(self, *, searcher, model, image_encoder=None, batch_size: int = 64):
+    def __init__(self, *, searcher, model, image_encoder=None, batch_size: int = 64, instruction: str = ""):
         self.searcher, self.model, self.batch_size = searcher, model.eval(), batch_size
         self._image_encoder = image_encoder
+        self.instruction = instruction
         self.name = f"late_interaction[{model.config.fusion},{searcher.backend}]"
 
     @property
@@ -39,6 +39,10 @@ class LateInteractionRetriever(Retriever):
         """One (Lq, dim) token matrix per query; queries with and without an image are encoded apart."""
         from grace.retrieval_baselines.late_interaction.collection import encode_image_files, encode_query_set
 
+        if self.instruction:  # PreFLMR-style "instruction: question" (its checkpoints mask the instruction)
+            sep = "" if self.instruction.rstrip().endswith(":") else ":"
+            queries = [Query(text=f"{self.instruction.rstrip()}{sep} {q.text or ''}".rstrip(), image=q.image)
+                       for q in queries]
         out: list[torch.Tensor | None] = [None] * len(queries)
         with_image = [i for i, q in enumerate(queries) if q.image is not None]
         text_only = [i for i, q in enumerate(queries) if q.image is None]
@@ -47,8 +51,12 @@ class LateInteractionRetriever(Retriever):
                                                         batch_size=self.batch_size)):
                 out[i] = q
         if with_image:
-            visual = encode_image_files([queries[i].image for i in with_image], self.image_encoder)
-            encoded = encode_query_set(self.model, [queries[i].text for i in with_image], np.asarray(visual),
+            paths = [queries[i].image for i in with_image]
+            if hasattr(self.model, "prepare_images"):  # a released checkpoint: its own vision tower
+                visual = self.model.prepare_images(paths)
+            else:
+                visual = encode_image_files(paths, self.image_encoder)
+            encoded = encode_query_set(self.model, [queries[i].text for i in with_image], visual,
                                        batch_size=self.batch_size)
             for i, q in zip(with_image, encoded):
                 out[i] = q
@@ -64,13 +72,15 @@ class LateInteractionRetriever(Retriever):
 
     @classmethod
     def load(cls, path: str | Path, backend: str | None = None, model=None, image_encoder=None,
-             **plaid_kw) -> LateInteractionRetriever:
-        """``path`` = an index folder; ``backend`` overrides its plaid/exact choice."""
+             instruction: str = "", **plaid_kw) -> LateInteractionRetriever:
+        """``path`` = an index folder; ``backend`` overrides its plaid/exact choice; ``instruction``
+        prefixes every query text."""
         from grace.retrieval_baselines.late_interaction.index import Searcher, load_index_model
 
         plaid_kw = {k: v for k, v in plaid_kw.items() if k in ("ncells", "centroid_score_threshold", "ndocs")}
         searcher = Searcher(path, backend=backend or None, **plaid_kw)
-        return cls(searcher=searcher, model=load_index_model(path, model), image_encoder=image_encoder)
+        return cls(searcher=searcher, model=load_index_model(path, model), image_encoder=image_encoder,
+                   instruction=instruction)
 
 
 def index_images(model_dir: str | Path, dataset, out: str | Path, *, split: str = "test", backend: str = "plaid",

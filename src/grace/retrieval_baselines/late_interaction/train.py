@@ -116,6 +116,82 @@ class _PairImages:
         return self.visual[self.owners[rows]]
 
 
+def _vid2r_kb(config) -> Path:
+    """The knowledge base of a vid2r.json: ``--kb``, else the one its ``vid2r`` run read or wrote."""
+    from grace.io_utils import read_json
+
+    if config.kb:
+        return Path(config.kb)
+    folder = Path(config.vid2r).parent
+    if (folder / "kb.jsonl").is_file():
+        return folder / "kb.jsonl"
+    built_from = read_json(folder / "config.json").get("kb") if (folder / "config.json").is_file() else None
+    if not built_from:
+        raise InputError("no knowledge base found beside vid2r.json: give --kb", path=folder)
+    return Path(built_from)
+
+
+def train_vid2r(config, *, model=None, progress: bool = True) -> dict:
+    """``train --direction vid2r``: every (image, question) of ``--vid2r`` retrieves each of its positive passages
+    among the knowledge base, against in-batch negatives and its own hard negatives."""
+    from tqdm import tqdm
+
+    from grace.data_process.encoders import create_image_encoder
+    from grace.io_utils import read_json, save_config, seed_everything
+    from grace.retrieval_baselines.late_interaction.collection import (
+        CachedTextDocs,
+        TextDocs,
+        encode_image_files,
+    )
+    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+    from grace.retrieval_baselines.late_interaction.vid2r import read_passages
+
+    if config.vid2r is None or not Path(config.vid2r).is_file():
+        raise InputError("--direction vid2r needs --vid2r (the vid2r.json of `late-interaction vid2r`)",
+                         path=config.vid2r)
+    seed_everything(config.seed)
+    entries = read_json(config.vid2r)
+    ids, passages = read_passages(_vid2r_kb(config))
+    where = {pid: row for row, pid in enumerate(ids)}
+    unknown = sorted({p for e in entries for p in e["positives"] + e["negatives"] if p not in where})
+    if unknown:
+        raise InputError(f"{len(unknown)} passage ids of vid2r.json are not in the knowledge base, e.g. {unknown[0]!r}",
+                         path=config.vid2r)
+    images = list(dict.fromkeys(e["image"] for e in entries))
+    start, encoder = time.perf_counter(), create_image_encoder(config.image_encoder)
+    visual = np.concatenate([encode_image_files(images[i:i + 64], encoder)
+                             for i in tqdm(range(0, len(images), 64), desc="query images", disable=not progress)])
+    encode_s = time.perf_counter() - start
+    image_row = {path: row for row, path in enumerate(images)}
+    pairs = [(e, p) for e in entries for p in e["positives"]]  # one training pair per positive passage
+    if not pairs:
+        raise InputError("vid2r.json holds no (query, positive passage) pair", path=config.vid2r)
+    if model is None and config.init_from:
+        model = load_initial_model(config.init_from, fusion=config.fusion, visual_dim=int(visual.shape[-1]))
+    if model is None:
+        model = LateInteractionModel(config=ModelConfig(
+            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion,
+            dim=config.dim, visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid,
+            train_backbone=config.train_backbone, truncate_docs=True, seed=config.seed))
+    docs = TextDocs(passages) if config.train_backbone else CachedTextDocs.build(model, passages, progress=progress)
+    start = time.perf_counter()
+    history = fit(model, query_texts=[e["question"] for e, _ in pairs],
+                  query_visual=_PairImages(visual, [image_row[e["image"]] for e, _ in pairs]),
+                  positives=[where[p] for _, p in pairs], docs=docs,
+                  negatives=[[where[n] for n in e["negatives"]] for e, _ in pairs], steps=config.steps,
+                  batch_size=config.batch_size, lr=config.lr, hard_negatives=config.hard_negatives, seed=config.seed,
+                  progress=progress)
+    stats = {"direction": "vid2r", "init_from": str(config.init_from) if config.init_from else None,
+             "num_entries": len(entries), "num_pairs": len(pairs), "num_passages": len(passages),
+             "encode_s": encode_s, "train_s": time.perf_counter() - start, "loss_first": history[0],
+             "loss_last": float(np.mean(history[-10:])), "loss_history": history}
+    model.save(config.out, extra={"train_stats": stats})
+    save_config(config.out, config, name="train_config.json")
+    log.info("late interaction (ViD2R): loss %.3f → %.3f", history[0], stats["loss_last"])
+    return stats
+
+
 def train_t2i(config, *, model=None, progress: bool = True) -> dict:
     """``train``: the (caption, image) pairs of ``config.split`` → model folder ``config.out``: captions
     retrieve images (``t2i``), or images with an instruction retrieve their captions (``i2t``, pre-training);
@@ -126,6 +202,8 @@ def train_t2i(config, *, model=None, progress: bool = True) -> dict:
     from grace.retrieval_baselines.late_interaction.configs import ModelConfig
     from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
 
+    if config.direction == "vid2r":
+        return train_vid2r(config, model=model, progress=progress)
     if config.direction == "i2t" and (config.fusion == "none" or config.train_backbone):
         raise InputError("--direction i2t trains the image side of a fusion (flmr, retxknow, mire) over the frozen "
                          "text backbone's cached caption states: not with --fusion none or --train-backbone")
