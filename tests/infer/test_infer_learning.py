@@ -15,6 +15,7 @@ from grace.infer.demo import demo_ablate_config
 LIMIT, STEPS = 300, 800
 
 
+@pytest.mark.slow  # ~4.5 min: in CI's slow step (`.ci/run`), outside the 10-minute default run
 @pytest.mark.skipif(not FONT_PATH.is_file() or not CLDR_DIR.is_dir(),
                     reason="apt-get install fonts-noto-color-emoji unicode-cldr-core")
 def test_quick_model_retrieves_held_out_emoji_far_above_chance(tmp_path):

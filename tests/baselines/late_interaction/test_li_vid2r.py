@@ -69,7 +69,9 @@ def test_offline_instance_end_to_end(shared_tiny_dataset, tmp_path):
     report = json.loads((out / "report.json").read_text())
     entries = json.loads((out / "vid2r.json").read_text())
     dialogues = json.loads((out / "dialogues.json").read_text())
-    assert report["turns"] == 2 * len(dialogues) == 2 * len(shared_tiny_dataset)  # every shape has a noun
+    train = {r.image_id for r in shared_tiny_dataset.split("train")}
+    assert report["turns"] == 2 * len(dialogues) == 2 * len(train)  # every shape has a noun ...
+    assert {d["id"] for d in dialogues} == train  # ... and no test image is seen in pre-training
     assert all(e["question"].startswith("What is this") for e in entries)  # the word questions all dropped
     assert report["kept"] == len(entries) > 0
     gold = {d["id"]: d["conversations"][1]["value"] for d in dialogues}

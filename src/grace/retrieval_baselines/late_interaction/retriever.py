@@ -39,10 +39,10 @@ class LateInteractionRetriever(Retriever):
         """One (Lq, dim) token matrix per query; queries with and without an image are encoded apart."""
         from grace.retrieval_baselines.late_interaction.collection import encode_image_files, encode_query_set
 
-        if self.instruction:  # PreFLMR-style "instruction: question" (its checkpoints mask the instruction)
-            sep = "" if self.instruction.rstrip().endswith(":") else ":"
-            queries = [Query(text=f"{self.instruction.rstrip()}{sep} {q.text or ''}".rstrip(), image=q.image)
-                       for q in queries]
+        if self.instruction:  # PreFLMR's "instruction: question" (its checkpoints mask the instruction)
+            from grace.data_process.m2kr import query_text
+
+            queries = [Query(text=query_text(self.instruction, q.text or "").rstrip(), image=q.image) for q in queries]
         out: list[torch.Tensor | None] = [None] * len(queries)
         with_image = [i for i, q in enumerate(queries) if q.image is not None]
         text_only = [i for i, q in enumerate(queries) if q.image is None]

@@ -139,11 +139,12 @@ def build_vid2r(turns: Sequence[Turn], passage_ids: Sequence[str], passages: Seq
 
 
 def offline_instance(dataset, wordnet, out: Path, *, kb_size: int = 5_000, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``OUT/dialogues.json`` (LLaVA-Instruct form, emoji images) and ``OUT/kb.jsonl`` (WordNet glosses:
-    every answer synset plus random others up to ``kb_size``)."""
+    """Write ``OUT/dialogues.json`` (LLaVA-Instruct form, the *training* images only: a model pre-trained on them
+    is then scored on KB-VQA test images it never saw) and ``OUT/kb.jsonl`` (WordNet glosses: every answer
+    synset plus random others up to ``kb_size``)."""
     rng = np.random.default_rng(seed)
     dialogues, answers = [], []
-    for record in dataset.images:
+    for record in dataset.split("train"):
         name = record.meta.get("name") or record.texts[0]
         found = wordnet.head_noun(name)
         if not found:
