@@ -144,6 +144,8 @@ params = list(model.parameters())
 if rank == 0:
     print(json.dumps({"partitioned": E.partitioned(model), "held": sum(p.ds_tensor.numel() for p in params),
                       "local": sum(p.numel() for p in params), "full": sum(p.ds_numel for p in params)}))
+from grace.distributed import close_distributed
+close_distributed()  # a gloo group left open can abort the rank at interpreter shutdown
 """
 
 
