@@ -19,8 +19,6 @@ from pathlib import Path
 
 from grace.errors import GraceError, InputError
 
-M2KR_HUB = "BByrneLab/multi_task_multi_modal_knowledge_retrieval_benchmark_M2KR"
-M2KR_TASKS = ("WIT", "IGLUE", "KVQA", "MSMARCO", "OVEN", "LLaVA", "EVQA", "OKVQA", "Infoseek")
 QUERY_FIELDS = ("question_id", "question", "pos_item_ids")
 
 

@@ -111,7 +111,8 @@ class MultimodalDocs(TextDocs):
         width = max(d.shape[1] for d, _ in parts)
         d = torch.cat([F.pad(d, (0, 0, 0, width - d.shape[1])) for d, _ in parts])
         mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in parts])
-        back = [order.index(r) for r in rows]
+        position = {r: i for i, r in enumerate(order)}
+        back = [position[r] for r in rows]
         return d[back], mask[back]
 
 

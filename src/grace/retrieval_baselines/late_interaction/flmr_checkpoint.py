@@ -37,8 +37,6 @@ from torch.nn import functional as F
 from grace.errors import GraceError, InputError
 
 log = logging.getLogger(__name__)
-RELEASED = ("LinWeizheDragon/FLMR", "LinWeizheDragon/PreFLMR_ViT-B", "LinWeizheDragon/PreFLMR_ViT-L",
-            "LinWeizheDragon/PreFLMR_ViT-G")
 CHECKPOINT_FILES = ["config.json", "*.safetensors", "*.bin", "*.index.json", "query_tokenizer/*",
                     "context_tokenizer/*"]
 TIED = ("text_encoder", "text_encoder_linear", "vision_encoder", "vision_projection")

@@ -121,19 +121,6 @@ def build_kbvqa(dataset, wordnet: WordNet, *, kb_size: int = 10_000, dedupe_answ
     return instance
 
 
-def kbvqa_metrics(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[int], words: Sequence[str],
-                  passages: Sequence[str], ks: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """Recall@k and Pseudo-Recall@k (answer word in a retrieved passage) in percent."""
-    out = {}
-    patterns = [re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in words]
-    for k in ks:
-        hit = [g in [r for r, _ in res[:k]] for res, g in zip(results, gold)]
-        pseudo = [any(p.search(passages[r]) for r, _ in res[:k]) for res, p in zip(results, patterns)]
-        out[f"R@{k}"] = 100.0 * float(np.mean(hit)) if hit else 0.0
-        out[f"PR@{k}"] = 100.0 * float(np.mean(pseudo)) if pseudo else 0.0
-    return out
-
-
 def kbvqa_ranks(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[int], words: Sequence[str],
                 passages: Sequence[str]) -> tuple[list[int], list[int]]:
     """Per query, 1-based: the rank of its gold passage, and of the first passage naming its answer (0: none)."""
@@ -144,6 +131,22 @@ def kbvqa_ranks(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[i
         gold_ranks.append(rows.index(g) + 1 if g in rows else 0)
         pseudo_ranks.append(next((i for i, r in enumerate(rows, start=1) if pattern.search(passages[r])), 0))
     return gold_ranks, pseudo_ranks
+
+
+def kbvqa_metrics(results: Sequence[Sequence[tuple[int, float]]], gold: Sequence[int], words: Sequence[str],
+                  passages: Sequence[str], ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Recall@k and Pseudo-Recall@k (answer word in a retrieved passage) in percent."""
+    return recall_from_ranks(*kbvqa_ranks(results, gold, words, passages), ks)
+
+
+def recall_from_ranks(gold_ranks: Sequence[int], pseudo_ranks: Sequence[int], ks: Sequence[int] = (5, 10)
+                      ) -> dict[str, float]:
+    """R@k / PR@k in percent from per-query ranks (1-based, 0 = not retrieved)."""
+    out = {}
+    for k in ks:
+        for name, ranks in (("R", gold_ranks), ("PR", pseudo_ranks)):
+            out[f"{name}@{k}"] = 100.0 * float(np.mean([0 < r <= k for r in ranks])) if ranks else 0.0
+    return out
 
 
 def _with_intervals(metrics: dict, gold_ranks: list[int], pseudo_ranks: list[int], ks=(5, 10), seed: int = 0) -> dict:
@@ -301,7 +304,7 @@ def run_kbvqa(config, *, progress: bool = True) -> dict:
         queries = encode_query_set(model, test_q, visual[test_rows])
         results, latency = searcher.timed_search(queries, 10)
         ranks = kbvqa_ranks(results, test_gold, test_words, task.passages)
-        metrics = _with_intervals(kbvqa_metrics(results, test_gold, test_words, task.passages), *ranks, seed=config.seed)
+        metrics = _with_intervals(recall_from_ranks(*ranks), *ranks, seed=config.seed)
         summary["models"][fusion] = {**metrics,
                                      "init_from": str(config.init_from) if config.init_from else None,
                                      "train_s": train_s, "loss_first": history[0],

@@ -103,6 +103,19 @@ def load_initial_model(model_dir: str | Path, *, fusion: str, visual_dim: int):
     return model
 
 
+def initial_model(config, visual_dim: int, *, truncate_docs: bool):
+    """The model a ``train`` run starts from: ``config.init_from`` when given, else a new one from its settings."""
+    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
+    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
+
+    if config.init_from:
+        return load_initial_model(config.init_from, fusion=config.fusion, visual_dim=visual_dim)
+    return LateInteractionModel(config=ModelConfig(
+        text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion, dim=config.dim,
+        visual_dim=visual_dim, visual_grid=config.visual_grid, train_backbone=config.train_backbone,
+        truncate_docs=truncate_docs, seed=config.seed))
+
+
 class _PairImages:
     """Row ``i`` = the visual tokens of pair ``i``'s image, without copying them per pair."""
 
@@ -143,8 +156,6 @@ def train_vid2r(config, *, model=None, progress: bool = True) -> dict:
         TextDocs,
         encode_image_files,
     )
-    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
-    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
     from grace.retrieval_baselines.late_interaction.vid2r import read_passages
 
     if config.vid2r is None or not Path(config.vid2r).is_file():
@@ -167,13 +178,8 @@ def train_vid2r(config, *, model=None, progress: bool = True) -> dict:
     pairs = [(e, p) for e in entries for p in e["positives"]]  # one training pair per positive passage
     if not pairs:
         raise InputError("vid2r.json holds no (query, positive passage) pair", path=config.vid2r)
-    if model is None and config.init_from:
-        model = load_initial_model(config.init_from, fusion=config.fusion, visual_dim=int(visual.shape[-1]))
     if model is None:
-        model = LateInteractionModel(config=ModelConfig(
-            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion,
-            dim=config.dim, visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid,
-            train_backbone=config.train_backbone, truncate_docs=True, seed=config.seed))
+        model = initial_model(config, int(visual.shape[-1]), truncate_docs=True)
     docs = TextDocs(passages) if config.train_backbone else CachedTextDocs.build(model, passages, progress=progress)
     start = time.perf_counter()
     history = fit(model, query_texts=[e["question"] for e, _ in pairs],
@@ -199,8 +205,6 @@ def train_t2i(config, *, model=None, progress: bool = True) -> dict:
     from grace.data_process.dataset import load_karpathy
     from grace.io_utils import save_config, seed_everything
     from grace.retrieval_baselines.late_interaction.collection import CachedTextDocs, ImageDocs, visual_tokens
-    from grace.retrieval_baselines.late_interaction.configs import ModelConfig
-    from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
 
     if config.direction == "vid2r":
         return train_vid2r(config, model=model, progress=progress)
@@ -220,13 +224,8 @@ def train_t2i(config, *, model=None, progress: bool = True) -> dict:
     visual = visual_tokens(dataset, config.image_encoder, config.cache_dir or Path(config.out) / "cache",
                            image_ids=[r.image_id for r in records], progress=progress)
     encode_s = time.perf_counter() - start
-    if model is None and config.init_from:
-        model = load_initial_model(config.init_from, fusion=config.fusion, visual_dim=int(visual.shape[-1]))
     if model is None:
-        model = LateInteractionModel(config=ModelConfig(
-            text_encoder=config.text_encoder, image_encoder=config.image_encoder, fusion=config.fusion,
-            dim=config.dim, visual_dim=int(visual.shape[-1]), visual_grid=config.visual_grid,
-            train_backbone=config.train_backbone, truncate_docs=config.direction == "i2t", seed=config.seed))
+        model = initial_model(config, int(visual.shape[-1]), truncate_docs=config.direction == "i2t")
     start = time.perf_counter()
     common = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
               "hard_negatives": config.hard_negatives, "seed": config.seed, "progress": progress}
