@@ -49,11 +49,11 @@ def test_finished_chunks_are_reused_after_a_crash(tiny_dataset, tmp_path, monkey
     real = features._encode_chunk
     calls = []
 
-    def crash_on_third(encoder, paths, batch_size, tokens):
+    def crash_on_third(encoder, paths, batch_size, tokens, *view):
         calls.append(len(paths))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(encoder, paths, batch_size, tokens)
+        return real(encoder, paths, batch_size, tokens, *view)
 
     monkeypatch.setattr(features, "_encode_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -86,3 +86,50 @@ def test_cli_builds_data_features_ids_and_shards(tmp_path, capsys):
     assert "i2id 12 samples" in out
     assert (tmp_path / "shards" / "config.json").is_file() and (tmp_path / "shards" / "shards.json").is_file()
     assert main(["data", "features", "--dataset", str(tmp_path / "missing.json"), "--out", str(tmp_path / "f")]) == 2
+
+
+def test_augmented_views_are_seeded_cached_and_chunk_independent(tiny_dataset, tmp_path, monkeypatch):
+    from grace.data_process import encoders, features
+    from grace.data_process.features import view_cache_dir
+
+    cache = tmp_path / "c"
+    original = image_features(tiny_dataset, cache_dir=cache, progress=False)
+    view1 = image_features(tiny_dataset, cache_dir=cache, view=1, progress=False)
+    assert (view_cache_dir(cache, 1) / "pooled.npy").is_file() and view1.ids == original.ids
+    meta = view1.meta
+    assert meta["view"] == 1 and meta["seed"] == 0 and meta["augment"]["scale"] == [0.6, 1.0]
+    shift = np.linalg.norm(view1.array - original.array, axis=1)  # every image's view differs from it ...
+    apart = np.linalg.norm(original.array[1:] - original.array[:-1], axis=1)
+    assert shift.min() > 1e-3 and np.median(shift) < np.median(apart)  # ... but less than other images do
+    assert np.linalg.norm(image_features(tiny_dataset, cache_dir=tmp_path / "s1", view=1, seed=1,
+                                         progress=False).array - view1.array) > 1e-2
+    monkeypatch.setattr(features, "CHUNK", 8)  # other chunks, other batches: the same views
+    rechunked = image_features(tiny_dataset, cache_dir=tmp_path / "c8", view=1, progress=False)
+    np.testing.assert_allclose(rechunked.array, view1.array, atol=1e-4)
+    from grace.cli import main
+    from grace.data_process.dataset import save_karpathy
+
+    save_karpathy(tiny_dataset, tmp_path / "dataset.json")
+    assert main(["data", "features", "--dataset", str(tmp_path / "dataset.json"), "--out", str(tmp_path / "cli"),
+                 "--views", "2"]) == 0
+    np.testing.assert_allclose(FeatureSet.load(view_cache_dir(tmp_path / "cli", 1)).array, view1.array, atol=1e-4)
+    monkeypatch.setattr(encoders, "create_image_encoder", lambda *a, **k: pytest.fail("encoder was rebuilt"))
+    np.testing.assert_array_equal(image_features(tiny_dataset, cache_dir=cache, view=1, progress=False).array,
+                                  view1.array)
+
+
+def test_view_augment_keeps_size_and_transparency_and_is_seeded():
+    from PIL import Image
+
+    from grace.data_process.augment import ViewAugment, view_rng
+
+    image = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    image.paste((200, 30, 30, 255), (16, 12, 48, 36))
+    augment = ViewAugment()
+    a, b = augment(image, view_rng(0, 1, 5)), augment(image, view_rng(0, 1, 5))
+    assert a.size == (64, 48) and a.mode == "RGBA"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(augment(image, view_rng(0, 2, 5))))
+    assert np.asarray(a)[0, 0, 3] == 0  # the background stays transparent (composited on white later)
+    with pytest.raises(Exception, match="bad view augmentation"):
+        ViewAugment(scale=(0.0, 1.0))

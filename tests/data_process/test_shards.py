@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from grace.data_process.dataset import load_karpathy, test_queries
@@ -128,3 +130,44 @@ def test_keyword_generator_joins_keywords_first_and_caps(tiny_dataset):
     assert KeywordPseudoQueries(joined=False, max_queries=2, templates=("a {}",)).generate(record) == ["a red", "a round"]
     with pytest.raises(Exception, match="at least 1"):
         KeywordPseudoQueries(max_queries=0)
+
+
+def test_keyword_generator_pairs_and_templates(tiny_dataset):
+    from grace.data_process.dataset import ImageRecord
+
+    record = ImageRecord("x", tiny_dataset.images[0].path, "test", ["a query"], {"keywords": ["face", "wink"]})
+    assert KeywordPseudoQueries(pairs=True).generate(record) == ["face wink", "face", "wink", "wink face"]
+    assert KeywordPseudoQueries(pairs=True, joined=False, templates=("{}", "{} icon"), max_queries=5).generate(record) \
+        == ["face", "face icon", "wink", "wink icon", "face wink"]
+    with pytest.raises(Exception, match=r"exactly one '\{\}'"):
+        KeywordPseudoQueries(templates=("no slot",))
+
+
+def test_pairs_never_return_a_held_out_query(tiny_dataset):
+    """A word pair can spell another image's held-out query ("round red" here); it is removed like any leak."""
+    from grace.data_process.dataset import Dataset, ImageRecord
+
+    path = tiny_dataset.images[0].path
+    dataset = Dataset([ImageRecord("a", path, "test", ["round red"], {"keywords": ["dot"]}),
+                       ImageRecord("b", path, "test", ["crimson ball"], {"keywords": ["red", "round"]})])
+    queries = build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True), split="test")
+    assert queries["b"] == ["red round", "red", "round"]  # "round red" (the reversed pair) is a held-out query
+    assert build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True, joined=False), split="test")["b"] \
+        == ["red", "round", "red round"]
+
+
+def test_cli_keyword_options_and_config_beside(tiny_dataset, tmp_path):
+    from grace.cli import main
+    from grace.data_process.dataset import save_karpathy
+
+    dataset_json = tmp_path / "dataset.json"
+    save_karpathy(tiny_dataset, dataset_json)
+    out = tmp_path / "pq" / "queries.json"
+    assert main(["data", "pseudo-queries", "--dataset", str(dataset_json), "--pairs", "--max-queries", "30",
+                 "--templates", "{}", "a {}", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    record = tiny_dataset.split("test")[0]
+    expected = KeywordPseudoQueries(pairs=True, max_queries=30, templates=("{}", "a {}")).generate(record)
+    assert written[record.image_id] == expected and "a " + expected[0] in expected
+    config = json.loads((tmp_path / "pq" / "queries.config.json").read_text())
+    assert config["pairs"] is True and config["templates"] == ["{}", "a {}"] and config["max_queries"] == 30

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
 
+from grace.data_process.features import view_cache_dir  # the real folder layout (a pure function)
+
 CALLS: dict[str, int] = {}
 
 
@@ -78,12 +80,13 @@ def train(config):
     return types.SimpleNamespace(export_dir=export, losses=[1.0], steps=config.steps)
 
 
-def image_features(dataset, encoder="efficientnet-lite0", cache_dir=None, tokens=False):
-    _count("features")
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cache_dir) / "meta.json").write_text("{}")
+def image_features(dataset, encoder="efficientnet-lite0", cache_dir=None, tokens=False, view=0, seed=0):
+    _count("features" if view == 0 else f"features:view{view}")
+    cache_dir = view_cache_dir(cache_dir, view)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / "meta.json").write_text("{}")
     if tokens:
-        (Path(cache_dir) / "tokens.npy").write_text("")
+        (cache_dir / "tokens.npy").write_text("")
     return types.SimpleNamespace(ids=dataset.image_ids(), array=None, encoder=encoder)
 
 
@@ -94,15 +97,12 @@ def write_shards(dataset, idmap, out_dir, *, pseudo_queries, max_per_shard=1000)
 
 
 def install(monkeypatch):
-    """Put the fakes in sys.modules under the real module names."""
+    """Put the fakes in sys.modules under the real module names (pseudo-queries stay real: they are cheap)."""
     from grace.identifiers.schemes import SchemeConfig  # the real settings dataclass (stage_ids compares them)
 
     CALLS.clear()
     mods = {
-        "grace.data_process.features": {"image_features": image_features},
-        "grace.data_process.pseudo_queries": {
-            "KeywordPseudoQueries": object,
-            "build_pseudo_queries": lambda ds, gen, split="test": {r.image_id: ["kw"] for r in ds.split(split)}},
+        "grace.data_process.features": {"image_features": image_features, "view_cache_dir": view_cache_dir},
         "grace.data_process.shards": {"write_shards": write_shards},
         "grace.identifiers": {"create_scheme": FakeScheme, "SchemeConfig": SchemeConfig, "IdentifierMap": FakeIdMap,
                               "Trie": FakeTrie},

@@ -100,3 +100,49 @@ def test_an_export_without_its_trie_is_an_error(tmp_path):
     (tmp_path / "export" / "ids").mkdir(parents=True)
     with pytest.raises(InputError, match="no trie/ folder"):
         GenerativeRetriever.load(tmp_path / "export")
+
+
+def test_pseudo_query_options_are_saved_beside_and_a_change_is_an_error(shared_tiny_dataset, tmp_path, monkeypatch):
+    install(monkeypatch)
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
+                          baselines=["none"], pseudo_queries='{"pairs": true, "max_queries": 20}')
+    run_ablation(config)
+    data = tmp_path / "run" / "data"
+    assert json.loads((data / "pseudo_queries.config.json").read_text()) == \
+        {"generator": "keywords", "options": {"pairs": True, "max_queries": 20}}
+    with_pairs = json.loads((data / "pseudo_queries.json").read_text())
+    record = shared_tiny_dataset.split("test")[0]
+    words = " ".join(record.meta["keywords"]).split()
+    assert f"{words[1]} {words[0]}" in with_pairs[record.image_id]  # a reversed pair: only pairs=True makes it
+    run_ablation(config)  # the same options: reused
+    with pytest.raises(GraceError, match="built with pseudo-query settings"):
+        run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": ""}))
+    given = tmp_path / "given" / "data"  # pseudo-queries from `grace data pseudo-queries` (e.g. a captioner)
+    given.mkdir(parents=True)
+    (given / "pseudo_queries.json").write_text(json.dumps({k: ["a caption"] for k in with_pairs}))
+    (given / "pseudo_queries.config.json").write_text(json.dumps({"generator": "captioner:blip", "split": "test"}))
+    given_config = AblateConfig(**{**config.__dict__, "run": given.parent, "pseudo_queries": ""})
+    run_ablation(given_config)  # used as it is
+    assert json.loads((given / "pseudo_queries.json").read_text())[record.image_id] == ["a caption"]
+    with pytest.raises(GraceError, match="captioner:blip"):
+        run_ablation(AblateConfig(**{**given_config.__dict__, "pseudo_queries": '{"pairs": true}'}))
+    with pytest.raises(GraceError, match="known: .*'pairs'"):
+        run_ablation(AblateConfig(**{**config.__dict__, "run": tmp_path / "other", "pseudo_queries": '{"pair": 1}'}))
+    with pytest.raises(GraceError, match="--pseudo-queries is not valid JSON"):
+        run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": "{pairs: true}"}))
+    with pytest.raises(GraceError, match="--train-overrides must be a JSON object"):
+        run_ablation(AblateConfig(**{**config.__dict__, "train_overrides": "[1]"}))
+
+
+def test_i2id_views_build_view_caches_and_reach_training(shared_tiny_dataset, tmp_path, monkeypatch):
+    install(monkeypatch)
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
+                          baselines=["none"], i2id_views=3)
+    run_ablation(config)
+    assert CALLS["features:view1"] == 1 and CALLS["features:view2"] == 1 and "features:view3" not in CALLS
+    request = json.loads((tmp_path / "run" / "ckpt" / "numeric" / "train_request.json").read_text())
+    assert request["i2id_views"] == 3
+    run_ablation(config)  # reused: no view is encoded again
+    assert CALLS["features:view1"] == 1

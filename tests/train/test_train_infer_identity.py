@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_helpers import build_tiny_run, train_tokenizer
@@ -93,3 +94,45 @@ def test_export_whose_model_disagrees_with_its_feature_layout_is_an_error(run, t
     (tmp_path / "export" / "feature_layout.json").write_text(json.dumps({"n_visual_tokens": 49, "vis_dim": 32}))
     with pytest.raises(InputError, match="n_visual_tokens=49"):
         load_pretrained(tmp_path / "export")
+
+
+def _write_views(cache: Path, views: int) -> None:
+    """Views 1..views-1 of a features cache: its arrays + k (so a row tells which view it came from)."""
+    import shutil
+
+    meta = json.loads((cache / "meta.json").read_text())
+    for view in range(1, views):
+        folder = cache / "views" / str(view)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in ("tokens.npy", "pooled.npy"):
+            np.save(folder / name, np.load(cache / name) + view)
+        (folder / "meta.json").write_text(json.dumps({**meta, "view": view}))
+
+
+def test_i2id_views_are_drawn_per_sample_and_reproducible(run, tmp_path):
+    import shutil
+
+    values, tok, _ = run
+    cache = tmp_path / "features"
+    shutil.copytree(values["features_cache"], cache)
+    _write_views(cache, 3)
+    base = VisionSource(features_cache=cache, n_visual_tokens=4)
+    vision = VisionSource(features_cache=cache, n_visual_tokens=4, views=3, seed=0)
+    data = MixedBatches(Path(values["shards_dir"]), tok, batch_size_i2id=4, batch_size_t2id=1, rank=0, world_size=1,
+                        seed=0, max_length=64, keep_images=False)
+    seen = set()
+    for draw in range(12):
+        _, i2id = data.batch(draw)
+        feats, plain = vision.features(i2id, draw), base.features(i2id, draw)
+        offset = (feats - plain).mean(dim=(1, 2))  # which view each row came from
+        torch.testing.assert_close(offset, offset.round(), atol=1e-2, rtol=0)
+        assert torch.equal(feats, vision.features(i2id, draw))  # the same draw: the same views (resume)
+        assert torch.equal(offset.round().long(), torch.from_numpy(vision.draw_views(len(i2id), draw)))
+        seen |= set(offset.round().long().tolist())
+    assert seen == {0, 1, 2}
+    assert not torch.equal(torch.from_numpy(vision.draw_views(64, 0)),
+                           torch.from_numpy(VisionSource(features_cache=cache, n_visual_tokens=4, views=3,
+                                                         rank=1).draw_views(64, 0)))  # ranks draw apart
+    with pytest.raises(InputError, match="no view 3"):
+        VisionSource(features_cache=cache, n_visual_tokens=4, views=4)

@@ -21,7 +21,7 @@ def test_single_process_with_frozen_encoder(tmp_path, shared_tiny_dataset):
     model_json.write_text(json.dumps(dict(tiny, name="tiny-effnet", vis_dim=1280, n_visual_tokens=49,  # 7x7 tokens
                                           vision_encoder=None)))
     values.update(model=str(model_json), features_cache=None, image_encoder="efficientnet-lite0", steps=2,
-                  batch_size_i2id=2, batch_size_t2id=1, export=False)
+                  batch_size_i2id=2, batch_size_t2id=1, export=False, i2id_views=3)  # views augmented on the fly
     (tmp_path / "cfg.json").write_text(json.dumps(values))
     proc = subprocess.run([sys.executable, "-m", "grace.cli", "train", "--config", str(tmp_path / "cfg.json")],
                           env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
@@ -31,6 +31,7 @@ def test_single_process_with_frozen_encoder(tmp_path, shared_tiny_dataset):
     state = json.loads((tmp_path / "out" / "checkpoints" / "step00000002" / "trainer_state_rank0.json").read_text())
     assert state["world_size"] == 1 and state["micro_step"] == 2
     assert not (tmp_path / "out" / "export").exists()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["i2id_views"] == 3
 
 
 def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, shared_tiny_dataset):

@@ -47,6 +47,9 @@ class FeaturesConfig:
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 | open_clip:A/P | hf:ID"})
     tokens: bool = field(default=False, metadata={"help": "also store the (N, T, D) visual tokens"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
+    views: int = field(default=1, metadata={
+        "help": "also cache N-1 augmented views of every image under OUT/views/<k> (train --i2id-views N)"})
+    seed: int = field(default=0, metadata={"help": "seed of the augmented views"})
 
 
 @dataclass
@@ -58,6 +61,10 @@ class PseudoQueriesConfig:
     out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
     generator: str = field(default="keywords", metadata={"help": "keywords | captioner:MODEL_ID (hub id or folder)"})
     split: str = field(default="test", metadata={"help": "split whose images get pseudo-queries"})
+    max_queries: int = field(default=8, metadata={"help": "keywords: texts kept per image"})
+    pairs: bool = field(default=False, metadata={"help": "keywords: also every two keyword words as a phrase"})
+    templates: list[str] = field(default_factory=lambda: ["{}"], metadata={
+        "help": "keywords: templates each text is filled into (one '{}' each, e.g. '{}' 'an emoji of {}')"})
     num_captions: int = field(default=3, metadata={"help": "captioner: beams kept per image"})
     batch_size: int = field(default=8, metadata={"help": "captioner: images per generate call"})
     prompt: Optional[str] = field(default=None, metadata={
@@ -148,14 +155,20 @@ def _features(args: argparse.Namespace) -> int:
 
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
-    from grace.data_process.features import image_features
+    from grace.data_process.features import image_features, view_cache_dir
+    from grace.errors import GraceError
 
     cfg = dataclass_from_args(FeaturesConfig, args)
     require(cfg, "dataset", "out")
+    if cfg.views < 1:
+        raise GraceError(f"--views must be >= 1, got {cfg.views}")
     start = time.perf_counter()
-    fs = image_features(load_karpathy(cfg.dataset, cfg.image_root), encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
-                        batch_size=cfg.batch_size)
-    print(f"features {cfg.encoder}: {tuple(fs.array.shape)} in {time.perf_counter() - start:.1f} s -> {cfg.out}")
+    dataset = load_karpathy(cfg.dataset, cfg.image_root)
+    for view in range(cfg.views):
+        fs = image_features(dataset, encoder=cfg.encoder, cache_dir=cfg.out, tokens=cfg.tokens,
+                            batch_size=cfg.batch_size, view=view, seed=cfg.seed)
+        print(f"features {cfg.encoder}{f' view {view}' if view else ''}: {tuple(fs.array.shape)} in "
+              f"{time.perf_counter() - start:.1f} s -> {view_cache_dir(cfg.out, view)}")
     return 0
 
 
@@ -163,16 +176,18 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator
-    from grace.io_utils import write_json
+    from grace.io_utils import save_config, write_json
 
     cfg = dataclass_from_args(PseudoQueriesConfig, args)
     require(cfg, "dataset", "out")
     dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=not cfg.generator == "keywords")
-    options = {} if cfg.generator == "keywords" else {
+    options = {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates} \
+        if cfg.generator == "keywords" else {
         "num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "device": cfg.device,
         "cache": Path(cfg.out).with_suffix(".captions.jsonl")}  # resumable: captioned images are kept there
     queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator, **options), split=cfg.split)
     write_json(cfg.out, queries)
+    save_config(Path(cfg.out).parent, cfg, name=f"{Path(cfg.out).stem}.config.json")
     print(f"pseudo-queries ({cfg.generator}): {len(queries)} images, {sum(map(len, queries.values()))} texts "
           f"-> {cfg.out}")
     return 0

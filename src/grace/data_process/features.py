@@ -5,6 +5,8 @@ Layout of a cache folder (``RUN/features/<encoder>/``)::
     meta.json     {"encoder", "ids", "dim", "tokens_shape", "dataset", "dtype"}
     pooled.npy    (N, D) float32 — mean of the visual tokens (structured ids, CLIP+FAISS heads)
     tokens.npy    (N, T, D) float16 — visual tokens (training the perceiver), only when asked for
+    views/<k>/    the same files for augmented view k = 1, 2, ... of every image (i2id augmentation,
+                  :mod:`grace.data_process.augment`), each with its own meta.json naming the view
 
 The cache is reused when its encoder and image ids match; a run killed while encoding keeps the finished
 chunks in ``.partial/`` and resumes from them, and the final files are written atomically.
@@ -16,10 +18,11 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from grace.data_process.augment import ViewAugment, view_rng
 from grace.errors import InputError
 from grace.io_utils import atomic_path, read_json, write_json
 
@@ -81,15 +84,21 @@ def open_image(path: str | Path):
         raise InputError(f"unreadable or corrupt image ({type(exc).__name__}: {exc})".splitlines()[0], path=path) from None
 
 
-def _cached_superset(cache_dir: Path, encoder: str, ids: list[str], tokens: bool) -> FeatureSet | None:
-    """The cache of ``cache_dir`` restricted to ``ids`` when it has this encoder and all of them."""
+def view_cache_dir(cache_dir: str | Path, view: int) -> Path:
+    """Folder of augmented view ``view`` inside a features cache (view 0: the cache itself)."""
+    return Path(cache_dir) if view == 0 else Path(cache_dir) / "views" / str(view)
+
+
+def _cached_superset(cache_dir: Path, encoder: str, ids: list[str], tokens: bool,
+                     view_key: dict) -> FeatureSet | None:
+    """The cache of ``cache_dir`` restricted to ``ids`` when it has this encoder (and view) and all of them."""
     if not (cache_dir / "meta.json").is_file() or not (cache_dir / ("tokens.npy" if tokens else "pooled.npy")).is_file():
         return None
     try:
         cached = FeatureSet.load(cache_dir, tokens=tokens)
     except InputError:
         return None
-    if cached.encoder != encoder:
+    if cached.encoder != encoder or {k: cached.meta.get(k) for k in view_key} != view_key:
         return None
     if cached.ids == ids:
         return cached
@@ -98,10 +107,14 @@ def _cached_superset(cache_dir: Path, encoder: str, ids: list[str], tokens: bool
     return FeatureSet(ids=list(ids), array=np.asarray(cached.rows(ids)), encoder=encoder, meta=cached.meta)
 
 
-def _encode_chunk(encoder, paths: Sequence[Path], batch_size: int, tokens: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _encode_chunk(encoder, paths: Sequence[Path], batch_size: int, tokens: bool,
+                  view: Callable[[Any, int], Any] | None = None, first: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pooled (and token) features of ``paths``; ``view(image, index)`` transforms each image first."""
     pooled, toks = [], []
     for start in range(0, len(paths), batch_size):
         images = [open_image(p) for p in paths[start:start + batch_size]]
+        if view is not None:
+            images = [view(image, first + start + i) for i, image in enumerate(images)]
         visual = encoder.encode_tokens(images)  # (B, T, D) float32
         pooled.append(visual.mean(dim=1).numpy().astype(np.float32))
         if tokens:
@@ -110,18 +123,25 @@ def _encode_chunk(encoder, paths: Sequence[Path], batch_size: int, tokens: bool)
 
 
 def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str | Path | None = None, *,
-                   tokens: bool = False, batch_size: int = 32, progress: bool = True) -> FeatureSet:
+                   tokens: bool = False, batch_size: int = 32, progress: bool = True, view: int = 0,
+                   seed: int = 0, augment: ViewAugment | None = None) -> FeatureSet:
     """Features of every image of ``dataset`` (in dataset order) from the frozen ``encoder``.
 
     Returns pooled (N, D) features, or (N, T, D) visual tokens with ``tokens=True``. With ``cache_dir``
     the result is cached there and reused when the encoder matches and the cache holds every image (a
-    subset of a cached dataset is served from it); encoding resumes chunk by chunk.
+    subset of a cached dataset is served from it); encoding resumes chunk by chunk. ``view > 0`` encodes
+    augmented view ``view`` (``augment``, seeded by ``seed``) into ``view_cache_dir(cache_dir, view)``.
     """
     ids = dataset.image_ids()
     if not ids:
         raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
-    cache = Path(cache_dir) if cache_dir is not None else None
-    cached = _cached_superset(cache, encoder, ids, tokens) if cache is not None else None
+    if view < 0:
+        raise InputError(f"view must be >= 0, got {view}")
+    augment = augment or ViewAugment()
+    view_key = {"view": view, "seed": seed, "augment": augment.describe()} if view else {"view": None}
+    transform = (lambda image, index: augment(image, view_rng(seed, view, index))) if view else None
+    cache = view_cache_dir(cache_dir, view) if cache_dir is not None else None
+    cached = _cached_superset(cache, encoder, ids, tokens, view_key) if cache is not None else None
     if cached is not None:
         log.info("features: reusing cache %s (%d of its images, %s)", cache, len(ids), encoder)
         return cached
@@ -134,7 +154,7 @@ def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str 
     paths = [r.path for r in dataset.images]
     partial = cache / ".partial" if cache is not None else None
     if partial is not None:
-        key = {"encoder": encoder, "ids": ids, "tokens": tokens}
+        key = {"encoder": encoder, "ids": ids, "tokens": tokens, **view_key}
         if (partial / "key.json").is_file() and read_json(partial / "key.json") != key:
             shutil.rmtree(partial)  # chunks of another encoder / image list: start over
         partial.mkdir(parents=True, exist_ok=True)
@@ -146,7 +166,7 @@ def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str 
             with np.load(chunk_file) as saved:
                 pooled, toks = saved["pooled"], (saved["tokens"] if tokens else None)
         else:
-            pooled, toks = _encode_chunk(model, paths[start:start + CHUNK], batch_size, tokens)
+            pooled, toks = _encode_chunk(model, paths[start:start + CHUNK], batch_size, tokens, transform, start)
             if chunk_file is not None:
                 with atomic_path(chunk_file, suffix=".npz") as tmp:
                     arrays = {"pooled": pooled, **({"tokens": toks} if tokens else {})}
@@ -159,7 +179,7 @@ def image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: str 
     token_array = np.concatenate(token_parts) if tokens else None
     meta = {"encoder": encoder, "ids": ids, "dim": int(pooled.shape[1]), "dataset": getattr(dataset, "name", ""),
             "tokens_shape": list(token_array.shape[1:]) if tokens else None, "pooled_dtype": "float32",
-            "tokens_dtype": "float16"}
+            "tokens_dtype": "float16", **view_key}
     if cache is not None:
         for name, array in (("pooled.npy", pooled), ("tokens.npy", token_array)):
             if array is not None:

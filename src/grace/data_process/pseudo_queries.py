@@ -51,22 +51,33 @@ class PseudoQueryGenerator(ABC):
 
 class KeywordPseudoQueries(PseudoQueryGenerator):
     """The image's non-query texts (``meta["keywords"]``), each optionally filled into templates; with
-    ``joined`` the keywords joined into one phrase come first (closer to a caption than any single word)."""
+    ``joined`` the keywords joined into one phrase come first (closer to a caption than any single word);
+    with ``pairs`` every two of the keywords' words follow as a phrase in both orders (query-length texts,
+    e.g. "face wink" and "wink face" for the keywords face, wink). ``max_queries`` caps the texts kept."""
 
     name = "keywords"
 
-    def __init__(self, *, max_queries: int = 8, templates: Sequence[str] = ("{}",), joined: bool = True):
+    def __init__(self, *, max_queries: int = 8, templates: Sequence[str] = ("{}",), joined: bool = True,
+                 pairs: bool = False):
         if max_queries < 1:
             raise GraceError("max_queries must be at least 1")
+        bad = [t for t in templates if t.count("{}") != 1]
+        if not templates or bad:
+            raise GraceError(f"each pseudo-query template needs exactly one '{{}}', got {list(templates) or '[]'}")
         self.max_queries = max_queries
         self.templates = tuple(templates)
         self.joined = joined
+        self.pairs = pairs
 
     def generate(self, record: ImageRecord) -> list[str]:
         keywords = [str(k).strip() for k in record.meta.get("keywords", []) if str(k).strip()]
         words = list(dict.fromkeys(" ".join(keywords).split()))  # each word once, first-seen order
         phrases = [" ".join(words)] if self.joined and len(keywords) > 1 else []
         phrases += keywords
+        if self.pairs:
+            phrases += [f"{a} {b}" for i, a in enumerate(words) for b in words[i + 1:]]
+            phrases += [f"{b} {a}" for i, a in enumerate(words) for b in words[i + 1:]]
+        phrases = list(dict.fromkeys(phrases))
         return [template.format(k) for k in phrases for template in self.templates][: self.max_queries]
 
 

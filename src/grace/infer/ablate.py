@@ -22,8 +22,10 @@ KS = (1, 5, 10)
 def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
                timer: P.StageTimer) -> dict:
     """One scheme end to end; returns its eval metrics plus train/stage seconds."""
-    overrides = json.loads(config.train_overrides) if config.train_overrides else {}
-    scheme_settings = json.loads(config.scheme_overrides) if config.scheme_overrides else {}
+    overrides = json_options(config.train_overrides, "--train-overrides")
+    if config.i2id_views != 1:
+        overrides = {"i2id_views": config.i2id_views, **overrides}
+    scheme_settings = json_options(config.scheme_overrides, "--scheme-overrides")
     idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force,
                         **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
@@ -38,6 +40,19 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
                        max_queries=config.max_queries, seed=config.seed)
     res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
     return res
+
+
+def json_options(text: str, option: str) -> dict:
+    """A JSON-object option (``""`` = none); anything else is a one-line error naming the option."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise GraceError(f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise GraceError(f"{option} must be a JSON object like '{{\"key\": value}}', got {text!r}")
+    return value
 
 
 def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> float:
@@ -90,8 +105,10 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
                               benchmark=config.benchmark, image_root=config.image_root)
     features = P.stage_features(run, dataset, config.encoder, timer,
-                                tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1)
-    pseudo_queries = P.stage_pseudo_queries(run, dataset, timer)
+                                tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1,
+                                views=config.i2id_views if config.schemes else 1, seed=config.seed)
+    pseudo_queries = P.stage_pseudo_queries(run, dataset, timer, json_options(config.pseudo_queries,
+                                                                              "--pseudo-queries"))
     results = {scheme: run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer)
                for scheme in config.schemes}
     dataset_json = run / "data" / "dataset.json"

@@ -65,6 +65,11 @@ class AblateConfig:
     train_overrides: str = field(default="", metadata={"help": "JSON dict of extra TrainConfig fields"})
     scheme_overrides: str = field(default="", metadata={
         "help": 'JSON dict of identifier-scheme settings, e.g. \'{"k": 10, "c": 10, "cluster_on": "text"}\''})
+    i2id_views: int = field(default=1, metadata={
+        "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
+    pseudo_queries: str = field(default="", metadata={
+        "help": 'JSON dict of keyword pseudo-query options for the test images, e.g. '
+                '\'{"max_queries": 24, "pairs": true, "templates": ["{}", "an emoji of {}"]}\''})
     num_beams: int = field(default=10, metadata={"help": "beams at evaluation"})
     max_queries: int = field(default=0, metadata={"help": "evaluate only the first N test queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})

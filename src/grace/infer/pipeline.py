@@ -108,16 +108,19 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
     return timer.run("data", target.is_file(), build, lambda: load_karpathy(target))
 
 
-def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: bool = False):
+def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: bool = False, views: int = 1,
+                   seed: int = 0):
     """RUN/features/<encoder>: pooled image features, plus visual tokens when ``tokens`` (a model reading
-    several tokens per image); cached and reused by data_process.features. Returns the pooled FeatureSet."""
+    several tokens per image), plus ``views - 1`` augmented views under views/<k>; cached and reused by
+    data_process.features. Returns the pooled FeatureSet (of the images themselves)."""
     features = _module("grace.data_process.features")
     cache = features_dir(run, encoder)
-    done = (cache / "meta.json").is_file() and (not tokens or (cache / "tokens.npy").is_file())
+    folders = [features.view_cache_dir(cache, view) for view in range(views)]
+    done = all((f / "meta.json").is_file() and (not tokens or (f / "tokens.npy").is_file()) for f in folders)
 
     def build():
-        if tokens:
-            features.image_features(dataset, encoder=encoder, cache_dir=cache, tokens=True)
+        for view in range(views):
+            features.image_features(dataset, encoder=encoder, cache_dir=cache, tokens=tokens, view=view, seed=seed)
         return features.image_features(dataset, encoder=encoder, cache_dir=cache)
 
     return timer.run("features", done, build, lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
@@ -163,14 +166,36 @@ def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTi
     return timer.run(f"trie/{scheme}", done, build, lambda: trie_mod.Trie.load(out))
 
 
-def stage_pseudo_queries(run: Path, dataset, timer: StageTimer) -> dict[str, list[str]]:
-    """RUN/data/pseudo_queries.json: t2id texts for test images (never a held-out query)."""
+def stage_pseudo_queries(run: Path, dataset, timer: StageTimer, options: dict | None = None) -> dict[str, list[str]]:
+    """RUN/data/pseudo_queries.json: t2id texts for test images (never a held-out query), from the keyword
+    generator with ``options`` (its keyword arguments; saved beside as pseudo_queries.config.json). A run
+    folder whose pseudo-queries were built with other options is an error: its shards were trained on them.
+    A file put there by ``grace data pseudo-queries`` (e.g. captions) is used as it is when no options are given."""
+    import inspect
+
+    from grace.errors import GraceError
+
     pq = _module("grace.data_process.pseudo_queries")
     path = run / "data" / "pseudo_queries.json"
+    config_path = run / "data" / "pseudo_queries.config.json"
+    config = {"generator": "keywords", "options": dict(options or {})}
+    try:  # bad options fail before anything is built
+        generator = pq.KeywordPseudoQueries(**config["options"])
+    except TypeError as err:
+        known = sorted(inspect.signature(pq.KeywordPseudoQueries).parameters)
+        raise GraceError(f"bad pseudo-query options {config['options']} ({err}); known: {known}") from None
+    if path.is_file():  # made here (its options saved beside), or given (`grace data pseudo-queries`, a captioner)
+        built = read_json(config_path) if config_path.is_file() else {}
+        made_here = "options" in built
+        if (made_here and built != config) or (not made_here and config["options"]):
+            raise GraceError(f"{path} was built with pseudo-query settings {built.get('options', built) or 'unknown'}"
+                             f", not {config['options']}; use another --run folder (its shards and models depend on "
+                             f"them)")
 
     def build():
-        queries = pq.build_pseudo_queries(dataset, pq.KeywordPseudoQueries(), split="test")
+        queries = pq.build_pseudo_queries(dataset, generator, split="test")
         write_json(path, queries)
+        write_json(config_path, config)
         return queries
 
     return timer.run("pseudo-queries", path.is_file(), build, lambda: read_json(path))

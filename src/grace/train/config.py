@@ -22,6 +22,9 @@ class TrainConfig:
     features_cache: Path | None = field(
         default=None, metadata=_help("cached image features (pooled.npy|tokens.npy + meta.json); else encode images"))
     image_encoder: str = field(default="efficientnet-lite0", metadata=_help("frozen encoder when no features cache"))
+    i2id_views: int = field(default=1, metadata=_help(
+        "views per image for i2id: the image itself plus N-1 augmented views (crop, rotation, tone), one drawn "
+        "per sample and step; cached ones come from FEATURES/views/<k> (`grace data features --views N`)"))
     model: str = field(default="tiny", metadata=_help("model config name (tiny, smollm2-effnet, ...) or JSON path"))
     output_dir: Path = field(default=Path("runs/train"), metadata=_help("checkpoints/ and export/ go here"))
     steps: int = field(default=100, metadata=_help("optimizer steps in total"))
@@ -73,7 +76,7 @@ class TrainConfig:
             raise InputError("DeepSpeed config not found", path=self.deepspeed_config)
         if self.resume_from is not None and not Path(self.resume_from).is_dir():
             raise InputError("checkpoint folder not found", path=self.resume_from)
-        for name in ("steps", "grad_accum", "max_length", "log_every", "shuffle_buffer"):
+        for name in ("steps", "grad_accum", "max_length", "log_every", "shuffle_buffer", "i2id_views"):
             if getattr(self, name) < 1:
                 raise GraceError(f"train: {name} must be >= 1 (got {getattr(self, name)})")
         if self.batch_size_i2id < 0 or self.batch_size_t2id < 0 or self.batch_size_i2id + self.batch_size_t2id == 0:

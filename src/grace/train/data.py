@@ -132,21 +132,46 @@ class VisionSource:
     """Image features by image id: from the cached FeatureSet, or the frozen encoder on shard bytes.
 
     With a cache, a model reading one visual token per image gets the pooled features, one reading
-    several gets the cached tokens (``n_visual_tokens``; None: tokens when cached)."""
+    several gets the cached tokens (``n_visual_tokens``; None: tokens when cached). With ``views`` > 1
+    each i2id sample sees the image itself or one of ``views - 1`` augmented views (cached under
+    ``views/<k>`` by ``grace data features --views``, or augmented on the fly without a cache), drawn
+    per sample from ``(seed, rank, draw)`` so a resumed run sees the same views."""
 
     def __init__(self, *, features_cache: Path | None, encoder: Any = None, device: str = "cpu",
-                 n_visual_tokens: int | None = None):
+                 n_visual_tokens: int | None = None, views: int = 1, seed: int = 0, rank: int = 0):
         self.encoder, self.device = encoder, device
+        self.views, self.seed, self.rank = views, seed, rank
         self.table: dict[str, int] = {}
         self.array: np.ndarray | None = None
+        self.view_arrays: list[np.ndarray] = []
         self._encoded_shape: tuple[int, ...] | None = None
+        if views < 1:
+            raise InputError(f"i2id_views must be >= 1, got {views}")
         if features_cache is not None:
+            from grace.data_process.features import view_cache_dir
+
             tokens = None if n_visual_tokens is None else n_visual_tokens > 1
             ids, array = load_feature_cache(Path(features_cache), tokens=tokens)
             self.table = {image_id: i for i, image_id in enumerate(ids)}
             self.array = array if array.ndim == 3 else array[:, None, :]  # (N, T, D)
+            tokens = self.array.shape[1] > 1 if tokens is None else tokens
+            for view in range(1, views):
+                folder = view_cache_dir(features_cache, view)
+                if not (folder / "meta.json").is_file():
+                    raise InputError(f"i2id_views={views} but the features cache has no view {view} (cache the "
+                                     f"views with `grace data features --views {views}`)", path=folder)
+                view_ids, view_array = load_feature_cache(folder, tokens=tokens)
+                if view_ids != ids:
+                    raise InputError(f"view {view} lists other images than the features cache", path=folder)
+                self.view_arrays.append(view_array if view_array.ndim == 3 else view_array[:, None, :])
         elif encoder is None:
             raise InputError("no features cache and no image encoder to compute features")
+
+    def draw_views(self, n: int, draw: int) -> np.ndarray:
+        """Which view (0 = the image itself) each of ``n`` samples of draw ``draw`` sees."""
+        if self.views == 1:
+            return np.zeros(n, dtype=np.int64)
+        return np.random.default_rng([self.seed, self.rank, draw]).integers(self.views, size=n)
 
     def check_layout(self, vis_dim: int | None, n_visual_tokens: int | None, source: str) -> None:
         """One-line error when the features' width or tokens per image differ from the model's: the null
@@ -173,16 +198,24 @@ class VisionSource:
             out.update(n_visual_tokens=int(shape[0]), vis_dim=int(shape[1]))
         return out
 
-    def features(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """(len(samples), T, D) float32 visual tokens."""
+    def features(self, samples: Sequence[Sample], draw: int = 0) -> torch.Tensor:
+        """(len(samples), T, D) float32 visual tokens; ``draw`` (the micro-step) picks the views."""
+        views = self.draw_views(len(samples), draw)
         if self.array is not None:
             missing = [s.image_id for s in samples if s.image_id not in self.table]
             if missing:
                 raise InputError(f"image ids {missing[:3]} not in the features cache", entry=samples[0].key)
-            return torch.from_numpy(self.array[[self.table[s.image_id] for s in samples]].astype(np.float32))
+            arrays = [self.array, *self.view_arrays]
+            rows = [arrays[v][self.table[s.image_id]] for s, v in zip(samples, views)]
+            return torch.from_numpy(np.stack(rows).astype(np.float32))
         from PIL import Image
 
+        from grace.data_process.augment import ViewAugment, view_rng
+
+        augment = ViewAugment()
         images = [Image.open(io.BytesIO(s.image)) for s in samples]
+        images = [augment(image, view_rng(self.seed, int(v), draw * len(samples) + i)) if v else image
+                  for i, (image, v) in enumerate(zip(images, views))]
         feats = self.encoder.encode_tokens(images).float()
         self._encoded_shape = tuple(feats.shape[1:])
         return feats

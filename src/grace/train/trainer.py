@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def vision_batch(module: Any, vision: VisionSource, i2id: list, batch_size: int, device: str,
-                 dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, T, D): the i2id images' features in the first rows, the model's null image after them."""
+                 dtype: torch.dtype, draw: int = 0) -> torch.Tensor:
+    """(B, 1, T, D): the i2id images' features (views of draw ``draw``) in the first rows, the model's null
+    image after them."""
     out = module.null_vision_features(batch_size).to(device=device, dtype=dtype)
     if i2id:
-        feats = vision.features(i2id)  # (b, T, D)
+        feats = vision.features(i2id, draw)  # (b, T, D)
         if feats.shape[1:] != out.shape[2:]:
             raise InputError(f"image features of shape {tuple(feats.shape[1:])} per image, but the model's visual "
                              f"input is {tuple(out.shape[2:])} (n_visual_tokens, vis_dim)", entry=i2id[0].key)
@@ -94,7 +95,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if encoder is not None:
         encoder.to(dev)
     n_tokens, vis_dim = model.config.n_visual_tokens, model.config.vis_dim
-    vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder, n_visual_tokens=n_tokens)
+    vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder, n_visual_tokens=n_tokens,
+                          views=cfg.i2id_views, seed=cfg.seed, rank=rank)
     vision.check_layout(vis_dim, n_tokens, str(cfg.features_cache or cfg.image_encoder))
     resume_dir = E.find_resume_point(cfg, ckpt_root)
     if cfg.init_from and resume_dir is None:  # a resumed run restores its own weights instead
@@ -140,7 +142,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for _ in range(cfg.grad_accum):
             batch, i2id = data.batch(micro_step)
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype)
+            feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype, micro_step)
             output = engine(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
                             position_ids=batch["position_ids"], vision_features=feats, labels=batch["labels"])
             engine.backward(output.loss)
