@@ -26,3 +26,21 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
     assert main(["ids", "build", "--scheme", "numeric"]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_text_clustered_ids_from_the_cli_read_the_given_pseudo_queries(tiny_dataset, tmp_path):
+    import json
+
+    data = tmp_path / "data" / "dataset.json"
+    test_ids = [r.image_id for r in tiny_dataset.split("test")]
+    pseudo = tmp_path / "pq.json"
+    pseudo.write_text(json.dumps({i: [f"caption number {n}"] for n, i in enumerate(test_ids)}))
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "semantic", "--tokenizer", "byte",
+                 "--pseudo-queries", str(pseudo), "--out", str(tmp_path / "semantic")]) == 0
+    assert IdentifierMap.load(tmp_path / "semantic").to_id(test_ids[1]) == "caption number 1"
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "structured", "--tokenizer", "byte",
+                 "--cluster-on", "text", "--k", "2", "--c", "8", "--pseudo-queries", str(pseudo),
+                 "--out", str(tmp_path / "structured")]) == 0
+    config = IdentifierMap.load(tmp_path / "structured").config
+    assert config["cluster_on"] == "text" and config["pseudo_queries_digest"]
+    assert not (tmp_path / "structured" / "features").exists()  # text clusters need no image features

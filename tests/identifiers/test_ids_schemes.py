@@ -138,19 +138,44 @@ def test_bad_input(shared_tiny_dataset):
         _build("numeric", shared_tiny_dataset).to_image("9 9 9")
 
 
-def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
-    """cluster_on=text: the first level splits fruit from vehicles by the texts training may read — a held-out
-    image goes by its keywords (pseudo-queries), never by its held-out caption (here deliberately misleading)."""
+def _fruit_and_vehicles(tmp_path, keywords: bool = True) -> Dataset:
     fruit = ["red apple fruit", "ripe banana fruit", "green pear fruit", "sweet cherry fruit", "fresh orange fruit",
              "tropical mango fruit"]
     vehicle = ["fast red car", "big yellow bus", "old green truck", "small blue van", "police motorcycle",
                "delivery lorry"]
     records = [ImageRecord(f"t{n}", tmp_path / f"t{n}.png", "train", [text]) for n, text in enumerate(fruit + vehicle)]
     records += [ImageRecord("h_fruit", tmp_path / "h1.png", "test", ["a fast racing car"],
-                            meta={"keywords": ["plum fruit", "juicy plum"]}),
+                            meta={"keywords": ["plum fruit", "juicy plum"]} if keywords else {}),
                 ImageRecord("h_vehicle", tmp_path / "h2.png", "test", ["a ripe apple"],
-                            meta={"keywords": ["delivery truck", "vehicle"]})]
-    dataset = Dataset(records)
+                            meta={"keywords": ["delivery truck", "vehicle"]} if keywords else {})]
+    return Dataset(records)
+
+
+def test_ids_read_the_runs_pseudo_queries_never_a_held_out_query(tmp_path):
+    """Held-out images without keywords (e.g. Flickr30K with captioned pseudo-queries): text-clustered and
+    semantic ids read the pseudo-queries given; one equal to a held-out query (here its own caption) is dropped."""
+    dataset = _fruit_and_vehicles(tmp_path, keywords=False)
+    given = {"h_fruit": ["a fast racing car", "plum fruit", "juicy plum"], "h_vehicle": ["delivery truck"]}
+    features = np.zeros((len(dataset), 4), np.float32)
+    idmap = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="text", seed=2).build(
+        dataset, features, pseudo_queries=given)
+    top = {r.image_id: idmap.to_id(r.image_id).split(">")[0] for r in dataset.images}
+    assert top["h_fruit"] == top["t0"] and top["h_vehicle"] == top["t6"] and top["t0"] != top["t6"]
+    semantic = create_scheme("semantic", tokenizer="byte").build(dataset, pseudo_queries=given)
+    assert semantic.to_id("h_fruit") == "plum fruit" and semantic.to_id("h_vehicle") == "delivery truck"
+    assert semantic.config["pseudo_queries_digest"] != create_scheme("semantic", tokenizer="byte").build(
+        dataset).config["pseudo_queries_digest"]
+    assert "pseudo_queries_digest" not in create_scheme("structured", tokenizer="byte", k=2, c=7).build(
+        dataset, features).config  # image clusters do not read texts
+    # without them, the held-out images have no text: semantic falls back to a name, not a held-out query
+    assert create_scheme("semantic", tokenizer="byte").build(dataset).to_id("h_fruit") == "image h_fruit"
+
+
+def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
+    """cluster_on=text: the first level splits fruit from vehicles by the texts training may read — a held-out
+    image goes by its keywords (pseudo-queries), never by its held-out caption (here deliberately misleading)."""
+    dataset = _fruit_and_vehicles(tmp_path)
+    records = dataset.images
     features = np.zeros((len(records), 4), np.float32)  # images carry no signal: only texts can split them
     # seed 2: one k-means init on 14 points depends on it (seed 0 starts both centroids in one group)
     scheme = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="text", seed=2)

@@ -50,7 +50,7 @@ class FakeScheme:
     def __init__(self, name, seed=0, **settings):
         self.name, self.seed, self.settings = name, seed, settings
 
-    def build(self, dataset, features):
+    def build(self, dataset, features, pseudo_queries=None):
         _count(f"ids:{self.name}")
         seqs = random_sequences(len(dataset), 40, FakeTokenizer.eoc_token_id, seed=len(self.name))
         return FakeIdMap({r.image_id: " ".join(map(str, s[:-1])) for r, s in zip(dataset.images, seqs)},

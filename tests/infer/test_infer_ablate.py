@@ -146,3 +146,24 @@ def test_i2id_views_build_view_caches_and_reach_training(shared_tiny_dataset, tm
     assert request["i2id_views"] == 3
     run_ablation(config)  # reused: no view is encoded again
     assert CALLS["features:view1"] == 1
+
+
+def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tiny_dataset, tmp_path):
+    from grace.infer.pipeline import StageTimer, stage_ids
+
+    test_ids = [r.image_id for r in shared_tiny_dataset.split("test")]
+    first = {i: [f"first text {n}"] for n, i in enumerate(test_ids)}
+    built = stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, StageTimer(), pseudo_queries=first,
+                      tokenizer="byte")
+    assert built.to_id(test_ids[0]) == "first text 0"
+    timer = StageTimer()
+    stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, timer, pseudo_queries=first, tokenizer="byte")
+    assert "ids/semantic" in timer.skipped  # the same texts: reused
+    timer = StageTimer()
+    other = stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, timer,
+                      pseudo_queries={i: [f"other text {n}"] for n, i in enumerate(test_ids)}, tokenizer="byte")
+    assert "ids/semantic" not in timer.skipped and other.to_id(test_ids[0]) == "other text 0"
+    timer = StageTimer()  # numeric ids read no text: the pseudo-queries do not matter
+    stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries=first, tokenizer="byte")
+    stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries={}, tokenizer="byte")
+    assert "ids/numeric" in timer.skipped

@@ -25,6 +25,13 @@ class IdsBuildConfig:
     k: int = field(default=30, metadata={"help": "structured: clusters per level"})
     c: int = field(default=30, metadata={"help": "structured: max images per leaf"})
     kmeans: str = field(default="faiss", metadata={"help": "structured: k-means backend", "choices": ("faiss", "sklearn")})
+    cluster_on: str = field(default="image", metadata={
+        "help": "structured: cluster image features, the texts training sees (train captions, held-out images' "
+                "pseudo-queries), or both", "choices": ("image", "text", "both")})
+    text_encoder: str = field(default="minilm", metadata={"help": "structured: text encoder of --cluster-on text"})
+    pseudo_queries: Path | None = field(default=None, metadata={
+        "help": "held-out images' texts for semantic / text-clustered ids: JSON from `grace data pseudo-queries` "
+                "(default: their keyword pseudo-queries)"})
     seed: int = field(default=0, metadata={"help": "seed"})
     tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer: smollm2, byte, a folder or HF id"})
 
@@ -57,20 +64,24 @@ def _ids_build(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.identifiers import create_scheme
+    from grace.io_utils import read_json
 
     cfg = dataclass_from_args(IdsBuildConfig, args)
     require(cfg, "dataset", "out")
     start = time.perf_counter()
-    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=cfg.scheme == "structured")
+    needs_images = cfg.scheme == "structured" and cfg.cluster_on != "text"
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=needs_images)
     features = None
-    if cfg.scheme == "structured":
+    if needs_images:
         from grace.data_process.features import image_features
 
         cache = cfg.features_cache or Path(cfg.out) / "features"
         features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
     scheme = create_scheme(cfg.scheme, seed=cfg.seed, tokenizer=cfg.tokenizer, k=cfg.k, c=cfg.c,
-                           kmeans=cfg.kmeans, encoder=cfg.encoder)
-    idmap = scheme.build(dataset, features)
+                           kmeans=cfg.kmeans, encoder=cfg.encoder, cluster_on=cfg.cluster_on,
+                           text_encoder=cfg.text_encoder)
+    pseudo_queries = read_json(cfg.pseudo_queries) if cfg.pseudo_queries is not None else None
+    idmap = scheme.build(dataset, features, pseudo_queries=pseudo_queries)
     idmap.save(cfg.out)
     tok = idmap.tokenizer()
     lengths = np.array([len(tok.encode_identifier(i)) for i in idmap.identifiers()])

@@ -69,12 +69,11 @@ def _feature_matrix(dataset, features) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def _text_matrix(dataset, text_encoder: str) -> np.ndarray:
+def _text_matrix(dataset, text_encoder: str, pseudo: dict[str, list[str]]) -> np.ndarray:
     """(N, D) mean of the L2-normalised embeddings of each image's training-visible texts: a train image's
     captions, a held-out image's pseudo-queries (never its held-out captions); zeros for an image with none."""
     from grace.data_process.encoders import create_text_encoder
 
-    pseudo = _pseudo_queries(dataset)
     texts = [list(r.texts) if r.split in TRAIN_SPLITS else pseudo.get(r.image_id, []) for r in dataset.images]
     missing = sum(not t for t in texts)
     if missing:
@@ -115,7 +114,16 @@ def _disambiguate(names: list[str]) -> list[str]:
     return out
 
 
-def _pseudo_queries(dataset) -> dict[str, list[str]]:
+def pseudo_queries_digest(pseudo_queries: dict[str, list[str]]) -> str:
+    """A short fingerprint of pseudo-queries (text-clustered ids record the one they were built from)."""
+    import hashlib
+    import json
+
+    text = json.dumps({k: list(v) for k, v in sorted(pseudo_queries.items())}, ensure_ascii=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def keyword_pseudo_queries(dataset) -> dict[str, list[str]]:
     """Pseudo-queries of every held-out image (the data stage's keyword generator): never a held-out text."""
     from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
 
@@ -126,6 +134,14 @@ def _pseudo_queries(dataset) -> dict[str, list[str]]:
     return found
 
 
+def held_out_texts(dataset, pseudo_queries: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """The texts that ids read for held-out images: ``pseudo_queries`` (the run's) where given, else the
+    images' keyword pseudo-queries; a held-out query among them is dropped (it would leak into the ids)."""
+    banned = held_out_queries(dataset)
+    merged = {**keyword_pseudo_queries(dataset), **(pseudo_queries or {})}
+    return {image_id: [t for t in texts if normalise(t) not in banned] for image_id, texts in merged.items()}
+
+
 class Scheme:
     """Base: ``build(dataset, features) -> IdentifierMap``."""
 
@@ -134,11 +150,21 @@ class Scheme:
     def __init__(self, config: SchemeConfig):
         self.config = config
 
-    def build(self, dataset, features=None) -> IdentifierMap:
+    def build(self, dataset, features=None, pseudo_queries: dict[str, list[str]] | None = None) -> IdentifierMap:
+        """Identifiers of every image. ``pseudo_queries`` (the run's, e.g. captions) are the held-out images'
+        texts for ``cluster_on`` text/both (:func:`held_out_texts`); held-out queries among them are never used."""
         _check_dataset(dataset)
+        self.pseudo_queries = held_out_texts(dataset, pseudo_queries) if self.uses_texts else {}
         ids, aliases = self.assign(dataset, features)
         config = dataclasses.asdict(self.config) | {"images": len(dataset), "dataset": dataset.name}
+        if self.uses_texts:
+            config["pseudo_queries_digest"] = pseudo_queries_digest(self.pseudo_queries)
         return IdentifierMap(self.name, dict(zip(dataset.image_ids(), ids)), config, aliases=aliases)
+
+    @property
+    def uses_texts(self) -> bool:
+        """Whether the identifiers depend on the held-out images' pseudo-queries."""
+        return self.name == "semantic" or (self.name == "structured" and self.config.cluster_on in ("text", "both"))
 
     def assign(self, dataset, features) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
@@ -178,7 +204,7 @@ class SemanticScheme(Scheme):
     name = "semantic"
 
     def assign(self, dataset, features):
-        pseudo = _pseudo_queries(dataset)
+        pseudo = self.pseudo_queries
         held_out = held_out_queries(dataset)
         names, fallback = [], 0
         for record in dataset.images:
@@ -219,7 +245,7 @@ class StructuredScheme(Scheme):
             parts.append(_normalised(_feature_matrix(dataset, features)) if cfg.cluster_on == "both"
                          else _feature_matrix(dataset, features))
         if cfg.cluster_on in ("text", "both"):
-            parts.append(_normalised(_text_matrix(dataset, cfg.text_encoder)))
+            parts.append(_normalised(_text_matrix(dataset, cfg.text_encoder, self.pseudo_queries)))
         matrix = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         paths = hierarchical_kmeans(matrix, k=cfg.k, c=cfg.c, seed=cfg.seed,
                                     niter=cfg.niter, backend=cfg.kmeans)

@@ -26,7 +26,7 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
     if config.i2id_views != 1:
         overrides = {"i2id_views": config.i2id_views, **overrides}
     scheme_settings = json_options(config.scheme_overrides, "--scheme-overrides")
-    idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force,
+    idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force, pseudo_queries=pseudo_queries,
                         **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
     force = config.force or f"ids/{scheme}" not in timer.skipped  # new ids: nothing built on the old ones is kept

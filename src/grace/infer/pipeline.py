@@ -126,19 +126,27 @@ def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: 
     return timer.run("features", done, build, lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
 
 
-def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False, **cfg):
-    """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer); rebuilt when its saved settings differ from ``cfg``."""
+def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False,
+              pseudo_queries: dict | None = None, **cfg):
+    """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer); rebuilt when its saved settings differ from ``cfg``,
+    or, for ids read from texts (semantic; structured on text), when it was built from other ``pseudo_queries``
+    (the run's; None: keywords)."""
     ids_mod = _module("grace.identifiers")
+    schemes = _module("grace.identifiers.schemes")
     out = run / "ids" / scheme
 
     def build():
-        idmap = ids_mod.create_scheme(scheme, **cfg).build(dataset, features)
+        idmap = ids_mod.create_scheme(scheme, **cfg).build(dataset, features, pseudo_queries=pseudo_queries)
         idmap.save(out)
         return idmap
 
     saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     wanted = dataclasses.asdict(ids_mod.SchemeConfig(scheme=scheme, **cfg))
     same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
+    if same and (scheme == "semantic" or (scheme == "structured" and saved.get("cluster_on") in ("text", "both"))):
+        built_from = saved.get("pseudo_queries_digest") or \
+            schemes.pseudo_queries_digest(schemes.held_out_texts(dataset))  # saved before digests: keywords
+        same = built_from == schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))
     return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and same and not force, build,
                      lambda: ids_mod.IdentifierMap.load(out))
 
