@@ -142,6 +142,11 @@ def held_out_texts(dataset, pseudo_queries: dict[str, list[str]] | None = None) 
     return {image_id: [t for t in texts if normalise(t) not in banned] for image_id, texts in merged.items()}
 
 
+def reads_held_out_texts(scheme: str, cluster_on: str = "image") -> bool:
+    """Whether ids of ``scheme`` depend on the held-out images' pseudo-queries (semantic; structured on text)."""
+    return scheme == "semantic" or (scheme == "structured" and cluster_on in ("text", "both"))
+
+
 class Scheme:
     """Base: ``build(dataset, features) -> IdentifierMap``."""
 
@@ -164,7 +169,7 @@ class Scheme:
     @property
     def uses_texts(self) -> bool:
         """Whether the identifiers depend on the held-out images' pseudo-queries."""
-        return self.name == "semantic" or (self.name == "structured" and self.config.cluster_on in ("text", "both"))
+        return reads_held_out_texts(self.name, self.config.cluster_on)
 
     def assign(self, dataset, features) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError

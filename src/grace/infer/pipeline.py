@@ -143,7 +143,7 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
     saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     wanted = dataclasses.asdict(ids_mod.SchemeConfig(scheme=scheme, **cfg))
     same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
-    if same and (scheme == "semantic" or (scheme == "structured" and saved.get("cluster_on") in ("text", "both"))):
+    if same and schemes.reads_held_out_texts(scheme, wanted["cluster_on"]):
         built_from = saved.get("pseudo_queries_digest") or \
             schemes.pseudo_queries_digest(schemes.held_out_texts(dataset))  # saved before digests: keywords
         same = built_from == schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))

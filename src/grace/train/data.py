@@ -153,7 +153,7 @@ class VisionSource:
             tokens = None if n_visual_tokens is None else n_visual_tokens > 1
             ids, array = load_feature_cache(Path(features_cache), tokens=tokens)
             self.table = {image_id: i for i, image_id in enumerate(ids)}
-            self.array = array if array.ndim == 3 else array[:, None, :]  # (N, T, D)
+            self.array = _per_image_tokens(array)
             tokens = self.array.shape[1] > 1 if tokens is None else tokens
             for view in range(1, views):
                 folder = view_cache_dir(features_cache, view)
@@ -163,7 +163,7 @@ class VisionSource:
                 view_ids, view_array = load_feature_cache(folder, tokens=tokens)
                 if view_ids != ids:
                     raise InputError(f"view {view} lists other images than the features cache", path=folder)
-                self.view_arrays.append(view_array if view_array.ndim == 3 else view_array[:, None, :])
+                self.view_arrays.append(_per_image_tokens(view_array))
         elif encoder is None:
             raise InputError("no features cache and no image encoder to compute features")
 
@@ -219,6 +219,11 @@ class VisionSource:
         feats = self.encoder.encode_tokens(images).float()
         self._encoded_shape = tuple(feats.shape[1:])
         return feats
+
+
+def _per_image_tokens(array: np.ndarray) -> np.ndarray:
+    """(N, T, D) from cached tokens, or pooled (N, D) features as one token per image."""
+    return array if array.ndim == 3 else array[:, None, :]
 
 
 def load_feature_cache(cache_dir: Path, tokens: bool | None = None) -> tuple[list[str], np.ndarray]:
