@@ -9,7 +9,8 @@ one after another, never side by side: two torch processes on 2 cores slow each 
 
 ``--run`` is a ``grace ablate`` run folder (its shards/, ids/, features/ are reused). Each variant is a
 separate process; seconds/step leave out the first step. The plain loop uses the same model factory,
-batches, null image, loss, AdamW and gradient clipping as ``grace train``, without DeepSpeed.
+batches, null image, loss, AdamW, learning-rate schedule (DeepSpeed's WarmupDecayLR class, stepped by hand)
+and gradient clipping as ``grace train``, without the DeepSpeed engine: its loss curve is ``grace train``'s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +39,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the variants this many times, interleaved (a, b, a, b, ...); report the median and range")
     p.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     p.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -58,24 +62,24 @@ def _train_values(args: argparse.Namespace, out: Path, zero_stage: int) -> dict:
 def plain_loop(args: argparse.Namespace, out: Path) -> dict:
     """The reference: grace.train's pieces in a plain torch loop (no DeepSpeed, no process group)."""
     import torch
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
     from grace.config import dataclass_from_dict
     from grace.io_utils import seed_everything
     from grace.train import TrainConfig
     from grace.train import engine as E
-    from grace.train.data import MixedBatches, VisionSource
-    from grace.train.trainer import vision_batch
+    from grace.train.data import VisionSource
+    from grace.train.trainer import training_batches, vision_batch
 
     cfg = dataclass_from_dict(TrainConfig, _train_values(args, out, 0))
     seed_everything(cfg.seed)
     tokenizer = E.load_tokenizer(cfg)
     model, _ = E.create_model(cfg.model, tokenizer, with_encoder=False)  # features cache: no encoder
     vision = VisionSource(features_cache=cfg.features_cache, n_visual_tokens=model.config.n_visual_tokens)
-    data = MixedBatches(Path(cfg.shards_dir), tokenizer, batch_size_i2id=cfg.batch_size_i2id,
-                        batch_size_t2id=cfg.batch_size_t2id, rank=0, world_size=1, seed=cfg.seed,
-                        max_length=cfg.max_length, keep_images=False)
+    data = training_batches(cfg, tokenizer, rank=0, world=1, micro_step=0, keep_images=False)
     params = E.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    schedule = WarmupDecayLR(optimizer, **E.deepspeed_config(cfg, "cpu")["scheduler"]["params"])  # grace train's
     model.train()
     times, losses = [], []
     for step in range(cfg.steps):
@@ -87,6 +91,7 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(output.loss.detach())
         times.append(time.perf_counter() - t0)
@@ -97,6 +102,7 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
 def deepspeed_run(args: argparse.Namespace, out: Path, nproc: int, stage: int) -> dict:
     """``grace train`` (1 process, or torchrun with ``nproc``) at ZeRO ``stage``; reads its metrics.json."""
     config = out.with_suffix(".json")
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(_train_values(args, out, stage)))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     cmd = [sys.executable, "-m", "grace.cli", "train", "--config", str(config)]
@@ -122,21 +128,29 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     import tempfile
 
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
     samples = args.batch_size_i2id + args.batch_size_t2id
-    results = {}
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        for name in args.variants:
-            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", name,
-                     "--workdir", tmp]
-            proc = subprocess.run(child, check=True, capture_output=True, text=True)
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            nproc = VARIANTS[name][0]
-            res["samples_per_s"] = samples * nproc / res["seconds_per_step"]
-            results[name] = res
-            print(f"{name}: {res['seconds_per_step']:.3f} s/step, {res['samples_per_s']:.1f} samples/s, "
-                  f"loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}", flush=True)
+        for repeat in range(args.repeats):
+            for name in args.variants:
+                child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", name,
+                         "--workdir", str(Path(tmp) / f"r{repeat}")]
+                proc = subprocess.run(child, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"variant {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                entry = results.setdefault(name, {"runs_seconds_per_step": [], "losses": res["losses"]})
+                entry["runs_seconds_per_step"].append(res["seconds_per_step"])
+                print(f"{name} (run {repeat + 1}/{args.repeats}): {res['seconds_per_step']:.3f} s/step, "
+                      f"loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}", flush=True)
+    for name, entry in results.items():
+        runs = sorted(entry["runs_seconds_per_step"])
+        entry["seconds_per_step"] = statistics.median(runs)
+        entry["samples_per_s"] = samples * VARIANTS[name][0] / entry["seconds_per_step"]
     report = {"model": args.model, "steps": args.steps, "batch": [args.batch_size_i2id, args.batch_size_t2id],
-              "variants": results}
+              "repeats": args.repeats, "variants": results}
     if "plain" in results and "zero0" in results:
         report["zero0_over_plain_time"] = results["zero0"]["seconds_per_step"] / results["plain"]["seconds_per_step"]
     if "zero3" in results and "zero0" in results:
@@ -158,14 +172,19 @@ def _write(args: argparse.Namespace, report: dict) -> None:
     write_json(args.out.with_suffix(".json"), report)
     lines = [f"# Training speed, {args.model}, {args.batch_size_i2id} i2id + {args.batch_size_t2id} t2id per "
              f"process and step, {args.steps} steps\n",
-             "| variant | processes | ZeRO stage | s/step | samples/s | first loss | last loss |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | processes | ZeRO stage | s/step (median) | s/step range | samples/s | first loss | last loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, res in report["variants"].items():
         nproc, stage = VARIANTS[name]
+        runs = res["runs_seconds_per_step"]
         lines.append(f"| {name} | {nproc} | {'-' if stage is None else stage} | {res['seconds_per_step']:.3f} | "
-                     f"{res['samples_per_s']:.1f} | {res['losses'][0]:.4f} | {res['losses'][-1]:.4f} |")
+                     f"{min(runs):.3f}-{max(runs):.3f} | {res['samples_per_s']:.1f} | {res['losses'][0]:.4f} | "
+                     f"{res['losses'][-1]:.4f} |")
+    ratios = [(k, report[k]) for k in ("zero0_over_plain_time", "zero3_over_zero0_time") if k in report]
     lines += ["", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
-              "- s/step leaves out the first step; variants ran one after another in one invocation."]
+              f"- s/step leaves out the first step; variants ran one after another in one invocation, "
+              f"{report['repeats']} time(s) interleaved (median and range over those runs).",
+              *[f"- {k.replace('_', ' ')} (medians): {v:.3f}" for k, v in ratios]]
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 

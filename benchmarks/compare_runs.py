@@ -2,7 +2,8 @@
 
 Each input is a published ``<benchmark>-<model>.json``; every scheme row becomes ``<model>/<scheme>``. The
 table gives Recall@K with its 95% bootstrap interval, the training time, R@1 per training hour on this
-machine, and a paired bootstrap (same queries, resampled by gold image) of every row against the best one.
+machine, and a paired bootstrap (same queries, resampled by gold image) of every row against the best one
+(or against ``--reference``, e.g. an ablation's control).
 
     python benchmarks/compare_runs.py runs/lmtrain/results/emoji-*.json --dataset runs/lm-full/data/dataset.json \
         --title "lm_training on the first 600 emoji" --out docs/results/lm-training-emoji600
@@ -28,6 +29,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--title", default="Generative retrievers compared on the same queries")
     p.add_argument("--out", type=Path, required=True, help="write OUT.md and OUT.json")
     p.add_argument("--note", action="append", default=[], help="a line for the notes under the table (repeatable)")
+    p.add_argument("--reference", default=None, help="pair every row against this row (LABEL/scheme, e.g. the "
+                   "control of an ablation) instead of the best generative row by R@1")
     return p.parse_args(argv)
 
 
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     if any(len(res["gold_ranks"]) != len(gold) for res in rows.values()):
         raise SystemExit(f"{args.dataset}: its test split has {len(gold)} queries, the results do not")
     generative = [name for name in rows if name != args.baseline]
-    comparisons = summarise(rows, KS, candidates=generative, references=generative, clusters=gold)
+    if args.reference is not None and args.reference not in rows:
+        raise SystemExit(f"--reference {args.reference!r} is not a row; rows: {', '.join(rows)}")
+    references = [args.reference] if args.reference else generative
+    comparisons = summarise(rows, KS, candidates=generative, references=references, clusters=gold)
     table = recall_rows(rows, KS)
     for row in table:
         train_h = row.get("train_s", 0.0) / 3600
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["retriever", *[f"R@{k}" for k in KS], "train_s", "R@1 per train hour", "latency_ms", "num_queries"]
     command = "python " + shlex.join(sys.argv)
     lines = [f"# {args.title}\n", markdown_table(table, columns),
-             paired_markdown(comparisons, KS, "generative row"),
+             paired_markdown(comparisons, KS, "generative row", chosen=args.reference is not None),
              f"\n- command: `{command}`", f"- machine: {machine_description()}",
              "- each row's training command is in the provenance of its input JSON: "
              + ", ".join(f"`{_labelled(p)[1]}`" for p in args.results),

@@ -65,11 +65,15 @@ def comparison_columns(ks: Sequence[int]) -> list[str]:
     return ["retriever", "vs"] + [c for k in ks for c in (f"ΔR@{k}", f"p R@{k} (bootstrap / McNemar)")]
 
 
-def paired_markdown(comparisons: dict | None, ks: Sequence[int], reference_kind: str) -> str:
-    """The paired-comparison table under its one-line heading, or "" when nothing was compared."""
+def paired_markdown(comparisons: dict | None, ks: Sequence[int], reference_kind: str, *,
+                    chosen: bool = False) -> str:
+    """The paired-comparison table under its one-line heading, or "" when nothing was compared; ``chosen``:
+    the reference was named by the user, not picked as the best ``reference_kind`` by R@1."""
     if not comparisons or not comparisons.get("by_retriever"):
         return ""
-    return (f"\nPaired vs the best {reference_kind} by R@{min(ks)} ({comparisons['reference']}), same queries "
+    against = (f"{comparisons['reference']}, the chosen reference" if chosen
+               else f"the best {reference_kind} by R@{min(ks)} ({comparisons['reference']})")
+    return (f"\nPaired vs {against}, same queries "
             f"(ΔR@K in points [95% paired bootstrap interval]):\n\n"
             + markdown_table(comparison_rows(comparisons, ks), comparison_columns(ks)))
 

@@ -109,6 +109,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.gradient_checkpointing_enable()
     dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
     engine, *_ = deepspeed.initialize(model=model, model_parameters=E.trainable_parameters(model), config=ds_config)
+    E.skip_lone_allreduce(engine, world)
     engine.train()
 
     step, micro_step = 0, 0
