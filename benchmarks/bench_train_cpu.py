@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in args.variants:
                 child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--variant", name,
                          "--workdir", str(Path(tmp) / f"r{repeat}")]
-                proc = subprocess.run(child, capture_output=True, text=True)
+                proc = subprocess.run(child, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise SystemExit(f"variant {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -170,8 +170,8 @@ def _write(args: argparse.Namespace, report: dict) -> None:
                                               if Path(__file__).is_relative_to(Path.cwd()) else __file__,
                                               *sys.argv[1:]])
     write_json(args.out.with_suffix(".json"), report)
-    lines = [f"# Training speed, {args.model}, {args.batch_size_i2id} i2id + {args.batch_size_t2id} t2id per "
-             f"process and step, {args.steps} steps\n",
+    lines = [(f"# Training speed, {args.model}, {args.batch_size_i2id} i2id + {args.batch_size_t2id} t2id per "
+              f"process and step, {args.steps} steps\n"),
              "| variant | processes | ZeRO stage | s/step (median) | s/step range | samples/s | first loss | last loss |",
              "|---|---|---|---|---|---|---|---|"]
     for name, res in report["variants"].items():
@@ -182,8 +182,8 @@ def _write(args: argparse.Namespace, report: dict) -> None:
                      f"{res['losses'][-1]:.4f} |")
     ratios = [(k, report[k]) for k in ("zero0_over_plain_time", "zero3_over_zero0_time") if k in report]
     lines += ["", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
-              f"- s/step leaves out the first step; variants ran one after another in one invocation, "
-              f"{report['repeats']} time(s) interleaved (median and range over those runs).",
+              (f"- s/step leaves out the first step; variants ran one after another in one invocation, "
+               f"{report['repeats']} time(s) interleaved (median and range over those runs)."),
               *[f"- {k.replace('_', ' ')} (medians): {v:.3f}" for k, v in ratios]]
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
 
