@@ -79,7 +79,8 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
     data = training_batches(cfg, tokenizer, rank=0, world=1, micro_step=0, keep_images=False)
     params = E.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-    schedule = WarmupDecayLR(optimizer, **E.deepspeed_config(cfg, "cpu")["scheduler"]["params"])  # grace train's
+    ds_config = E.deepspeed_config(cfg, "cpu")  # grace train's schedule and clipping, without its engine
+    schedule = WarmupDecayLR(optimizer, **ds_config["scheduler"]["params"])
     model.train()
     times, losses = [], []
     for step in range(cfg.steps):
@@ -89,7 +90,7 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
         output = model(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"], vision_features=feats, labels=batch["labels"])
         output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, ds_config["gradient_clipping"])
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -146,8 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} (run {repeat + 1}/{args.repeats}): {res['seconds_per_step']:.3f} s/step, "
                       f"loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}", flush=True)
     for name, entry in results.items():
-        runs = sorted(entry["runs_seconds_per_step"])
-        entry["seconds_per_step"] = statistics.median(runs)
+        entry["seconds_per_step"] = statistics.median(entry["runs_seconds_per_step"])
         entry["samples_per_s"] = samples * VARIANTS[name][0] / entry["seconds_per_step"]
     report = {"model": args.model, "steps": args.steps, "batch": [args.batch_size_i2id, args.batch_size_t2id],
               "repeats": args.repeats, "variants": results}

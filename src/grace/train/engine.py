@@ -121,14 +121,12 @@ def _walk(node: Any, prefix: str = ""):
         yield prefix.rstrip("."), node
 
 
-def skip_lone_allreduce(engine: Any, world_size: int) -> bool:
+def skip_lone_allreduce(engine: Any, world_size: int) -> None:
     """One process at ZeRO stage 0 has nothing to all-reduce, yet DeepSpeed's backward still flattens every
     gradient into buckets, reduces them over the 1-process group and copies them back, each step. Turn that
-    off there (the update is the same: the mean over one process is the gradient); returns whether it did."""
+    off there (the update is the same: the mean over one process is the gradient)."""
     if world_size == 1 and engine.zero_optimization_stage() == 0:
         engine.enable_backward_allreduce = False
-        return True
-    return False
 
 
 # ---------------------------------------------------------------- model and tokenizer
