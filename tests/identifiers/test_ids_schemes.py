@@ -171,6 +171,24 @@ def test_ids_read_the_runs_pseudo_queries_never_a_held_out_query(tmp_path):
     assert create_scheme("semantic", tokenizer="byte").build(dataset).to_id("h_fruit") == "image h_fruit"
 
 
+def test_keyword_fallback_only_for_images_the_run_lacks(tmp_path, caplog):
+    """held_out_texts computes (and logs) keyword pseudo-queries only for held-out images missing from the
+    run's own: a run with pseudo-queries for every image must not log the keyword counts as if they were used."""
+    from grace.identifiers.schemes import held_out_texts
+
+    dataset = _fruit_and_vehicles(tmp_path)
+    full = {"h_fruit": ["plum"], "h_vehicle": ["truck"]}
+    with caplog.at_level("INFO", logger="grace"):
+        assert held_out_texts(dataset, full) == full
+    assert "pseudo-queries (keywords" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="grace"):
+        partial = held_out_texts(dataset, {"h_fruit": ["plum"]})
+    assert partial == {"h_fruit": ["plum"], "h_vehicle": ["delivery truck vehicle", "delivery truck", "vehicle"]}
+    assert "pseudo-queries (keywords, test): 1 images" in caplog.text
+    assert held_out_texts(dataset)["h_fruit"] == ["plum fruit juicy", "plum fruit", "juicy plum"]
+
+
 def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
     """cluster_on=text: the first level splits fruit from vehicles by the texts training may read — a held-out
     image goes by its keywords (pseudo-queries), never by its held-out caption (here deliberately misleading)."""

@@ -171,12 +171,14 @@ def create_pseudo_query_generator(name: str = "keywords", **kwargs) -> PseudoQue
 
 
 def build_pseudo_queries(dataset: Dataset, generator: PseudoQueryGenerator | None = None, *,
-                         split: str = "test", batch_size: int = 32) -> dict[str, list[str]]:
-    """``{image_id: [pseudo-queries]}`` for the images of ``split``; held-out queries are removed, and
-    duplicates within an image dropped. Images left with none are logged (they get only i2id samples)."""
+                         split: str = "test", batch_size: int = 32,
+                         image_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """``{image_id: [pseudo-queries]}`` for the images of ``split`` (only those in ``image_ids`` if given);
+    held-out queries are removed, and duplicates within an image dropped. Images left with none are logged
+    (they get only i2id samples)."""
     generator = generator or KeywordPseudoQueries()
     banned = held_out_queries(dataset)
-    records = dataset.split(split)
+    records = [r for r in dataset.split(split) if image_ids is None or r.image_id in image_ids]
     out: dict[str, list[str]] = {}
     removed = empty = 0
     for start in range(0, len(records), batch_size):

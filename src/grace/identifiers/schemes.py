@@ -123,14 +123,16 @@ def pseudo_queries_digest(pseudo_queries: dict[str, list[str]]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def keyword_pseudo_queries(dataset) -> dict[str, list[str]]:
-    """Pseudo-queries of every held-out image (the data stage's keyword generator): never a held-out text."""
+def keyword_pseudo_queries(dataset, image_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """Pseudo-queries of the held-out images (all, or those in ``image_ids``) from the data stage's keyword
+    generator: never a held-out text."""
     from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
 
     found: dict[str, list[str]] = {}
     generator = KeywordPseudoQueries()
-    for split in sorted({r.split for r in dataset.images if r.split not in TRAIN_SPLITS}):
-        found.update(build_pseudo_queries(dataset, generator, split=split))
+    wanted = [r for r in dataset.images if r.split not in TRAIN_SPLITS and (image_ids is None or r.image_id in image_ids)]
+    for split in sorted({r.split for r in wanted}):
+        found.update(build_pseudo_queries(dataset, generator, split=split, image_ids=image_ids))
     return found
 
 
@@ -138,7 +140,10 @@ def held_out_texts(dataset, pseudo_queries: dict[str, list[str]] | None = None) 
     """The texts that ids read for held-out images: ``pseudo_queries`` (the run's) where given, else the
     images' keyword pseudo-queries; a held-out query among them is dropped (it would leak into the ids)."""
     banned = held_out_queries(dataset)
-    merged = {**keyword_pseudo_queries(dataset), **(pseudo_queries or {})}
+    merged = dict(pseudo_queries or {})
+    missing = {r.image_id for r in dataset.images if r.split not in TRAIN_SPLITS} - merged.keys()
+    if missing:  # only these fall back to keywords
+        merged.update(keyword_pseudo_queries(dataset, missing))
     return {image_id: [t for t in texts if normalise(t) not in banned] for image_id, texts in merged.items()}
 
 
