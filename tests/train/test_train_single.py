@@ -60,9 +60,10 @@ def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, share
 def test_lora_run_trains_only_adapters_and_exports_a_mergeable_model(tmp_path, shared_tiny_dataset):
     """``lm_training: lora`` through ``grace train`` (DeepSpeed): loss falls, the LM's base weights are the
     initial ones, and the export reloads (adapters merged) to the logits of the unmerged adapters."""
+    from train_helpers import reference_model, train_tokenizer
+
     from grace.model import load_pretrained
     from grace.model.config import CONFIG_DIR
-    from train_helpers import reference_model, train_tokenizer
 
     values = build_tiny_run(tmp_path, shared_tiny_dataset)
     tiny = json.loads((CONFIG_DIR / "tiny.json").read_text())
@@ -107,3 +108,46 @@ def test_init_from_an_export_starts_where_it_left_off(tmp_path, shared_tiny_data
     assert report["kind"] == "export" and report["copied"] > 10 and report["rows_new"] == 0
     assert losses["second"][0] < 0.8 * losses["first"][0]  # not a fresh model
     assert losses["second"][0] == pytest.approx(losses["first"][-1], rel=0.5)
+
+
+LONE_ALLREDUCE = """
+import json, torch, deepspeed
+from grace.train import engine as E
+E.init_distributed("cpu")
+out = {}
+for skip in (False, True):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+                                      config={"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}})
+    if skip:
+        E.skip_lone_allreduce(engine, 1)
+    calls, real = [], engine.allreduce_gradients
+    engine.allreduce_gradients = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        engine.backward(engine(x).pow(2).mean())
+        engine.step()
+    out[str(skip)] = {"allreduces": len(calls), "weight": model.weight.detach().flatten().tolist()}
+print(json.dumps(out))
+"""
+
+
+def test_one_process_at_stage_0_skips_the_gradient_allreduce(tmp_path):
+    """DeepSpeed all-reduces every gradient even over a 1-process group; skip_lone_allreduce turns that off
+    there (the update stays the same) and nowhere else (stage 3, or more than one process)."""
+    from types import SimpleNamespace
+
+    from grace.train.engine import skip_lone_allreduce
+
+    (tmp_path / "lone.py").write_text(LONE_ALLREDUCE)
+    proc = subprocess.run([sys.executable, str(tmp_path / "lone.py")], env=subprocess_env(), capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["False"]["allreduces"] == 2 and runs["True"]["allreduces"] == 0
+    assert runs["True"]["weight"] == pytest.approx(runs["False"]["weight"], abs=1e-7)
+    for stage, world in ((3, 1), (0, 2)):
+        engine = SimpleNamespace(enable_backward_allreduce=True, zero_optimization_stage=lambda s=stage: s)
+        skip_lone_allreduce(engine, world)
+        assert engine.enable_backward_allreduce
