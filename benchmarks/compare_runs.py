@@ -40,10 +40,12 @@ def _labelled(arg: str) -> tuple[str | None, Path]:
 
 
 def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str, dict]]:
-    """``(rows, provenance)``: ``label/scheme`` → result (plus the baseline once), and each input's provenance."""
+    """``(rows, provenance)``: ``label/scheme`` → result (plus the baseline once), and each input's provenance.
+    Every input must have been scored on the same query ids and gold images as the first (checked by id)."""
     from grace.infer.configs import SCHEMES
+    from grace.provenance import same_queries
 
-    rows, provenance, n_queries = {}, {}, None
+    rows, provenance, first = {}, {}, None
     for arg in inputs:
         label, path = _labelled(arg)
         data = json.loads(path.read_text())
@@ -52,11 +54,12 @@ def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str
         if model in provenance:
             raise SystemExit(f"{path}: a second input named {model!r}; name inputs LABEL=PATH")
         provenance[model] = data["provenance"]
+        first = first or (path, data["provenance"])
+        mismatch = same_queries(first[1], data["provenance"])
+        if mismatch:
+            raise SystemExit(f"{path} vs {first[0]}: {mismatch}: not the same query set")
         for name, res in data.items():
             if name in SCHEMES or (name == baseline and baseline not in rows):
-                if n_queries is not None and res["num_queries"] != n_queries:
-                    raise SystemExit(f"{path}: {res['num_queries']} queries, not {n_queries}: not the same query set")
-                n_queries = res["num_queries"]
                 rows[name if name == baseline else f"{model}/{name}"] = res
     return rows, provenance
 
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
     rows, provenance = collect(args.results, args.baseline)
     _, gold = test_split_queries(load_karpathy(args.dataset))
-    if any(len(res["gold_ranks"]) != len(gold) for res in rows.values()):
-        raise SystemExit(f"{args.dataset}: its test split has {len(gold)} queries, the results do not")
+    if next(iter(provenance.values()))["queries"]["gold"] != gold:
+        raise SystemExit(f"{args.dataset}: its test queries' gold images are not the results' (another dataset?)")
     generative = [name for name in rows if name != args.baseline]
     if args.reference is not None and args.reference not in rows:
         raise SystemExit(f"--reference {args.reference!r} is not a row; rows: {', '.join(rows)}")

@@ -57,6 +57,7 @@ RETRIEVERS: dict[str, str] = {
     "generative": "grace.infer.retriever:GenerativeRetriever",
     "clip_faiss": "grace.retrieval_baselines.clip_faiss.retriever:ClipFaissRetriever",
     "late_interaction": "grace.retrieval_baselines.late_interaction.retriever:LateInteractionRetriever",
+    "bm25": "grace.retrieval_baselines.lexical.bm25:BM25Retriever",
     "random": "grace.retriever:RandomRetriever",
 }
 

@@ -12,12 +12,16 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import compare_runs  # (benchmarks/ is a folder of scripts, not a package)
 
 
-def _result(ranks: list[int], model: str) -> dict:
+def _result(ranks: list[int], model: str, dataset, ids: list[str] | None = None) -> dict:
+    from grace.infer.pipeline import test_split_queries, test_split_query_ids
+    from grace.provenance import query_provenance
+
     recall = {f"recall@{k}": sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
+    queries = query_provenance(ids or test_split_query_ids(dataset), test_split_queries(dataset)[1], "test", "t")
     return {"structured": {"gold_ranks": ranks, "num_queries": len(ranks), **recall},
             "clip_faiss": {"gold_ranks": [1] * len(ranks), "num_queries": len(ranks), "recall@1": 1.0,
                            "recall@5": 1.0, "recall@10": 1.0},
-            "provenance": {"config": {"model": model}}}
+            "provenance": {"config": {"model": model}, "queries": queries}}
 
 
 def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_dataset, tmp_path):
@@ -25,8 +29,8 @@ def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_da
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     n = len(test_split_queries(shared_tiny_dataset)[0])
-    (tmp_path / "good.json").write_text(json.dumps(_result([1] * n, "m")))
-    (tmp_path / "bad.json").write_text(json.dumps(_result([20] * n, "m")))
+    (tmp_path / "good.json").write_text(json.dumps(_result([1] * n, "m", shared_tiny_dataset)))
+    (tmp_path / "bad.json").write_text(json.dumps(_result([20] * n, "m", shared_tiny_dataset)))
     inputs = [f"good={tmp_path / 'good.json'}", f"bad={tmp_path / 'bad.json'}", "--dataset", str(dataset_json)]
 
     best = compare_runs.main([*inputs, "--out", str(tmp_path / "best")])
@@ -40,3 +44,23 @@ def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_da
 
     with pytest.raises(SystemExit, match="is not a row"):
         compare_runs.main([*inputs, "--reference", "nope/structured", "--out", str(tmp_path / "x")])
+
+
+def test_runs_are_paired_by_query_id_not_by_count(shared_tiny_dataset, tmp_path):
+    """Two runs with as many queries but other query ids (another split, another order) are refused."""
+    from grace.infer.pipeline import test_split_query_ids, test_split_queries
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    n = len(test_split_queries(shared_tiny_dataset)[0])
+    ids = test_split_query_ids(shared_tiny_dataset)
+    (tmp_path / "a.json").write_text(json.dumps(_result([1] * n, "a", shared_tiny_dataset)))
+    (tmp_path / "b.json").write_text(json.dumps(_result([1] * n, "b", shared_tiny_dataset, ids=ids[::-1])))
+    with pytest.raises(SystemExit, match="different query ids"):
+        compare_runs.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--dataset", str(dataset_json),
+                           "--out", str(tmp_path / "x")])
+    old = _result([1] * n, "c", shared_tiny_dataset)
+    del old["provenance"]["queries"]  # made before query ids were recorded
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="no query ids"):
+        compare_runs.main([str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--dataset", str(dataset_json),
+                           "--out", str(tmp_path / "y")])

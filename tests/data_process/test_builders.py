@@ -52,7 +52,7 @@ def test_split_helpers():
     splits = assign_splits(ids, test_fraction=0.12, seed=3)
     assert splits == assign_splits(list(reversed(ids)), test_fraction=0.12, seed=3)
     assert sum(s == "test" for s in splits.values()) == 120
-    assert 0 < sum(s == "val" for s in splits.values()) < 100
+    assert sum(s == "val" for s in splits.values()) == 120  # val as large as test
     assert splits != assign_splits(ids, test_fraction=0.12, seed=4)
     assert set(assign_splits(["a", "b"], test_fraction=0.12, seed=0).values()) == {"train", "test"}
     texts, keywords = split_texts(["Grinning face"], ["face", "grinning  FACE", "grin", "face"], "test")
@@ -119,7 +119,7 @@ def test_emoji_split_deterministic_and_reuses_pngs(emoji40, tmp_path):
 def test_emoji_test_fraction(tmp_path):
     dataset = build_emoji(tmp_path / "e", limit=200, test_fraction=0.2, image_size=16, progress=False)
     assert len(dataset.split("test")) == round(0.2 * len(dataset))
-    assert len(dataset.split("train")) > 0.7 * len(dataset)
+    assert len(dataset.split("train")) > 0.6 * len(dataset)  # 20% test, 12% val
 
 
 @needs_emoji

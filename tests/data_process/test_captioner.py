@@ -49,7 +49,7 @@ def test_captions_are_batched_cached_and_resumable(tiny_blip, tiny_dataset, tmp_
     real = generator._caption
     monkeypatch.setattr(generator, "_caption", lambda batch: calls.append(len(batch)) or real(batch))
     test_ids = [r.image_id for r in tiny_dataset.split("test")]
-    queries = build_pseudo_queries(tiny_dataset, generator, split="test")
+    queries = build_pseudo_queries(tiny_dataset, generator).queries
     assert sorted(queries) == sorted(test_ids) and calls == [3, 1]  # 4 test images in batches of 3
     assert all(1 <= len(texts) <= 3 for texts in queries.values())
     assert all(set(t.split()) <= set(WORDS) for texts in queries.values() for t in texts)
@@ -60,12 +60,12 @@ def test_captions_are_batched_cached_and_resumable(tiny_blip, tiny_dataset, tmp_
         handle.write('{"image_id": "cut mid-wri')  # a crash while appending
     resumed = CaptionerPseudoQueries(str(tiny_blip), num_captions=3, cache=cache, device="cpu")
     monkeypatch.setattr(resumed, "_caption", lambda batch: pytest.fail("a cached image was captioned again"))
-    assert build_pseudo_queries(tiny_dataset, resumed, split="test") == queries
+    assert build_pseudo_queries(tiny_dataset, resumed).queries == queries
 
     # the leak check: a caption equal to a held-out query is dropped
     leaked = queries[test_ids[0]][0]
     tiny_dataset.split("test")[1].texts.append(leaked.upper())
-    after = build_pseudo_queries(tiny_dataset, resumed, split="test")
+    after = build_pseudo_queries(tiny_dataset, resumed).queries
     assert all(leaked not in texts for texts in after.values())
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from grace.data_process.dataset import load_karpathy, test_queries
-from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries, normalise
+from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries, leak_filter, normalise
 from grace.data_process.shards import read_shards, write_shards
 from grace.errors import InputError
 
@@ -31,7 +31,7 @@ def _leaky_dataset(dataset):
 
 def test_pseudo_queries_never_return_a_held_out_query(tiny_dataset):
     dataset = _leaky_dataset(tiny_dataset)
-    queries = build_pseudo_queries(dataset, KeywordPseudoQueries(), split="test")
+    queries = build_pseudo_queries(dataset, KeywordPseudoQueries()).queries
     held_out = {normalise(t) for t in test_queries(dataset)[0]}
     assert set(queries) == {r.image_id for r in dataset.split("test")}
     assert all(queries.values())
@@ -40,7 +40,7 @@ def test_pseudo_queries_never_return_a_held_out_query(tiny_dataset):
 
 def test_shards_read_back_and_no_test_query_leaks(tiny_dataset, tmp_path):
     dataset = _leaky_dataset(tiny_dataset)
-    queries = build_pseudo_queries(dataset, KeywordPseudoQueries(), split="test")
+    queries = build_pseudo_queries(dataset, KeywordPseudoQueries()).queries
     summary = write_shards(dataset, DigitIds(dataset), tmp_path / "shards", pseudo_queries=queries, max_per_shard=7,
                            progress=False)
     i2id = list(read_shards(tmp_path / "shards", "i2id"))
@@ -144,16 +144,17 @@ def test_keyword_generator_pairs_and_templates(tiny_dataset):
 
 
 def test_pairs_never_return_a_held_out_query(tiny_dataset):
-    """A word pair can spell another image's held-out query ("round red" here); it is removed like any leak."""
+    """A word pair, or the joined keywords, can spell another image's held-out query ("round red" here) in any
+    order; it is removed like any leak."""
     from grace.data_process.dataset import Dataset, ImageRecord
 
     path = tiny_dataset.images[0].path
     dataset = Dataset([ImageRecord("a", path, "test", ["round red"], {"keywords": ["dot"]}),
                        ImageRecord("b", path, "test", ["crimson ball"], {"keywords": ["red", "round"]})])
-    queries = build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True), split="test")
-    assert queries["b"] == ["red round", "red", "round"]  # "round red" (the reversed pair) is a held-out query
-    assert build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True, joined=False), split="test")["b"] \
-        == ["red", "round", "red round"]
+    queries = build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True)).queries
+    assert queries["b"] == ["red", "round"]  # "red round" / "round red": the words of a held-out query
+    assert build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True, joined=False)).queries["b"] \
+        == ["red", "round"]
 
 
 def test_cli_keyword_options_and_config_beside(tiny_dataset, tmp_path):
@@ -163,11 +164,16 @@ def test_cli_keyword_options_and_config_beside(tiny_dataset, tmp_path):
     dataset_json = tmp_path / "dataset.json"
     save_karpathy(tiny_dataset, dataset_json)
     out = tmp_path / "pq" / "queries.json"
-    assert main(["data", "pseudo-queries", "--dataset", str(dataset_json), "--pairs", "--max-queries", "30",
-                 "--templates", "{}", "a {}", "--out", str(out)]) == 0
+    assert main(["data", "pseudo-queries", "--dataset", str(dataset_json), "--protocol", "tagged", "--pairs",
+                 "--max-queries", "30", "--templates", "{}", "a {}", "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     record = tiny_dataset.split("test")[0]
-    expected = KeywordPseudoQueries(pairs=True, max_queries=30, templates=("{}", "a {}")).generate(record)
+    generated = KeywordPseudoQueries(pairs=True, max_queries=30, templates=("{}", "a {}")).generate(record)
+    expected = [t for t in generated if leak_filter(tiny_dataset).leaked_query(t) is None]
     assert written[record.image_id] == expected and "a " + expected[0] in expected
+    assert len(expected) < len(generated)  # "red square small" holds every word of "a small red square"
     config = json.loads((tmp_path / "pq" / "queries.config.json").read_text())
-    assert config["pairs"] is True and config["templates"] == ["{}", "a {}"] and config["max_queries"] == 30
+    assert config["options"] == {"pairs": True, "templates": ["{}", "a {}"], "max_queries": 30}
+    assert config["protocol"] == "tagged" and config["generator"] == "keywords" and config["dataset_digest"]
+    assert main(["data", "pseudo-queries", "--dataset", str(dataset_json), "--generator", "keywords",
+                 "--out", str(out)]) == 2  # image-only (the default) refuses the image's own keywords

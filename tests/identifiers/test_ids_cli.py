@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grace.cli import main
+from grace.data_process.pseudo_queries import PseudoQuerySet, save_pseudo_queries
 from grace.identifiers import IdentifierMap, Trie
 
 
@@ -34,7 +35,15 @@ def test_text_clustered_ids_from_the_cli_read_the_given_pseudo_queries(tiny_data
     data = tmp_path / "data" / "dataset.json"
     test_ids = [r.image_id for r in tiny_dataset.split("test")]
     pseudo = tmp_path / "pq.json"
-    pseudo.write_text(json.dumps({i: [f"caption number {n}"] for n, i in enumerate(test_ids)}))
+    made = PseudoQuerySet({i: [f"caption number {n}"] for n, i in enumerate(test_ids)}, "captioner:test", ["test"])
+    save_pseudo_queries(pseudo, made, tiny_dataset, protocol="image-only")
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "semantic", "--tokenizer", "byte",
+                 "--out", str(tmp_path / "no-texts")]) == 2  # semantic ids read pseudo-queries: none given
+    edited = json.loads(pseudo.read_text()) | {test_ids[0]: ["edited by hand"]}
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    (tmp_path / "edited.config.json").write_text((tmp_path / "pq.config.json").read_text())
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "semantic", "--tokenizer", "byte",
+                 "--pseudo-queries", str(tmp_path / "edited.json"), "--out", str(tmp_path / "edited")]) == 2
     assert main(["ids", "build", "--dataset", str(data), "--scheme", "semantic", "--tokenizer", "byte",
                  "--pseudo-queries", str(pseudo), "--out", str(tmp_path / "semantic")]) == 0
     assert IdentifierMap.load(tmp_path / "semantic").to_id(test_ids[1]) == "caption number 1"

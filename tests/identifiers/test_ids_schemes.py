@@ -18,7 +18,15 @@ SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 
 
 def _build(name, dataset, seed=0, **cfg):
-    return create_scheme(name, seed=seed, tokenizer="byte", **cfg).build(dataset, random_features(len(dataset), seed=seed))
+    return create_scheme(name, seed=seed, tokenizer="byte", **cfg).build(
+        dataset, random_features(len(dataset), seed=seed), pseudo_queries=tagged_pseudo_queries(dataset))
+
+
+def tagged_pseudo_queries(dataset):
+    """The held-out images' keyword pseudo-queries (the tagged protocol's), through the leak filter."""
+    from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
+
+    return build_pseudo_queries(dataset, KeywordPseudoQueries()).queries
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -171,22 +179,19 @@ def test_ids_read_the_runs_pseudo_queries_never_a_held_out_query(tmp_path):
     assert create_scheme("semantic", tokenizer="byte").build(dataset).to_id("h_fruit") == "image h_fruit"
 
 
-def test_keyword_fallback_only_for_images_the_run_lacks(tmp_path, caplog):
-    """held_out_texts computes (and logs) keyword pseudo-queries only for held-out images missing from the
-    run's own: a run with pseudo-queries for every image must not log the keyword counts as if they were used."""
+def test_held_out_texts_never_fall_back_to_annotations(tmp_path):
+    """Ids read only the run's pseudo-queries: a held-out image the run gave none has no text (under the
+    image-only protocol its keywords are its annotation, and must not reach the ids); a leaking one is dropped."""
     from grace.identifiers.schemes import held_out_texts
 
     dataset = _fruit_and_vehicles(tmp_path)
     full = {"h_fruit": ["plum"], "h_vehicle": ["truck"]}
-    with caplog.at_level("INFO", logger="grace"):
-        assert held_out_texts(dataset, full) == full
-    assert "pseudo-queries (keywords" not in caplog.text
-    caplog.clear()
-    with caplog.at_level("INFO", logger="grace"):
-        partial = held_out_texts(dataset, {"h_fruit": ["plum"]})
-    assert partial == {"h_fruit": ["plum"], "h_vehicle": ["delivery truck vehicle", "delivery truck", "vehicle"]}
-    assert "pseudo-queries (keywords, test): 1 images" in caplog.text
-    assert held_out_texts(dataset)["h_fruit"] == ["plum fruit juicy", "plum fruit", "juicy plum"]
+    assert held_out_texts(dataset, full) == full
+    assert held_out_texts(dataset, {"h_fruit": ["plum"]}) == {"h_fruit": ["plum"]}
+    assert held_out_texts(dataset) == {}
+    held_out_query = next(r for r in dataset.images if r.image_id == "h_vehicle").texts[0]
+    reworded = " ".join(reversed(held_out_query.split())).upper()
+    assert held_out_texts(dataset, {"h_fruit": ["plum", reworded]}) == {"h_fruit": ["plum"]}
 
 
 def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
@@ -197,14 +202,15 @@ def test_structured_on_text_groups_by_visible_texts_only(tmp_path):
     features = np.zeros((len(records), 4), np.float32)  # images carry no signal: only texts can split them
     # seed 2: one k-means init on 14 points depends on it (seed 0 starts both centroids in one group)
     scheme = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="text", seed=2)
-    idmap = scheme.build(dataset, features)
+    idmap = scheme.build(dataset, features, pseudo_queries=tagged_pseudo_queries(dataset))
     top = {r.image_id: idmap.to_id(r.image_id).split(">")[0] for r in records}
     fruit_ids = [f"t{n}" for n in range(6)] + ["h_fruit"]
     vehicle_ids = [f"t{n}" for n in range(6, 12)] + ["h_vehicle"]
     assert len({top[i] for i in fruit_ids}) == 1 and len({top[i] for i in vehicle_ids}) == 1
     assert top["h_fruit"] != top["h_vehicle"]
     assert idmap.config["cluster_on"] == "text"
-    both = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="both").build(dataset, features)
+    both = create_scheme("structured", tokenizer="byte", k=2, c=7, cluster_on="both").build(
+        dataset, features, pseudo_queries=tagged_pseudo_queries(dataset))
     assert len(set(both.identifiers())) == len(records)
     with pytest.raises(GraceError, match="cluster_on"):
         create_scheme("structured", cluster_on="captions").build(dataset, features)

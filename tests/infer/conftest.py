@@ -7,15 +7,23 @@ import pytest
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    """(RUN folder, dataset.json): 48 synthetic images (16 test = the corpus), structured ids, the packaged
+    """(RUN folder, dataset.json): 48 synthetic images (16 test = the corpus, 6 val), structured ids, the packaged
     ``tiny-effnet`` trained a few steps, and the LiT CLIP-FAISS baseline, built by the real ablation stages."""
     from grace.data_process.synthetic import build_synthetic
     from grace.infer.ablate import run_ablation
     from grace.infer.configs import AblateConfig
 
     root = tmp_path_factory.mktemp("small_run")
-    build_synthetic(root / "data", n_images=48, test_every=3)
+    build_synthetic(root / "data", n_images=48, test_every=3, val_every=5)
     dataset_json = root / "data" / "dataset.json"
     run_ablation(AblateConfig(run=root / "run", dataset=dataset_json, schemes=["structured"], steps=6, num_beams=5,
                               baselines=["clip_faiss"], model="tiny-effnet", tokenizer="byte"))
     return root / "run", dataset_json
+
+
+@pytest.fixture(scope="session")
+def tiny_with_val(tmp_path_factory):
+    """24 synthetic images: 4 test, 4 val (choices are made on it), 16 train (do not modify it)."""
+    from grace.data_process.synthetic import build_synthetic
+
+    return build_synthetic(tmp_path_factory.mktemp("with_val") / "data", n_images=24, val_every=5)

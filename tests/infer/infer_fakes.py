@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
 
-from grace.data_process.features import view_cache_dir  # the real folder layout (a pure function)
+from grace.data_process.features import FeatureSet, view_cache_dir  # the real type and folder layout
 
 CALLS: dict[str, int] = {}
 
@@ -87,7 +87,10 @@ def image_features(dataset, encoder="efficientnet-lite0", cache_dir=None, tokens
     (cache_dir / "meta.json").write_text("{}")
     if tokens:
         (cache_dir / "tokens.npy").write_text("")
-    return types.SimpleNamespace(ids=dataset.image_ids(), array=None, encoder=encoder)
+    import numpy as np
+
+    rows = np.random.default_rng(len(dataset)).standard_normal((len(dataset), 8)).astype(np.float32)
+    return FeatureSet(ids=dataset.image_ids(), array=rows, encoder=encoder)
 
 
 def write_shards(dataset, idmap, out_dir, *, pseudo_queries, max_per_shard=1000):

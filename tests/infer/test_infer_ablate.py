@@ -13,24 +13,43 @@ from grace.infer.configs import AblateConfig, DemoConfig
 from grace.infer.demo import demo_ablate_config
 
 
-def test_ablation_smoke_with_stand_in_stages(shared_tiny_dataset, tmp_path, monkeypatch, capsys):
+def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, monkeypatch, capsys):
     install(monkeypatch)
-    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
                           num_beams=4, baselines=["none"])
     results = run_ablation(config)
-    assert set(results) == {"numeric", "structured", "random"}
+    assert set(results) == {"numeric", "structured", "bm25", "random"}  # the controls are in every table
+    saved = json.loads((tmp_path / "run" / "results" / "ablation.json").read_text())
+    val = tiny_with_val.split("val")
+    assert saved["query_sets"]["val"]["structured"]["num_queries"] == len(val) == 4
+    assert saved["query_sets"]["val"]["structured"]["corpus_size"] == 4  # the val images are the val corpus
+    assert (tmp_path / "run" / "trie" / "structured-val" / "corpus.json").is_file()
+    assert (tmp_path / "run" / "results" / "val" / "bm25.json").is_file()
+    selection = saved["selection"]
+    assert selection["split"] == "val" and selection["generative"] in ("numeric", "structured")
+    assert selection["non_generative"] == "bm25" and saved["comparisons"]["reference"] == "bm25"
+    assert set(saved["verdict"]["against"]) == {"bm25"}
     for scheme in ("numeric", "structured"):
-        assert results[scheme]["num_queries"] == len(shared_tiny_dataset.split("test"))
+        assert results[scheme]["num_queries"] == len(tiny_with_val.split("test"))
         assert 0.0 <= results[scheme]["recall@1"] <= results[scheme]["recall@10"] <= 1.0
         assert (tmp_path / "run" / "results" / f"{scheme}.json").is_file()
     out = tmp_path / "run" / "results"
     table = (out / "ablation.md").read_text()
-    assert "| numeric |" in table and "| random |" in table and "train_s" in table
+    assert "| numeric |" in table and "| random |" in table and "| bm25 |" in table and "train_s" in table
+    assert "Protocol `image-only`, pseudo-queries from `knn-captions`" in table
+    assert "(selected)" in table and "Verdict on test" in table and "Query set `val`" in table
+    provenance = json.loads((out / "ablation.json").read_text())["provenance"]
+    assert provenance["query_sets"]["val"]["ids"] == [f"{r.image_id}#0" for r in val]
+    test = tiny_with_val.split("test")
+    assert provenance["protocol"] == "image-only" and provenance["pseudo_queries"]["generator"] == "knn-captions"
+    assert provenance["queries"]["ids"] == [f"{r.image_id}#0" for r in test]
+    assert provenance["queries"]["gold"] == [r.image_id for r in test]
+    assert len(provenance["git"]["commit"]) == 40 and provenance["seeds"]["training"] == [0]
     assert (out / "ablation.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "ckpt" / "numeric" / "train_request.json").read_text())["steps"] == 1
     first = dict(CALLS)
-    assert first["train"] == 2 and first["trie"] == 2 and first["shards"] == 2
+    assert first["train"] == 2 and first["trie"] == 2 * 2 and first["shards"] == 2  # a test and a val trie each
     # second run: every stage reused, nothing rebuilt or retrained
     run_ablation(config)
     again = dict(CALLS)
@@ -40,11 +59,11 @@ def test_ablation_smoke_with_stand_in_stages(shared_tiny_dataset, tmp_path, monk
     assert "reused" in capsys.readouterr().out
     # changing the training config retrains (only) that stage
     run_ablation(AblateConfig(**{**config.__dict__, "steps": 2, "schemes": ["numeric"]}))
-    assert CALLS["train"] == 3 and CALLS["trie"] == 2
+    assert CALLS["train"] == 3 and CALLS["trie"] == 4
     # changing an identifier setting rebuilds that scheme's ids and everything built on them
     settings = {**config.__dict__, "steps": 2, "schemes": ["structured"], "scheme_overrides": '{"k": 5}'}
     run_ablation(AblateConfig(**settings))
-    assert CALLS["ids:structured"] == 2 and CALLS["shards"] == 3 and CALLS["trie"] == 3 and CALLS["train"] == 4
+    assert CALLS["ids:structured"] == 2 and CALLS["shards"] == 3 and CALLS["trie"] == 6 and CALLS["train"] == 4
     run_ablation(AblateConfig(**settings))  # the same settings again: reused
     assert CALLS["ids:structured"] == 2 and CALLS["train"] == 4
 
@@ -53,7 +72,13 @@ def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):
     with pytest.raises(GraceError, match="unknown identifier schemes"):
         run_ablation(AblateConfig(run=tmp_path, schemes=["nope"]))
     with pytest.raises(GraceError, match="unknown baselines"):
-        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], baselines=["bm25"]))
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], baselines=["dense"]))
+    with pytest.raises(GraceError, match="unknown --protocol 'leaky'"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], protocol="leaky"))
+    with pytest.raises(GraceError, match="does not allow the pseudo-query generator 'keywords'"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], pseudo_query_generator="keywords"))
+    with pytest.raises(GraceError, match="--select-on 'test': choose val or none"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], select_on="test"))
 
 
 def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, tmp_path):
@@ -62,8 +87,10 @@ def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, t
     from grace.infer.pipeline import StageTimer
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    from grace.infer.query_sets import split_queries
+
     result = stage_baseline(tmp_path, "clip_faiss", dataset_json, shared_tiny_dataset, StageTimer(),
-                            encoder="efficientnet-lite0")
+                            encoder="efficientnet-lite0", sets=[split_queries(shared_tiny_dataset)])["test"]
     assert result["num_queries"] == sum(len(r.texts) for r in shared_tiny_dataset.split("test"))
     assert result["recall@10"] == 1.0  # 4 test images: every ranking of 10 holds the gold image
     index_config = json.loads((tmp_path / "baselines" / "clip_faiss" / "index" / "index_config.json").read_text())
@@ -102,42 +129,49 @@ def test_an_export_without_its_trie_is_an_error(tmp_path):
         GenerativeRetriever.load(tmp_path / "export")
 
 
-def test_pseudo_query_options_are_saved_beside_and_a_change_is_an_error(shared_tiny_dataset, tmp_path, monkeypatch):
+def test_pseudo_query_settings_are_saved_beside_and_a_change_is_an_error(tiny_with_val, tmp_path,
+                                                                       monkeypatch):
     install(monkeypatch)
-    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
-                          baselines=["none"], pseudo_queries='{"pairs": true, "max_queries": 20}')
+                          baselines=["none"], protocol="tagged", pseudo_queries='{"pairs": true, "max_queries": 20}')
     run_ablation(config)
     data = tmp_path / "run" / "data"
-    assert json.loads((data / "pseudo_queries.config.json").read_text()) == \
-        {"generator": "keywords", "options": {"pairs": True, "max_queries": 20}}
+    saved = json.loads((data / "pseudo_queries.config.json").read_text())
+    assert {k: saved[k] for k in ("protocol", "generator", "options")} == \
+        {"protocol": "tagged", "generator": "keywords", "options": {"pairs": True, "max_queries": 20}}
+    assert saved["leak_filter"]["checked"] > 0 and saved["splits"] == ["test", "val"]
     with_pairs = json.loads((data / "pseudo_queries.json").read_text())
-    record = shared_tiny_dataset.split("test")[0]
+    record = tiny_with_val.split("test")[0]
     words = " ".join(record.meta["keywords"]).split()
     assert f"{words[1]} {words[0]}" in with_pairs[record.image_id]  # a reversed pair: only pairs=True makes it
-    run_ablation(config)  # the same options: reused
-    with pytest.raises(GraceError, match="built with pseudo-query settings"):
+    run_ablation(config)  # the same settings: reused
+    with pytest.raises(GraceError, match="was made with"):
         run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": ""}))
-    given = tmp_path / "given" / "data"  # pseudo-queries from `grace data pseudo-queries` (e.g. a captioner)
-    given.mkdir(parents=True)
-    (given / "pseudo_queries.json").write_text(json.dumps({k: ["a caption"] for k in with_pairs}))
-    (given / "pseudo_queries.config.json").write_text(json.dumps({"generator": "captioner:blip", "split": "test"}))
-    given_config = AblateConfig(**{**config.__dict__, "run": given.parent, "pseudo_queries": ""})
-    run_ablation(given_config)  # used as it is
-    assert json.loads((given / "pseudo_queries.json").read_text())[record.image_id] == ["a caption"]
-    with pytest.raises(GraceError, match="captioner:blip"):
-        run_ablation(AblateConfig(**{**given_config.__dict__, "pseudo_queries": '{"pairs": true}'}))
-    with pytest.raises(GraceError, match="known: .*'pairs'"):
-        run_ablation(AblateConfig(**{**config.__dict__, "run": tmp_path / "other", "pseudo_queries": '{"pair": 1}'}))
+    with pytest.raises(GraceError, match="was made with"):  # the default protocol: another generator
+        run_ablation(AblateConfig(**{**config.__dict__, "protocol": "image-only", "pseudo_queries": ""}))
+    # a pseudo-query file for another dataset (a run folder copied over) is refused by its digest
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    for name in ("pseudo_queries.json", "pseudo_queries.config.json"):
+        (other / "data" / name).write_text((data / name).read_text())
+    smaller = tiny_with_val.subset(tiny_with_val.image_ids()[:12])
+    from grace.data_process.dataset import save_karpathy
+
+    save_karpathy(smaller, other / "dataset.json")
+    with pytest.raises(GraceError, match="made for another dataset"):
+        run_ablation(AblateConfig(**{**config.__dict__, "run": other, "dataset": other / "dataset.json"}))
+    with pytest.raises(GraceError, match="bad pseudo-query options .* knn-captions"):
+        run_ablation(AblateConfig(**{**config.__dict__, "run": tmp_path / "knn", "protocol": "image-only"}))
     with pytest.raises(GraceError, match="--pseudo-queries is not valid JSON"):
         run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": "{pairs: true}"}))
     with pytest.raises(GraceError, match="--train-overrides must be a JSON object"):
         run_ablation(AblateConfig(**{**config.__dict__, "train_overrides": "[1]"}))
 
 
-def test_i2id_views_build_view_caches_and_reach_training(shared_tiny_dataset, tmp_path, monkeypatch):
+def test_i2id_views_build_view_caches_and_reach_training(tiny_with_val, tmp_path, monkeypatch):
     install(monkeypatch)
-    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
                           baselines=["none"], i2id_views=3)
     run_ablation(config)

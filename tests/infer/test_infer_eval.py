@@ -91,15 +91,21 @@ def test_grace_eval_cli_random_baseline(shared_tiny_dataset, tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["eval", "--dataset", str(dataset_json), "--out", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"random"}
+    assert set(results) == {"random", "provenance"}
+    provenance = results.pop("provenance")
+    test = shared_tiny_dataset.split("test")
+    assert provenance["protocol"] == "image-only" and provenance["queries"]["gold"] == [r.image_id for r in test]
+    assert provenance["queries"]["ids"] == [f"{r.image_id}#0" for r in test] and "commit" in provenance["git"]
     assert results["random"]["num_queries"] == len(shared_tiny_dataset.split("test"))
     low, high = results["random"]["recall@1_ci"]  # every recall comes with its interval
     assert low <= results["random"]["recall@1"] <= high and len(results["random"]["gold_ranks"]) == 4
     for name in ("table.md", "recall.png", "latency.png", "config.json"):
         assert (out / name).is_file()
     assert "| random |" in capsys.readouterr().out
-    # bad input: a one-line error naming the file
+    # bad input: a one-line error naming the file, or the flag
     assert main(["eval", "--dataset", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert main(["eval", "--dataset", str(dataset_json), "--out", str(out), "--protocol", "leaky"]) == 2
+    assert "unknown --protocol 'leaky'" in capsys.readouterr().err
 
 
 def test_flamingo_interface_gets_lang_x_and_null_image_per_beam():
@@ -122,3 +128,29 @@ def test_grace_eval_missing_export_is_one_line_error(shared_tiny_dataset, tmp_pa
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "export folder not found" in err[0] and "nope" in err[0]
+
+
+def test_eval_on_hand_written_queries_over_their_split(tiny_with_val, tmp_path, capsys):
+    """--queries-file: the file's queries, paired by its query ids, over the images of the split it names;
+    queries whose image is not in this dataset are dropped (a run on a subset); a wrong file is one line."""
+    from grace.cli import main
+
+    dataset_json = tiny_with_val.root.parent / "dataset.json"
+    val = tiny_with_val.split("val")
+    rows = [{"query_id": f"nq-{n}", "image_id": r.image_id, "text": f"hand written {n}"} for n, r in enumerate(val)]
+    rows.append({"query_id": "nq-gone", "image_id": "not-in-this-subset", "text": "dropped"})
+    natural = tmp_path / "natural.json"
+    natural.write_text(json.dumps({"benchmark": "synthetic", "split": "val", "queries": rows}))
+    out = tmp_path / "results"
+    assert main(["eval", "--dataset", str(dataset_json), "--queries-file", str(natural), "--out", str(out),
+                 "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    queries = results["provenance"]["queries"]
+    assert queries["ids"] == [f"nq-{n}" for n in range(len(val))] and queries["split"] == "val"
+    assert "4 of 5 queries have their image here" in queries["source"]
+    assert results["random"]["corpus_size"] == len(val) == results["random"]["num_queries"]
+    natural.write_text(json.dumps({"split": "val", "queries": [rows[-1]]}))
+    assert main(["eval", "--dataset", str(dataset_json), "--queries-file", str(natural), "--out", str(out)]) == 2
+    assert "none of its 1 queries has its image in this dataset's val split" in capsys.readouterr().err
+    natural.write_text(json.dumps({"split": "val", "queries": [{"image_id": val[0].image_id}]}))
+    assert main(["eval", "--dataset", str(dataset_json), "--queries-file", str(natural), "--out", str(out)]) == 2

@@ -22,14 +22,14 @@ def service(small_run):
 def test_a_run_names_its_generative_and_baseline_retrievers(small_run, tmp_path):
     run, _ = small_run
     specs = run_retriever_specs(run)
-    assert [s.partition(":")[0] for s in specs] == ["generative", "clip_faiss"]
+    assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss"]  # bm25: the lexical control
     with pytest.raises(InputError, match="no trained retriever"):
         run_retriever_specs(tmp_path)
 
 
 def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
     out = service.search(Query(text="a small red circle"), k=4)
-    assert set(out) == {"generative/structured", "clip_faiss"}
+    assert set(out) == {"generative/structured", "bm25", "clip_faiss"}
     generative = out["generative/structured"]["results"]
     assert [r["rank"] for r in generative] == list(range(1, len(generative) + 1)) and len(generative) == 4
     retriever = service.retrievers["generative/structured"]
@@ -47,7 +47,7 @@ def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
 
 def test_bad_requests_are_refused_with_one_line_errors(service):
     for kwargs, message in [({"k": 0}, "positive integer"), ({"k": 10_000}, "larger than the corpus"),
-                            ({"names": ["bm25"]}, "unknown retriever")]:
+                            ({"names": ["dense2"]}, "unknown retriever")]:
         with pytest.raises(InputError, match=message):
             service.search(Query(text="red"), **kwargs)
     with pytest.raises(InputError, match="characters long"):
@@ -76,9 +76,9 @@ def test_search_cli_loads_each_retriever_once_for_many_queries(small_run, tmp_pa
                  "--k", "3", "--json", "a small red circle"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["query"] for p in printed] == ["a small red circle", "blue square", "large green triangle"]
-    assert len(loads) == 2
+    assert len(loads) == 3
     for entry in printed:
-        assert set(entry["results"]) == {"generative/structured", "clip_faiss"}
+        assert set(entry["results"]) == {"generative/structured", "bm25", "clip_faiss"}
         assert all(len(rows) == 3 for rows in entry["results"].values())
     assert main(["search", "--run", str(run), "--dataset", str(dataset_json), "--k", "2", "red circle"]) == 0
     table = capsys.readouterr().out

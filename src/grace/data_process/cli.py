@@ -54,14 +54,23 @@ class FeaturesConfig:
 
 @dataclass
 class PseudoQueriesConfig:
-    """Pseudo-queries for the held-out images (never equal to a held-out query)."""
+    """Pseudo-queries for the held-out (val and test) images, from what the protocol allows; every text passes
+    the leak filter (its counts are printed and saved in OUT's provenance file, F.config.json)."""
 
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
-    generator: str = field(default="keywords", metadata={"help": "keywords | captioner:MODEL_ID (hub id or folder)"})
-    split: str = field(default="test", metadata={"help": "split whose images get pseudo-queries"})
-    max_queries: int = field(default=8, metadata={"help": "keywords: texts kept per image"})
+    protocol: str = field(default="image-only", metadata={
+        "help": "image-only (from the image alone: knn-captions, captioner:MODEL) | tagged (keywords)"})
+    generator: str = field(default="", metadata={
+        "help": "knn-captions | captioner:MODEL_ID (hub id or folder) | keywords (default: the protocol's)"})
+    splits: list[str] = field(default_factory=list, metadata={"help": "splits whose images get pseudo-queries "
+                                                                      "(default: every held-out split)"})
+    max_queries: int = field(default=8, metadata={"help": "keywords / knn-captions: texts kept per image"})
+    k: int = field(default=5, metadata={"help": "knn-captions: nearest training images whose captions are read"})
+    features: Optional[Path] = field(default=None, metadata={
+        "help": "knn-captions: features cache folder (built there if absent; default DATASET_DIR/features/ENCODER)"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "knn-captions: image encoder of the cache"})
     pairs: bool = field(default=False, metadata={"help": "keywords: also every two keyword words as a phrase"})
     templates: list[str] = field(default_factory=lambda: ["{}"], metadata={
         "help": "keywords: templates each text is filled into (one '{}' each, e.g. '{}' 'an emoji of {}')"})
@@ -81,7 +90,7 @@ class ShardsBuildConfig:
     ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
     out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
     pseudo_queries: Optional[Path] = field(default=None, metadata={
-        "help": "JSON from `grace data pseudo-queries` (default: keyword pseudo-queries of the test split)"})
+        "help": "JSON from `grace data pseudo-queries` (the held-out images' t2id texts; none without it)"})
     max_per_shard: int = field(default=1000, metadata={"help": "samples per shard"})
 
 
@@ -172,24 +181,39 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
+    """The keyword arguments of ``generator`` taken from the command's flags."""
+    if generator == "keywords":
+        return {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates}
+    if generator == "knn-captions":
+        return {"k": cfg.k, "max_queries": cfg.max_queries}
+    return {"num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "device": cfg.device,
+            "cache": str(Path(cfg.out).with_suffix(".captions.jsonl"))}  # resumable: captioned images are kept there
+
+
 def _pseudo_queries(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
-    from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator
-    from grace.io_utils import save_config, write_json
+    from grace.data_process.protocol import get_protocol
+    from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator, save_pseudo_queries
 
     cfg = dataclass_from_args(PseudoQueriesConfig, args)
     require(cfg, "dataset", "out")
-    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=not cfg.generator == "keywords")
-    options = {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates} \
-        if cfg.generator == "keywords" else {
-        "num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "device": cfg.device,
-        "cache": Path(cfg.out).with_suffix(".captions.jsonl")}  # resumable: captioned images are kept there
-    queries = build_pseudo_queries(dataset, create_pseudo_query_generator(cfg.generator, **options), split=cfg.split)
-    write_json(cfg.out, queries)
-    save_config(Path(cfg.out).parent, cfg, name=f"{Path(cfg.out).stem}.config.json")
-    print(f"pseudo-queries ({cfg.generator}): {len(queries)} images, {sum(map(len, queries.values()))} texts "
-          f"-> {cfg.out}")
+    protocol = get_protocol(cfg.protocol)
+    generator = protocol.check_generator(cfg.generator or protocol.default_generator)
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=generator != "keywords")
+    options = generator_options(cfg, generator)
+    features = None
+    if generator == "knn-captions":
+        from grace.data_process.features import image_features
+
+        cache = cfg.features or Path(cfg.dataset).parent / "features" / cfg.encoder.replace("/", "_").replace(":", "_")
+        features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
+    made = build_pseudo_queries(dataset, create_pseudo_query_generator(generator, dataset=dataset, features=features,
+                                                                       **options), splits=cfg.splits or None)
+    saved = save_pseudo_queries(cfg.out, made, dataset, protocol=protocol.name, options=options)
+    print(made.summary())
+    print(f"-> {cfg.out} (provenance, digest {saved['digest']}: {Path(cfg.out).stem}.config.json)")
     return 0
 
 
@@ -198,20 +222,17 @@ def _shards_build(args: argparse.Namespace) -> int:
 
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
-    from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
+    from grace.data_process.pseudo_queries import load_pseudo_queries
     from grace.data_process.shards import write_shards
     from grace.identifiers import IdentifierMap
-    from grace.io_utils import read_json, save_config
+    from grace.io_utils import save_config
 
     cfg = dataclass_from_args(ShardsBuildConfig, args)
     require(cfg, "dataset", "ids", "out")
     start = time.perf_counter()
     dataset = load_karpathy(cfg.dataset, cfg.image_root)
     idmap = IdentifierMap.load(cfg.ids)
-    if cfg.pseudo_queries is not None:
-        queries = read_json(cfg.pseudo_queries)
-    else:
-        queries = build_pseudo_queries(dataset, KeywordPseudoQueries(), split="test")
+    queries = load_pseudo_queries(cfg.pseudo_queries, dataset)[0] if cfg.pseudo_queries is not None else {}
     save_config(cfg.out, cfg)
     summary = write_shards(dataset, idmap, cfg.out, pseudo_queries=queries, max_per_shard=cfg.max_per_shard)
     counts = ", ".join(f"{t} {v['samples']} samples in {len(v['shards'])} shards" for t, v in summary["tasks"].items())

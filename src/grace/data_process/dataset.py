@@ -153,3 +153,18 @@ def test_queries(dataset: Dataset, split: str = "test") -> tuple[list[str], list
 
 
 test_queries.__test__ = False  # not a pytest test
+
+
+def query_ids(dataset: Dataset, split: str = "test") -> list[str]:
+    """Stable ids of :func:`test_queries`' queries, in the same order: ``<image id>#<text index>``."""
+    return [f"{r.image_id}#{i}" for r in dataset.split(split) for i in range(len(r.texts))]
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """A short fingerprint of what a pseudo-query file depends on: every image id, its split, and the
+    held-out images' texts (the queries a leak filter checked against)."""
+    import hashlib
+    import json
+
+    rows = sorted((r.image_id, r.split, r.texts if r.split not in TRAIN_SPLITS else []) for r in dataset.images)
+    return hashlib.sha1(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]

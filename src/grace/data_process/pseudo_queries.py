@@ -1,13 +1,18 @@
 """Pseudo-queries: the texts GRACE trains "learning to retrieve" (t2id) on for images whose real captions
-are held out (the test split). A generator is pluggable:
+are held out (the val and test splits). A generator is pluggable; which ones a run may use is its protocol's
+choice (:mod:`grace.data_process.protocol`):
 
-- ``keywords`` (offline default, :class:`KeywordPseudoQueries`): the image's non-query texts
-  (``meta["keywords"]``, e.g. CLDR keywords of an emoji, tags of a clip-art), optionally templated;
-- ``captioner:MODEL_ID`` (:class:`CaptionerPseudoQueries`): an image-text-to-text model, a hub id (online,
-  e.g. ``captioner:Salesforce/blip-image-captioning-base``, as GRACE did) or a saved folder.
+- ``knn-captions`` (:class:`KnnCaptionPseudoQueries`, image-only): the captions of the image's nearest
+  *training* images in the features cache — from the pixels alone, never from the image's own annotation;
+- ``captioner:MODEL_ID`` (:class:`CaptionerPseudoQueries`, image-only): an image-text-to-text model, a hub id
+  (online, e.g. ``captioner:Salesforce/blip-image-captioning-base``, as GRACE did) or a saved folder;
+- ``keywords`` (:class:`KeywordPseudoQueries`, tagged): the image's own metadata (``meta["keywords"]``, e.g.
+  CLDR keywords of an emoji, tags of a clip-art), optionally templated.
 
-:func:`build_pseudo_queries` never returns a text equal (case/space-normalised) to any held-out query of
-the dataset, so no test query can leak into the training shards.
+:func:`build_pseudo_queries` passes every text through the leak filter (:mod:`grace.data_process.leak_filter`):
+none repeats a held-out query, even reworded. :func:`save_pseudo_queries` writes the texts with their
+provenance (protocol, generator, the dataset's digest, the filter's counts) and :func:`load_pseudo_queries`
+refuses a file made for another dataset.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from grace.data_process.dataset import TRAIN_SPLITS, Dataset, ImageRecord
-from grace.errors import GraceError
+from dataclasses import dataclass, field
+
+from grace.data_process.dataset import TRAIN_SPLITS, Dataset, ImageRecord, dataset_digest
+from grace.data_process.leak_filter import LeakCounts, LeakFilter
+from grace.errors import GraceError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,24 @@ def normalise(text: str) -> str:
 def held_out_queries(dataset: Dataset) -> set[str]:
     """Normalised texts of every image outside the training splits (the evaluation queries)."""
     return {normalise(t) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts}
+
+
+def held_out_splits(dataset: Dataset) -> list[str]:
+    """The splits whose images are held out (their texts are queries): val and test where present."""
+    return sorted({r.split for r in dataset.images if r.split not in TRAIN_SPLITS})
+
+
+def leak_filter(dataset: Dataset) -> LeakFilter:
+    """A :class:`LeakFilter` over every held-out query of ``dataset`` (val and test)."""
+    return LeakFilter((t, r.image_id) for r in dataset.images if r.split not in TRAIN_SPLITS for t in r.texts)
+
+
+def pseudo_queries_digest(pseudo_queries: dict[str, list[str]]) -> str:
+    """A short fingerprint of pseudo-queries (ids, indexes and result files record the one they read)."""
+    import hashlib
+
+    text = json.dumps({k: list(v) for k, v in sorted(pseudo_queries.items())}, ensure_ascii=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 class PseudoQueryGenerator(ABC):
@@ -79,6 +105,57 @@ class KeywordPseudoQueries(PseudoQueryGenerator):
             phrases += [f"{b} {a}" for i, a in enumerate(words) for b in words[i + 1:]]
         phrases = list(dict.fromkeys(phrases))
         return [template.format(k) for k in phrases for template in self.templates][: self.max_queries]
+
+
+class KnnCaptionPseudoQueries(PseudoQueryGenerator):
+    """The captions of the ``k`` training images nearest to the image (cosine over a features cache): one
+    caption from each neighbour in turn, nearest first, then their next ones, up to ``max_queries`` texts.
+    Only the held-out image's pixels (through its features) and the training split's captions are read."""
+
+    name = "knn-captions"
+
+    def __init__(self, dataset: Dataset, features, *, k: int = 5, max_queries: int = 8):
+        import numpy as np
+
+        if k < 1 or max_queries < 1:
+            raise GraceError(f"knn-captions needs k >= 1 and max_queries >= 1, got k={k}, max_queries={max_queries}")
+        self.k, self.max_queries = k, max_queries
+        self.train = [r for r in dataset.split("train") if r.texts]
+        if not self.train:
+            raise GraceError("knn-captions needs captioned training images; the dataset has none")
+        self.features = features
+        self._train_rows = self._unit(np.asarray(features.rows([r.image_id for r in self.train]), np.float32))
+
+    @staticmethod
+    def _unit(rows):
+        import numpy as np
+
+        rows = rows.reshape(len(rows), -1)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    def neighbours(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
+        """The ``k`` nearest training images of each record, nearest first (never the image itself)."""
+        import numpy as np
+
+        queries = self._unit(np.asarray(self.features.rows([r.image_id for r in records]), np.float32))
+        scores = queries @ self._train_rows.T
+        for row, record in enumerate(records):  # a training image is never its own neighbour
+            scores[row, [i for i, t in enumerate(self.train) if t.image_id == record.image_id]] = -np.inf
+        k = min(self.k, len(self.train))
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[self.train[i] for i in row] for row in top]
+
+    def generate(self, record: ImageRecord) -> list[str]:
+        return self.generate_batch([record])[0]
+
+    def generate_batch(self, records: Sequence[ImageRecord]) -> list[list[str]]:
+        out = []
+        for near in self.neighbours(records):
+            texts: list[str] = []
+            for depth in range(max(len(r.texts) for r in near)):
+                texts += [r.texts[depth] for r in near if depth < len(r.texts)]
+            out.append(list(dict.fromkeys(t.strip() for t in texts if t.strip()))[: self.max_queries])
+        return out
 
 
 class CaptionerPseudoQueries(PseudoQueryGenerator):
@@ -161,41 +238,101 @@ class CaptionerPseudoQueries(PseudoQueryGenerator):
         return [list(self.cached[r.image_id]) for r in records]
 
 
-def create_pseudo_query_generator(name: str = "keywords", **kwargs) -> PseudoQueryGenerator:
-    """``keywords`` (offline default) or ``captioner:MODEL_ID``."""
+GENERATORS = ("knn-captions", "keywords", "captioner:MODEL_ID")
+
+
+def create_pseudo_query_generator(name: str, *, dataset: Dataset | None = None, features=None,
+                                  **kwargs) -> PseudoQueryGenerator:
+    """``knn-captions`` (needs ``dataset`` and its ``features``), ``keywords`` or ``captioner:MODEL_ID``."""
+    if name == "knn-captions":
+        if dataset is None or features is None:
+            raise GraceError("the knn-captions generator needs the dataset and its features cache")
+        return KnnCaptionPseudoQueries(dataset, features, **kwargs)
     if name == "keywords":
         return KeywordPseudoQueries(**kwargs)
     if name.startswith("captioner:"):
         return CaptionerPseudoQueries(name.removeprefix("captioner:"), **kwargs)
-    raise GraceError(f"unknown pseudo-query generator {name!r}; use keywords or captioner:MODEL_ID")
+    raise GraceError(f"unknown pseudo-query generator {name!r}; known: {', '.join(GENERATORS)}")
 
 
-def build_pseudo_queries(dataset: Dataset, generator: PseudoQueryGenerator | None = None, *,
-                         split: str = "test", batch_size: int = 32,
-                         image_ids: set[str] | None = None) -> dict[str, list[str]]:
-    """``{image_id: [pseudo-queries]}`` for the images of ``split`` (only those in ``image_ids`` if given);
-    held-out queries are removed, and duplicates within an image dropped. Images left with none are logged
-    (they get only i2id samples)."""
-    generator = generator or KeywordPseudoQueries()
-    banned = held_out_queries(dataset)
-    records = [r for r in dataset.split(split) if image_ids is None or r.image_id in image_ids]
+@dataclass
+class PseudoQuerySet:
+    """Pseudo-queries ``{image_id: [texts]}`` with what the leak filter dropped on the way."""
+
+    queries: dict[str, list[str]]
+    generator: str
+    splits: list[str]
+    leak: LeakCounts = field(default_factory=LeakCounts)
+
+    def summary(self) -> str:
+        empty = sum(not t for t in self.queries.values())
+        return (f"pseudo-queries ({self.generator}, {'+'.join(self.splits)}): {len(self.queries)} images, "
+                f"{sum(map(len, self.queries.values()))} texts; leak filter dropped {self.leak.dropped} of "
+                f"{self.leak.checked} ({self.leak.dropped_equal} same words as a held-out query, "
+                f"{self.leak.dropped_contains} containing one; {self.leak.dropped_own_image} the image's own); "
+                f"{empty} images without any")
+
+
+def build_pseudo_queries(dataset: Dataset, generator: PseudoQueryGenerator, *, splits: Sequence[str] | None = None,
+                         batch_size: int = 32, image_ids: set[str] | None = None) -> PseudoQuerySet:
+    """Pseudo-queries for the images of ``splits`` (default: every held-out split; only ``image_ids`` if
+    given). Each text passes the leak filter against every held-out query; duplicates within an image are
+    dropped. Images left with none get only i2id samples."""
+    splits = list(splits or held_out_splits(dataset))
+    guard = leak_filter(dataset)
+    records = [r for r in dataset.split(*splits) if image_ids is None or r.image_id in image_ids]
     out: dict[str, list[str]] = {}
-    removed = empty = 0
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
         for record, candidates in zip(batch, generator.generate_batch(batch)):
             kept, seen = [], set()
             for text in candidates:
                 key = normalise(text)
-                if not key or key in seen:
-                    continue
-                if key in banned:
-                    removed += 1
-                    continue
-                seen.add(key)
-                kept.append(text.strip())
+                if key and key not in seen and guard.keep(text, record.image_id):
+                    seen.add(key)
+                    kept.append(text.strip())
             out[record.image_id] = kept
-            empty += not kept
-    log.info("pseudo-queries (%s, %s): %d images, %d texts; %d equal to a held-out query removed; %d images "
-             "without any", generator.name, split, len(out), sum(map(len, out.values())), removed, empty)
-    return out
+    result = PseudoQuerySet(out, generator.name, splits, guard.counts)
+    log.info(result.summary())
+    return result
+
+
+def config_path(path: str | Path) -> Path:
+    """The provenance file beside a pseudo-query file: ``F.json`` → ``F.config.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.config.json")
+
+
+def save_pseudo_queries(path: str | Path, result: PseudoQuerySet, dataset: Dataset, *, protocol: str,
+                        options: dict | None = None) -> dict:
+    """Write ``path`` (``{image_id: [texts]}``) and, last, its provenance beside it; returns the provenance."""
+    from grace.io_utils import write_json
+
+    provenance = {"protocol": protocol, "generator": result.generator, "options": options or {},
+                  "splits": result.splits, "dataset": dataset.name, "dataset_digest": dataset_digest(dataset),
+                  "digest": pseudo_queries_digest(result.queries), "leak_filter": result.leak.as_dict()}
+    write_json(path, result.queries)
+    write_json(config_path(path), provenance)
+    return provenance
+
+
+def load_pseudo_queries(path: str | Path, dataset: Dataset) -> tuple[dict[str, list[str]], dict]:
+    """``(queries, provenance)`` of a file written by :func:`save_pseudo_queries`; a file made for another
+    dataset (or without its provenance, or edited since) is a one-line error naming it."""
+    from grace.io_utils import read_json
+
+    path = Path(path)
+    if not config_path(path).is_file():
+        raise InputError(f"no provenance file {config_path(path).name} beside it; write pseudo-queries with "
+                         f"`grace data pseudo-queries`", path=path)
+    provenance = read_json(config_path(path))
+    queries = read_json(path)
+    if not isinstance(queries, dict) or not all(isinstance(v, list) for v in queries.values()):
+        raise InputError("expected an object {image_id: [texts]}", path=path)
+    if provenance.get("dataset_digest") != dataset_digest(dataset):
+        raise InputError(f"made for another dataset (digest {provenance.get('dataset_digest')} from "
+                         f"{provenance.get('dataset')!r}, this one is {dataset_digest(dataset)}); rebuild it for "
+                         f"this dataset", path=path)
+    if provenance.get("digest") != pseudo_queries_digest(queries):
+        raise InputError("its texts changed since its provenance was written (digest mismatch)", path=path)
+    return queries, provenance

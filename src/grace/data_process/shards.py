@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from grace.data_process.dataset import TRAIN_SPLITS, Dataset
-from grace.data_process.pseudo_queries import held_out_queries, normalise
+from grace.data_process.pseudo_queries import leak_filter
 from grace.errors import InputError
 from grace.io_utils import read_json, write_json
 
@@ -56,12 +56,12 @@ def _safe_key(image_id: str) -> str:
 
 
 def plan_samples(dataset: Dataset, idmap, pseudo_queries: dict[str, list[str]]) -> dict[str, list[ShardSample]]:
-    """The i2id and t2id samples, in dataset order. Raises :class:`InputError` if a pseudo-query equals a
-    held-out query (a leak) or names an image that is not in the dataset."""
+    """The i2id and t2id samples, in dataset order. Raises :class:`InputError` if a pseudo-query leaks a
+    held-out query (the leak filter's word bags) or names an image that is not in the dataset."""
     unknown = sorted(set(pseudo_queries) - set(dataset.image_ids()))
     if unknown:
         raise InputError(f"pseudo-queries for {len(unknown)} unknown images, e.g. {unknown[0]!r}", path=dataset.name)
-    banned = held_out_queries(dataset)
+    guard = leak_filter(dataset)
     samples: dict[str, list[ShardSample]] = {task: [] for task in TASKS}
     keys: set[str] = set()
     for record in dataset.images:
@@ -76,9 +76,9 @@ def plan_samples(dataset: Dataset, idmap, pseudo_queries: dict[str, list[str]]) 
             texts = record.texts
         else:
             texts = pseudo_queries.get(record.image_id, [])
-            leaks = [t for t in texts if normalise(t) in banned]
+            leaks = [t for t in texts if not guard.keep(t, record.image_id)]
             if leaks:
-                raise InputError(f"pseudo-query {leaks[0]!r} is a held-out query: it would leak into training",
+                raise InputError(f"pseudo-query {leaks[0]!r} repeats a held-out query: it would leak into training",
                                  path=dataset.name, entry=record.image_id)
         for j, text in enumerate(texts):
             samples["t2id"].append(ShardSample(key=f"{key}-t{j}", text=text, task="t2id", **common))

@@ -42,7 +42,7 @@ def build_synthetic(out_dir: str | Path, *, n_images: int = 24, image_size: int 
     """Write ``out_dir/dataset.json`` + ``out_dir/images/*.png`` with up to 64 distinct shapes.
 
     Every ``test_every``-th image is a test image (every ``val_every``-th a val image, when > 0).
-    Test images hold their query ("a small red circle") as the caption and synonyms as keywords.
+    Held-out (test, val) images hold their query ("a small red circle") as the caption and synonyms as keywords.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def build_synthetic(out_dir: str | Path, *, n_images: int = 24, image_size: int 
             split = "val"
         texts = [f"a {size} {colour} {shape}", f"{colour} {shape}, {size}"]
         meta = {"keywords": [f"{colour} {shape}", f"{size} {shape}", colour, shape]}
-        if split == "test":
+        if split in ("test", "val"):  # held out: the query is its only text
             texts = [f"a {size} {colour} {shape}"]
         records.append(ImageRecord(image_id=image_id, path=path, split=split, texts=texts, meta=meta))
     dataset = Dataset(records, name="synthetic-shapes", root=out_dir / "images")

@@ -31,7 +31,7 @@ class IdsBuildConfig:
     text_encoder: str = field(default="minilm", metadata={"help": "structured: text encoder of --cluster-on text"})
     pseudo_queries: Path | None = field(default=None, metadata={
         "help": "held-out images' texts for semantic / text-clustered ids: JSON from `grace data pseudo-queries` "
-                "(default: their keyword pseudo-queries)"})
+                "(required by those schemes)"})
     seed: int = field(default=0, metadata={"help": "seed"})
     tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer: smollm2, byte, a folder or HF id"})
 
@@ -63,8 +63,10 @@ def _ids_build(args: argparse.Namespace) -> int:
 
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import load_pseudo_queries
+    from grace.errors import GraceError
     from grace.identifiers import create_scheme
-    from grace.io_utils import read_json
+    from grace.identifiers.schemes import reads_held_out_texts
 
     cfg = dataclass_from_args(IdsBuildConfig, args)
     require(cfg, "dataset", "out")
@@ -80,7 +82,11 @@ def _ids_build(args: argparse.Namespace) -> int:
     scheme = create_scheme(cfg.scheme, seed=cfg.seed, tokenizer=cfg.tokenizer, k=cfg.k, c=cfg.c,
                            kmeans=cfg.kmeans, encoder=cfg.encoder, cluster_on=cfg.cluster_on,
                            text_encoder=cfg.text_encoder)
-    pseudo_queries = read_json(cfg.pseudo_queries) if cfg.pseudo_queries is not None else None
+    pseudo_queries = load_pseudo_queries(cfg.pseudo_queries, dataset)[0] if cfg.pseudo_queries is not None else None
+    if pseudo_queries is None and reads_held_out_texts(cfg.scheme, cfg.cluster_on):
+        raise GraceError(f"--scheme {cfg.scheme}{' --cluster-on ' + cfg.cluster_on if cfg.scheme == 'structured' else ''}"
+                         f" reads the held-out images' pseudo-queries: give --pseudo-queries F "
+                         f"(from `grace data pseudo-queries`)")
     idmap = scheme.build(dataset, features, pseudo_queries=pseudo_queries)
     idmap.save(cfg.out)
     tok = idmap.tokenizer()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grace.data_process.dataset import TRAIN_SPLITS
-from grace.data_process.pseudo_queries import held_out_queries, normalise
+from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
 from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
@@ -114,37 +114,13 @@ def _disambiguate(names: list[str]) -> list[str]:
     return out
 
 
-def pseudo_queries_digest(pseudo_queries: dict[str, list[str]]) -> str:
-    """A short fingerprint of pseudo-queries (text-clustered ids record the one they were built from)."""
-    import hashlib
-    import json
-
-    text = json.dumps({k: list(v) for k, v in sorted(pseudo_queries.items())}, ensure_ascii=False)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def keyword_pseudo_queries(dataset, image_ids: set[str] | None = None) -> dict[str, list[str]]:
-    """Pseudo-queries of the held-out images (all, or those in ``image_ids``) from the data stage's keyword
-    generator: never a held-out text."""
-    from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries
-
-    found: dict[str, list[str]] = {}
-    generator = KeywordPseudoQueries()
-    wanted = [r for r in dataset.images if r.split not in TRAIN_SPLITS and (image_ids is None or r.image_id in image_ids)]
-    for split in sorted({r.split for r in wanted}):
-        found.update(build_pseudo_queries(dataset, generator, split=split, image_ids=image_ids))
-    return found
-
-
 def held_out_texts(dataset, pseudo_queries: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    """The texts that ids read for held-out images: ``pseudo_queries`` (the run's) where given, else the
-    images' keyword pseudo-queries; a held-out query among them is dropped (it would leak into the ids)."""
-    banned = held_out_queries(dataset)
-    merged = dict(pseudo_queries or {})
-    missing = {r.image_id for r in dataset.images if r.split not in TRAIN_SPLITS} - merged.keys()
-    if missing:  # only these fall back to keywords
-        merged.update(keyword_pseudo_queries(dataset, missing))
-    return {image_id: [t for t in texts if normalise(t) not in banned] for image_id, texts in merged.items()}
+    """The texts that ids read for held-out images: the run's ``pseudo_queries`` only (an image without any
+    has none: nothing falls back to its annotations); a text that leaks a held-out query is dropped."""
+    guard = leak_filter(dataset)
+    held_out = {r.image_id for r in dataset.images if r.split not in TRAIN_SPLITS}
+    return {image_id: [t for t in texts if guard.keep(t, image_id)]
+            for image_id, texts in (pseudo_queries or {}).items() if image_id in held_out}
 
 
 def reads_held_out_texts(scheme: str, cluster_on: str = "image") -> bool:

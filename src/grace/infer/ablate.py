@@ -17,11 +17,13 @@ from grace.infer.configs import BASELINES, SCHEMES, AblateConfig
 from grace.io_utils import save_config, seed_everything, write_json
 
 KS = (1, 5, 10)
+#: scored in every table: the lexical control over the run's pseudo-queries, and chance
+CONTROLS = ("bm25", "random")
 
 
 def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
-               timer: P.StageTimer) -> dict:
-    """One scheme end to end; returns its eval metrics plus train/stage seconds."""
+               timer: P.StageTimer, sets: list) -> dict[str, dict]:
+    """One scheme end to end; returns ``{query set: eval metrics plus train seconds}``."""
     overrides = json_options(config.train_overrides, "--train-overrides")
     if config.i2id_views != 1:
         overrides = {"i2id_views": config.i2id_views, **overrides}
@@ -31,15 +33,17 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
     force = config.force or f"ids/{scheme}" not in timer.skipped  # new ids: nothing built on the old ones is kept
     P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=force)
-    trie = P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, force=force)
+    tries = {split: P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, split=split, force=force)
+             for split in dict.fromkeys(query_set.split for query_set in sets)}
     values = P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
                                    batch_size_i2id=config.batch_size_i2id, batch_size_t2id=config.batch_size_t2id,
                                    encoder=config.encoder, seed=config.seed, overrides=overrides)
     export = P.stage_train(run, scheme, values, timer, nproc=config.nproc, force=force)
-    res = P.stage_eval(run, scheme, export, dataset, idmap, trie, tokenizer, timer, num_beams=config.num_beams,
-                       max_queries=config.max_queries, seed=config.seed)
-    res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
-    return res
+    by_set = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=sets, tries=tries,
+                          num_beams=config.num_beams)
+    for res in by_set.values():
+        res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
+    return by_set
 
 
 def json_options(text: str, option: str) -> dict:
@@ -65,66 +69,133 @@ def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> floa
     return 0.0
 
 
-def write_ablation(run: Path, results: dict[str, dict], config, gold: list[str] | None = None) -> str:
+def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> dict:
+    """How a table was made: protocol, pseudo-query source and digest (with the leak filter's counts), the
+    query ids and gold images of every query set, the seeds, and the code's commit."""
+    from grace.provenance import git_state
+
+    leak = {k: v for k, v in pseudo_queries.get("leak_filter", {}).items() if k != "examples"}
+    return {"protocol": config.protocol,
+            "pseudo_queries": {key: pseudo_queries.get(key) for key in ("generator", "options", "digest", "splits")}
+            | {"leak_filter": leak},
+            "queries": sets[0].provenance(), "query_sets": {s.name: s.provenance() for s in sets[1:]},
+            "selected_on": config.select_on,
+            "seeds": {"training": [config.seed], "data_split": config.seed, "bootstrap": config.seed},
+            "git": git_state()}
+
+
+def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, config,
+                   provenance: dict | None = None) -> str:
     """ablation.json / ablation.md / ablation.png; returns the Markdown tables.
 
-    Every recall gets its 95% bootstrap interval (resampling gold images), and every generative scheme
-    is compared, on the same queries, with the best baseline by R@1 (paired bootstrap + McNemar).
+    Every recall gets its 95% bootstrap interval (resampling gold images). With ``--select-on val`` the best
+    generative and non-generative rows are chosen by their val recall (``selection`` in the JSON), every scheme
+    is compared on test with that non-generative row, and the verdict states the chosen generative row against
+    it and the BM25 control; without, the reference is the best non-generative row on test (and says so).
     """
     from grace.infer.report import markdown_table, paired_markdown, plot_recall_bars, recall_rows, write_table
+    from grace.infer.selection import select_on, verdict, verdict_markdown
     from grace.stats import summarise
 
     out = run / "results"
+    gold = {query_set.name: query_set.gold for query_set in sets}
+    results = by_set["test"]
     schemes = [name for name in results if name in SCHEMES]
-    baselines = [name for name in results if name in BASELINES]
-    comparisons = summarise(results, KS, candidates=schemes, references=baselines, clusters=gold, seed=config.seed)
-    write_json(out / "ablation.json", {**results, "comparisons": comparisons})
+    non_generative = [name for name in results if name in BASELINES or name == "bm25"]
+    others = {}
+    for query_set in sets[1:]:
+        rows = by_set[query_set.name]
+        others[query_set.name] = {**rows, "comparisons": summarise(rows, KS, candidates=schemes, references=non_generative,
+                                                                   clusters=gold[query_set.name], seed=config.seed)}
+    selection = select_on(by_set["val"], schemes, non_generative) if "val" in by_set else None
+    references = [selection["non_generative"]] if selection and selection["non_generative"] else non_generative
+    comparisons = summarise(results, KS, candidates=schemes, references=references, clusters=gold["test"],
+                            seed=config.seed)
+    decision = verdict(results, selection, KS, clusters=gold["test"], seed=config.seed) if selection else None
+    write_json(out / "ablation.json", {**results, "comparisons": comparisons, "query_sets": others,
+                                       **({"selection": selection, "verdict": decision} if selection else {}),
+                                       **({"provenance": provenance} if provenance else {})})
     save_config(out, config, name="ablation_config.json")
     columns = ["retriever"] + [f"R@{k}" for k in KS] + ["train_s", "latency_ms", "index_kB", "num_queries"]
     rows = recall_rows(results, KS)
-    paired = paired_markdown(comparisons, KS, "baseline")
+    if selection:
+        columns.insert(1, "val R@1")
+        for row in rows:
+            name = row["retriever"]
+            if name in by_set["val"]:
+                row["val R@1"] = f"{100 * by_set['val'][name]['recall@1']:.1f}" + \
+                    (" (selected)" if name in (selection["generative"], selection["non_generative"]) else "")
+    paired = paired_markdown(comparisons, KS, "non-generative row")
+    if selection:
+        paired = paired.replace("the best non-generative row by R@1", "the non-generative row selected on val")
+    rest = paired + (verdict_markdown(decision, KS) if decision else "")
+    for query_set in sets[1:]:
+        set_rows = recall_rows({k: v for k, v in others[query_set.name].items() if k != "comparisons"}, KS)
+        rest += f"\nQuery set `{query_set.name}` ({query_set.source}):\n\n" + \
+            markdown_table(set_rows, ["retriever"] + [f"R@{k}" for k in KS] + ["num_queries", "corpus_size"])
+    protocol = f"Protocol `{provenance['protocol']}`, pseudo-queries from `{provenance['pseudo_queries']['generator']}`; " \
+        if provenance else ""
     write_table(out / "ablation.md", "Identifier ablation", rows, columns,
-                notes="Recall in % on held-out test queries, [95% bootstrap interval over gold images]; "
-                      "train_s = training wall time; latency in ms/query; index_kB = trie / index size.", extra=paired)
+                notes=f"{protocol}Recall in % on held-out test queries, [95% bootstrap interval over gold images]; "
+                      "bm25 = the lexical control over the same pseudo-queries the generative rows memorise; "
+                      "train_s = training wall time; latency in ms/query; index_kB = trie / index size.", extra=rest)
     plot_recall_bars(results, KS, out / "ablation.png", title="Identifier schemes: Recall@K (95% CI)")
-    return markdown_table(rows, columns) + paired
+    return markdown_table(rows, columns) + rest
 
 
 def run_ablation(config: AblateConfig) -> dict[str, dict]:
+    """Every scheme, the baselines and the controls on every query set; returns the test results."""
+    from grace.data_process.protocol import get_protocol
+    from grace.infer.query_sets import query_sets
+
     unknown = sorted(set(config.schemes) - set(SCHEMES))
     if unknown:
         raise GraceError(f"unknown identifier schemes {unknown}; known: {list(SCHEMES)}")
-    baselines = [b for b in config.baselines if b != "none"]
+    baselines = [b for b in config.baselines if b not in ("none", "bm25")]  # bm25: a control, always scored
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    protocol = get_protocol(config.protocol)  # an unknown protocol or a generator it refuses fails first
+    protocol.check_generator(config.pseudo_query_generator or protocol.default_generator)
+    if config.select_on not in ("val", "none"):
+        raise GraceError(f"--select-on {config.select_on!r}: choose val or none")
     seed_everything(config.seed)
     run = Path(config.run)
     timer = P.StageTimer()
     started = time.perf_counter()
     dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
                               benchmark=config.benchmark, image_root=config.image_root)
+    sets = query_sets(dataset, max_queries=config.max_queries, select_on=config.select_on,
+                      natural_queries=config.natural_queries)
     features = P.stage_features(run, dataset, config.encoder, timer,
                                 tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1,
                                 views=config.i2id_views if config.schemes else 1, seed=config.seed)
-    pseudo_queries = P.stage_pseudo_queries(run, dataset, timer, json_options(config.pseudo_queries,
-                                                                              "--pseudo-queries"))
-    results = {scheme: run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer)
-               for scheme in config.schemes}
+    pseudo_queries, pq_provenance = P.stage_pseudo_queries(
+        run, dataset, features, timer, protocol=config.protocol, generator=config.pseudo_query_generator,
+        options=json_options(config.pseudo_queries, "--pseudo-queries"))
+    by_set: dict[str, dict[str, dict]] = {query_set.name: {} for query_set in sets}
+
+    def add(name: str, results: dict[str, dict]) -> None:
+        for set_name, result in results.items():
+            by_set[set_name][name] = result
+
+    for scheme in config.schemes:
+        add(scheme, run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer, sets))
     dataset_json = run / "data" / "dataset.json"
-    for kind in baselines:
-        results[kind] = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder,
-                                       seed=config.seed, max_queries=config.max_queries)
-        results[kind]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
-    results["random"] = P.random_baseline(dataset, max_queries=config.max_queries, seed=config.seed)
-    _, gold = P.test_split_queries(dataset, config.max_queries)
-    tables = write_ablation(run, results, config, gold)
+    for kind in [*baselines, "bm25"]:
+        scored = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder, sets=sets,
+                                seed=config.seed)
+        scored["test"]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
+        add(kind, scored)
+    add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
+    provenance = run_provenance(config, pq_provenance, sets)
+    tables = write_ablation(run, by_set, sets, config, provenance)
     print(tables, end="")
     print(f"stage seconds: { {k: round(v, 1) for k, v in timer.seconds.items()} }")
     if config.publish is not None:
         paths = publish(run, config, tables, time.perf_counter() - started, timer)
         print(f"published {', '.join(map(str, paths))}")
-    return results
+    return by_set["test"]
 
 
 def machine_description() -> str:
@@ -155,13 +226,15 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
 
     from grace.io_utils import atomic_write_text, read_json
 
-    name = f"{_benchmark_name(config)}-{Path(config.model).stem}"
+    name = f"{_benchmark_name(config)}-{Path(config.model).stem}-{config.protocol}"
     out = Path(config.publish)
     out.mkdir(parents=True, exist_ok=True)
     args = shlex.join(sys.argv[1:])
     command = f"grace {args}" if Path(sys.argv[0]).name in ("grace", "cli.py", "__main__.py") \
         else shlex.join(sys.argv)
-    provenance = {"command": command, "machine": machine_description(), "wall_s": round(wall_s, 1),
+    ablation = read_json(run / "results" / "ablation.json")
+    provenance = {**ablation.get("provenance", {}), "command": command, "machine": machine_description(),
+                  "wall_s": round(wall_s, 1),
                   "date": time.strftime("%Y-%m-%d"), "stage_seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
                   "reused_stages": sorted(timer.skipped), "config": read_json(run / "results" / "ablation_config.json")}
     previous = out / f"{name}.json"  # a re-run that reuses trained stages keeps the full run's wall time
@@ -170,17 +243,22 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
         full = old.get("full_run_wall_s") or (old.get("wall_s") if not old.get("reused_stages") else None)
         if full:
             provenance["full_run_wall_s"], provenance["full_run_date"] = full, old.get("full_run_date", old.get("date"))
-    record = {**read_json(run / "results" / "ablation.json"), "provenance": provenance}
+    record = {**ablation, "provenance": provenance}
     write_json(out / f"{name}.json", record)
     reused = f" (stages reused from an earlier run: {', '.join(sorted(timer.skipped))})" if timer.skipped else ""
     if "full_run_wall_s" in provenance:
         reused += (f"; the run that built them took {provenance['full_run_wall_s'] / 60:.1f} min "
                    f"({provenance['full_run_date']})")
-    text = (f"# Identifier ablation: {_benchmark_name(config)}, model {Path(config.model).stem}\n\n{tables}\n"
+    git = provenance.get("git", {})
+    text = (f"# Identifier ablation: {_benchmark_name(config)}, model {Path(config.model).stem}, protocol "
+            f"`{config.protocol}`\n\n{tables}\n"
             f"Recall in % on the held-out test queries with [95% bootstrap intervals over gold images]; latency in "
             f"ms/query; train_s = training (baselines: building) wall time; index_bytes in the JSON.\n\n"
             f"- command: `{command}`\n- machine: {provenance['machine']}\n"
-            f"- wall time: {wall_s / 60:.1f} min{reused}\n- date: {provenance['date']}\n")
+            f"- wall time: {wall_s / 60:.1f} min{reused}\n- date: {provenance['date']}\n"
+            f"- commit: {git.get('commit')}{' (with uncommitted changes)' if git.get('dirty') else ''}\n"
+            f"- pseudo-queries: {provenance.get('pseudo_queries', {}).get('generator')} (digest "
+            f"{provenance.get('pseudo_queries', {}).get('digest')}); query ids in the JSON\n")
     atomic_write_text(out / f"{name}.md", text)
     shutil.copyfile(run / "results" / "ablation.png", out / f"{name}.png")
     return [out / f"{name}.{ext}" for ext in ("md", "json", "png")]

@@ -9,13 +9,18 @@ from pathlib import Path
 from typing import Callable
 
 from grace.errors import GraceError
-from grace.infer.pipeline import features_dir, folder_bytes, test_split_queries
+from grace.infer.pipeline import features_dir, folder_bytes, result_path
 from grace.retriever import Retriever
 
 
+def index_name(split: str) -> str:
+    """``index`` over the test images, ``index-<split>`` over another split's."""
+    return "index" if split == "test" else f"index-{split}"
+
+
 def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
-                     progress: bool = True) -> Retriever:
-    """LiT heads on the train pairs → LiT features of the test images → exact (Flat) FAISS index."""
+                     progress: bool = True, split: str = "test") -> Retriever:
+    """LiT heads on the train pairs → LiT features of the ``split`` images → exact (Flat) FAISS index."""
     from grace.retrieval_baselines.clip_faiss.configs import BuildIndexConfig, ExtractConfig, TrainHeadsConfig
     from grace.retrieval_baselines.clip_faiss.extract import extract_chunk, merge_chunks
     from grace.retrieval_baselines.clip_faiss.heads import train_heads
@@ -23,12 +28,13 @@ def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficient
     from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
 
     root = run / "baselines" / "clip_faiss"
-    heads, features, index = root / "heads", root / "features", root / "index"
+    heads = root / "heads"
+    features, index = root / ("features" if split == "test" else f"features-{split}"), root / index_name(split)
     if not (heads / "train_config.json").is_file():  # written last
         train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
                                      cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
     if not (index / "config.json").is_file():  # written last
-        extract_chunk(ExtractConfig(source=dataset_json, out=features, model=f"lit:{heads}", split="test",
+        extract_chunk(ExtractConfig(source=dataset_json, out=features, model=f"lit:{heads}", split=split,
                                     progress=progress))
         merge_chunks(features)
         build_index(BuildIndexConfig(features=features, out=index, index="Flat", seed=seed))
@@ -36,43 +42,71 @@ def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficient
 
 
 def build_late_interaction(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
-                           progress: bool = True) -> Retriever:
+                           progress: bool = True, split: str = "test") -> Retriever:
     """ColBERT-style text encoder trained against visual-token documents of the train images, then an
-    index over the test images (``grace.retrieval_baselines.late_interaction``)."""
+    index over the ``split`` images (``grace.retrieval_baselines.late_interaction``)."""
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
     return build_text_to_image(dataset_json, run / "baselines" / "late_interaction", seed=seed, progress=progress,
-                               cache_dir=features_dir(run, encoder))
+                               cache_dir=features_dir(run, encoder), split=split, index=index_name(split))
+
+
+def build_bm25(run: Path, dataset_json: Path, *, encoder: str = "", seed: int = 0, progress: bool = True,
+               split: str = "test") -> Retriever:
+    """The lexical control: BM25 over the run's pseudo-queries (RUN/data/pseudo_queries.json), one document per
+    ``split`` image; rebuilt when those pseudo-queries changed."""
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import load_pseudo_queries
+    from grace.io_utils import read_json
+    from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
+
+    index = run / "baselines" / "bm25" / index_name(split)
+    dataset = load_karpathy(dataset_json, check_files=False)
+    queries, provenance = load_pseudo_queries(run / "data" / "pseudo_queries.json", dataset)
+    source = {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
+              "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
+    if (index / "config.json").is_file() and read_json(index / "config.json").get("source") == source:
+        return BM25Retriever.load(index)
+    corpus = [r.image_id for r in dataset.split(split)]
+    return BM25Retriever.load(BM25Retriever.from_pseudo_queries(queries, corpus, seed=seed, source=source).save(index))
 
 
 BASELINES: dict[str, Callable[..., Retriever]] = {
     "clip_faiss": build_clip_faiss,
     "late_interaction": build_late_interaction,
+    "bm25": build_bm25,
 }
 
 
-def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, seed: int = 0,
-                   max_queries: int = 0) -> dict:
-    """Build (or reuse) one baseline and evaluate it on the test queries → RUN/results/<kind>.json."""
+def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, sets: list,
+                   seed: int = 0) -> dict[str, dict]:
+    """Build (or reuse) one baseline over each query set's corpus and evaluate it on those queries →
+    ``{set name: result}``, each written to ``pipeline.result_path``."""
     from grace.infer.evaluate import evaluate
     from grace.io_utils import write_json
 
     if kind not in BASELINES:
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
-    queries, gold = test_split_queries(dataset, max_queries)
-    index_dir = Path(run) / "baselines" / kind / "index"
+    out: dict[str, dict] = {}
+    for split in dict.fromkeys(query_set.split for query_set in sets):
+        index_dir = Path(run) / "baselines" / kind / index_name(split)
 
-    def build() -> Retriever:  # each builder reuses what its folder already holds
-        return BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed)
+        def build(split=split) -> Retriever:  # each builder reuses what its folder already holds
+            return BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed, split=split)
 
-    retriever = timer.run(f"build/{kind}", (index_dir / "config.json").is_file(), build, build)  # written last
+        stage = f"build/{kind}" if split == "test" else f"build/{kind}/{split}"
+        retriever = timer.run(stage, (index_dir / "config.json").is_file(), build, build)  # written last
 
-    def score() -> dict:
-        result = evaluate(retriever, queries, gold)
-        result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
-        result["index_bytes"] = folder_bytes(index_dir)
-        result["corpus_size"] = len(dataset.split("test"))
-        write_json(Path(run) / "results" / f"{kind}.json", result)
-        return result
+        def score(retriever=retriever, split=split, index_dir=index_dir) -> dict:
+            scored = {}
+            for query_set in (s for s in sets if s.split == split):
+                result = evaluate(retriever, query_set.texts, query_set.gold)
+                result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
+                result["index_bytes"] = folder_bytes(index_dir)
+                result["corpus_size"] = len(dataset.split(split))
+                write_json(result_path(Path(run), query_set.name, kind), result)
+                scored[query_set.name] = result
+            return scored
 
-    return timer.run(f"eval/{kind}", False, score, lambda: None)
+        out.update(timer.run(f"eval/{kind}" if split == "test" else f"eval/{kind}/{split}", False, score, lambda: None))
+    return out

@@ -30,6 +30,12 @@ class EvalConfig:
         "help": "M2KR: a query without an image gets a black 336x336 image, as PreFLMR's evaluation does"})
     retriever: list[str] = field(default_factory=list, metadata={"help": "KIND:PATH, repeatable (generative:RUN/ckpt/structured/export)"})
     split: str = field(default="test", metadata={"help": "split whose texts are the queries"})
+    queries_file: Path | None = field(default=None, metadata={
+        "help": "instead of the split's own texts: hand-written queries (benchmarks/natural_queries/<benchmark>-val.json), "
+                "over the images of the split the file names"})
+    protocol: str = field(default="image-only", metadata={
+        "help": "image-only | tagged: the protocol the retrievers were built under (recorded in the results; "
+                "checked against the run's pseudo-queries when the dataset sits in a run folder)"})
     out: Path = field(default=Path("runs/emoji/results"), metadata={"help": "output folder"})
     ks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "recall cut-offs (any K, e.g. 1 5 10 20 50 100 500)"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
@@ -67,15 +73,26 @@ class AblateConfig:
         "help": 'JSON dict of identifier-scheme settings, e.g. \'{"k": 10, "c": 10, "cluster_on": "text"}\''})
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
+    protocol: str = field(default="image-only", metadata={
+        "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, captioner:MODEL); "
+                "tagged: from their metadata (keywords). Written into every result file"})
+    pseudo_query_generator: str = field(default="", metadata={
+        "help": "knn-captions | captioner:MODEL_ID | keywords (default: the protocol's)"})
     pseudo_queries: str = field(default="", metadata={
-        "help": 'JSON dict of keyword pseudo-query options for the test images, e.g. '
-                '\'{"max_queries": 24, "pairs": true, "templates": ["{}", "an emoji of {}"]}\''})
+        "help": 'JSON dict of the generator\'s options, e.g. \'{"k": 5, "max_queries": 8}\' (knn-captions) or '
+                '\'{"max_queries": 24, "pairs": true, "templates": ["{}", "an emoji of {}"]}\' (keywords)'})
     num_beams: int = field(default=10, metadata={"help": "beams at evaluation"})
-    max_queries: int = field(default=0, metadata={"help": "evaluate only the first N test queries (0 = all)"})
+    select_on: str = field(default="val", metadata={
+        "help": "val: also score every row on the val split, choose the best generative and non-generative rows "
+                "there, and state the verdict on test; none: test only (no choice is then claimed)",
+        "choices": ["val", "none"]})
+    natural_queries: Path | None = field(default=None, metadata={
+        "help": "hand-written val queries to report every row on (benchmarks/natural_queries/<benchmark>-val.json)"})
+    max_queries: int = field(default=0, metadata={"help": "evaluate only the first N queries of each set (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})
     force: bool = field(default=False, metadata={"help": "rebuild artefacts even when present"})
     publish: Path | None = field(default=None, metadata={
-        "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>.{md,json,png} with the command, "
+        "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>-<protocol>.{md,json,png} with the command, "
                 "machine and wall time (e.g. docs/results)"})
 
 
@@ -91,6 +108,7 @@ class DemoConfig:
     model: str = field(default="", metadata={"help": "model config (default: preset's)"})
     steps: int = field(default=0, metadata={"help": "training steps (0 = preset's)"})
     nproc: int = field(default=0, metadata={"help": "training processes (0 = preset's)"})
+    protocol: str = field(default="image-only", metadata={"help": "image-only | tagged (see grace ablate)"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

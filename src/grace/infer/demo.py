@@ -42,7 +42,7 @@ def demo_ablate_config(config: DemoConfig) -> AblateConfig:
     for name in ("model", "steps", "nproc"):
         if getattr(config, name):
             preset[name] = getattr(config, name)
-    return AblateConfig(run=config.out, seed=config.seed, **preset)
+    return AblateConfig(run=config.out, seed=config.seed, protocol=config.protocol, **preset)
 
 
 def run_demo(config: DemoConfig) -> dict[str, dict]:
@@ -52,13 +52,13 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
     ablate = demo_ablate_config(config)
     print(f"grace demo ({'quick' if config.quick else 'full'} preset): {len(ablate.schemes)} scheme(s) "
           f"{ablate.schemes}, model {ablate.model}, {ablate.steps} steps, emoji limit {ablate.limit or 'all'} "
-          f"-> {config.out}")
+          f"-> {config.out} (protocol {ablate.protocol})")
     results = run_ablation(ablate)
     random = results["random"]
     n = random["num_queries"]
     print(f"\nHeld-out test queries ({n}), Recall@K in % [95% bootstrap interval] vs the random ranking's "
           f"expectation:")
-    for scheme in [*ablate.schemes, *(b for b in ablate.baselines if b in results)]:
+    for scheme in [*ablate.schemes, *(b for b in [*ablate.baselines, "bm25"] if b in results)]:
         res = results[scheme]
         parts = []
         for k in (1, 5, 10):

@@ -7,6 +7,7 @@ size (one point per evaluated corpus size, accumulated in ``history.json`` acros
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,11 @@ def evaluate_retrievers(retrievers: dict[str, Any], queries: list[str], gold: li
 
 def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results",
                   comparisons: dict | None = None,
-                  notes: str = "Recall in % [95% bootstrap interval over gold images], latency in ms/query.") -> None:
+                  notes: str = "Recall in % [95% bootstrap interval over gold images], latency in ms/query.",
+                  provenance: dict | None = None) -> None:
     """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size); recalls
-    with their intervals when the results carry them, and the paired comparisons when given."""
+    with their intervals when the results carry them, and the paired comparisons when given; ``provenance``
+    (protocol, query ids, commit) goes into results.json."""
     from grace.infer.report import (
         paired_markdown,
         plot_latency_vs_size,
@@ -60,7 +63,8 @@ def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int
 
     out.mkdir(parents=True, exist_ok=True)
     paired = paired_markdown(comparisons, ks, "other retriever")
-    write_json(out / "results.json", {**results, "comparisons": comparisons} if paired else results)
+    write_json(out / "results.json", {**results, **({"comparisons": comparisons} if paired else {}),
+                                      **({"provenance": provenance} if provenance else {})})
     save_config(out, config)
     pseudo = [f"PR@{k}" for k in ks if any(f"pseudo_recall@{k}" in r for r in results.values())]
     columns = ["retriever"] + [f"R@{k}" for k in ks] + pseudo + ["latency_ms", "num_queries", "corpus_size"]
@@ -95,28 +99,38 @@ def run_eval(config: EvalConfig) -> dict[str, dict]:
 
 
 def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
-    from grace.data_process.dataset import load_karpathy, test_queries
+    from grace.data_process.dataset import load_karpathy, query_ids, test_queries
 
     if config.m2kr:
         from grace.infer.m2kr_eval import run_m2kr_eval
 
         return run_m2kr_eval(config, rank)
     seed_everything(config.seed)
+    protocol = check_protocol(config.protocol, Path(config.dataset))
     dataset = load_karpathy(config.dataset, config.image_root, check_files=False)
-    queries, gold = test_queries(dataset, config.split)
+    if config.queries_file:
+        from grace.infer.query_sets import load_natural_queries
+
+        chosen = load_natural_queries(config.queries_file, dataset)
+        split, queries, gold, ids, source = chosen.split, chosen.texts, chosen.gold, chosen.ids, chosen.source
+    else:
+        split, source = config.split, str(config.dataset)
+        queries, gold = test_queries(dataset, split)
+        ids = query_ids(dataset, split)
     if config.max_queries:
-        queries, gold = queries[: config.max_queries], gold[: config.max_queries]
+        queries, gold, ids = queries[: config.max_queries], gold[: config.max_queries], ids[: config.max_queries]
     if not queries:
-        raise GraceError(f"{config.dataset}: split {config.split!r} has no queries")
+        raise GraceError(f"{config.dataset}: split {split!r} has no queries")
     specs = list(config.retriever)
     if not any(s.startswith("random:") for s in specs):
         specs.append(f"random:{config.dataset}")
+    config = dataclasses.replace(config, split=split)  # the corpus of the queries' split (random baseline, sizes)
     retrievers = {}
     for spec in specs:
         name = spec.partition(":")[0]
         name = name if name not in retrievers else spec
         retrievers[name] = _load(spec, config)
-    results = evaluate_retrievers(retrievers, queries, gold, config, corpus_size=len(dataset.split(config.split)))
+    results = evaluate_retrievers(retrievers, queries, gold, config, corpus_size=len(dataset.split(split)))
     for res in results.values():
         res["world_size"] = world
     if rank == 0:
@@ -126,5 +140,24 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
         others = [name for name in results if name not in generative and not name.startswith("random")]
         comparisons = summarise(results, config.ks, candidates=generative, references=others, clusters=gold,
                                 seed=config.seed)
-        write_results(Path(config.out), results, config, list(config.ks), comparisons=comparisons)
+        from grace.provenance import git_state, query_provenance
+
+        provenance = {"protocol": protocol, "queries": query_provenance(ids, gold, split, source),
+                      "seeds": {"random": config.seed, "bootstrap": config.seed}, "git": git_state()}
+        write_results(Path(config.out), results, config, list(config.ks), comparisons=comparisons,
+                      provenance=provenance)
     return results
+
+
+def check_protocol(name: str, dataset_json: Path) -> str:
+    """The protocol of an evaluation: a known name, and — when the dataset sits in a run folder whose
+    pseudo-queries record one (RUN/data/pseudo_queries.config.json) — the same one."""
+    from grace.data_process.protocol import get_protocol
+
+    protocol = get_protocol(name).name
+    made = dataset_json.parent / "pseudo_queries.config.json"
+    if made.is_file():
+        built = read_json(made).get("protocol")
+        if built and built != protocol:
+            raise GraceError(f"--protocol {protocol}, but the run's pseudo-queries were made under {built!r} ({made})")
+    return protocol

@@ -71,6 +71,14 @@ def test_split_queries(dataset, max_queries: int = 0) -> tuple[list[str], list[s
     return (queries[:max_queries], gold[:max_queries]) if max_queries else (queries, gold)
 
 
+def test_split_query_ids(dataset, max_queries: int = 0) -> list[str]:
+    """Ids (``<image id>#<text index>``) of :func:`test_split_queries`' queries, in the same order."""
+    from grace.data_process.dataset import query_ids
+
+    ids = query_ids(dataset, "test")
+    return ids[:max_queries] if max_queries else ids
+
+
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
                   benchmark: str = "emoji", image_root: Path | None = None):
     """RUN/data/dataset.json: the offline ``benchmark`` (emoji or openclipart) built there when no dataset is
@@ -144,9 +152,8 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
     wanted = dataclasses.asdict(ids_mod.SchemeConfig(scheme=scheme, **cfg))
     same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
     if same and schemes.reads_held_out_texts(scheme, wanted["cluster_on"]):
-        built_from = saved.get("pseudo_queries_digest") or \
-            schemes.pseudo_queries_digest(schemes.held_out_texts(dataset))  # saved before digests: keywords
-        same = built_from == schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))
+        same = saved.get("pseudo_queries_digest") == \
+            schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))
     return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and same and not force, build,
                      lambda: ids_mod.IdentifierMap.load(out))
 
@@ -157,11 +164,16 @@ def load_tokenizer(ids_dir: Path):
     return IdentifierTokenizer.load(ids_dir / "tokenizer")
 
 
+def trie_dir(run: Path, scheme: str, split: str = "test") -> Path:
+    """RUN/trie/<scheme> (the test corpus) or RUN/trie/<scheme>-<split> (e.g. the val corpus)."""
+    return run / "trie" / (scheme if split == "test" else f"{scheme}-{split}")
+
+
 def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTimer, split: str = "test",
                force: bool = False):
-    """RUN/trie/<scheme>: the trie over the identifiers of the ``split`` images (the retrieval corpus)."""
+    """The trie over the identifiers of the ``split`` images (that split's retrieval corpus)."""
     trie_mod = _module("grace.identifiers.trie")
-    out = run / "trie" / scheme
+    out = trie_dir(run, scheme, split)
     image_ids = [r.image_id for r in dataset.split(split)]
 
     def build():
@@ -171,42 +183,50 @@ def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTi
         return trie
 
     done = (out / "corpus.json").is_file() and not force
-    return timer.run(f"trie/{scheme}", done, build, lambda: trie_mod.Trie.load(out))
+    return timer.run(f"trie/{out.name}", done, build, lambda: trie_mod.Trie.load(out))
 
 
-def stage_pseudo_queries(run: Path, dataset, timer: StageTimer, options: dict | None = None) -> dict[str, list[str]]:
-    """RUN/data/pseudo_queries.json: t2id texts for test images (never a held-out query), from the keyword
-    generator with ``options`` (its keyword arguments; saved beside as pseudo_queries.config.json). A run
-    folder whose pseudo-queries were built with other options is an error: its shards were trained on them.
-    A file put there by ``grace data pseudo-queries`` (e.g. captions) is used as it is when no options are given."""
-    import inspect
+def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, protocol: str = "image-only",
+                         generator: str = "", options: dict | None = None) -> tuple[dict[str, list[str]], dict]:
+    """RUN/data/pseudo_queries.json (+ its provenance, pseudo_queries.config.json): t2id texts for every
+    held-out (val and test) image from the ``protocol``'s ``generator`` (default: the protocol's) with
+    ``options``, through the leak filter. A run folder whose pseudo-queries were made under another protocol,
+    generator or options is an error (its shards and models were trained on them); one made for another
+    dataset too. Returns ``(queries, provenance)``."""
 
+    from grace.data_process.protocol import get_protocol
+    from grace.data_process.pseudo_queries import (
+        build_pseudo_queries,
+        config_path,
+        create_pseudo_query_generator,
+        load_pseudo_queries,
+        save_pseudo_queries,
+    )
     from grace.errors import GraceError
 
-    pq = _module("grace.data_process.pseudo_queries")
+    chosen = get_protocol(protocol)
+    generator = chosen.check_generator(generator or chosen.default_generator)
+    options = dict(options or {})
     path = run / "data" / "pseudo_queries.json"
-    config_path = run / "data" / "pseudo_queries.config.json"
-    config = {"generator": "keywords", "options": dict(options or {})}
-    try:  # bad options fail before anything is built
-        generator = pq.KeywordPseudoQueries(**config["options"])
-    except TypeError as err:
-        known = sorted(inspect.signature(pq.KeywordPseudoQueries).parameters)
-        raise GraceError(f"bad pseudo-query options {config['options']} ({err}); known: {known}") from None
-    if path.is_file():  # made here (its options saved beside), or given (`grace data pseudo-queries`, a captioner)
-        built = read_json(config_path) if config_path.is_file() else {}
-        made_here = "options" in built
-        if (made_here and built != config) or (not made_here and config["options"]):
-            raise GraceError(f"{path} was built with pseudo-query settings {built.get('options', built) or 'unknown'}"
-                             f", not {config['options']}; use another --run folder (its shards and models depend on "
-                             f"them)")
+    wanted = {"protocol": chosen.name, "generator": generator, "options": options}
+    if path.is_file() and config_path(path).is_file():
+        built = read_json(config_path(path))
+        have = {key: built.get(key) for key in wanted}
+        if have != wanted:
+            raise GraceError(f"{path} was made with {have}, not {wanted}; use another --run folder (its shards and "
+                             f"models depend on them)")
 
     def build():
-        queries = pq.build_pseudo_queries(dataset, generator, split="test")
-        write_json(path, queries)
-        write_json(config_path, config)
-        return queries
+        try:  # bad options fail before anything is built
+            made = create_pseudo_query_generator(generator, dataset=dataset, features=features, **options)
+        except TypeError as err:
+            raise GraceError(f"bad pseudo-query options {options} for {generator} ({err})") from None
+        result = build_pseudo_queries(dataset, made)
+        print(result.summary())
+        return result.queries, save_pseudo_queries(path, result, dataset, protocol=chosen.name, options=options)
 
-    return timer.run("pseudo-queries", path.is_file(), build, lambda: read_json(path))
+    return timer.run("pseudo-queries", path.is_file() and config_path(path).is_file(), build,
+                     lambda: load_pseudo_queries(path, dataset))
 
 
 def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: StageTimer, force: bool = False):
@@ -269,34 +289,40 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
     return timer.run(f"train/{scheme}", done, build, lambda: export)
 
 
-def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, trie, tokenizer, timer: StageTimer, *,
-               num_beams: int = 10, max_queries: int = 0, seed: int = 0) -> dict:
-    """Evaluate the trained model on the held-out test queries → RUN/results/<scheme>.json."""
+def result_path(run: Path, query_set: str, name: str) -> Path:
+    """RUN/results/<name>.json for the test queries, RUN/results/<query set>/<name>.json for the others."""
+    return run / "results" / (f"{name}.json" if query_set == "test" else f"{query_set}/{name}.json")
+
+
+def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, timer: StageTimer, *,
+               sets: list, tries: dict, num_beams: int = 10) -> dict[str, dict]:
+    """Evaluate the trained model on every query set (``sets``: QuerySets; ``tries``: split → the trie of its
+    corpus) → ``{set name: result}``, each in :func:`result_path`. The model is loaded once."""
     from grace.infer.evaluate import evaluate
     from grace.infer.retriever import GenerativeRetriever
-
-    queries, gold = test_split_queries(dataset, max_queries)
 
     def build():
         model_mod = _module("grace.model")
         model, tok = model_mod.load_pretrained(export)
-        retriever = GenerativeRetriever(model, tok or tokenizer, idmap, trie, num_beams=num_beams)
-        res = evaluate(retriever, queries, gold)
-        res["index_bytes"] = folder_bytes(run / "trie" / scheme)  # the trie is the generative "index"
-        res["corpus_size"] = len(dataset.split("test"))
-        write_json(run / "results" / f"{scheme}.json", res)
-        return res
+        out = {}
+        for query_set in sets:
+            retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams)
+            res = evaluate(retriever, query_set.texts, query_set.gold)
+            res["index_bytes"] = folder_bytes(trie_dir(run, scheme, query_set.split))  # the generative "index"
+            res["corpus_size"] = len(dataset.split(query_set.split))
+            write_json(result_path(run, query_set.name, scheme), res)
+            out[query_set.name] = res
+        return out
 
     return timer.run(f"eval/{scheme}", False, build, lambda: None)
 
 
-def random_baseline(dataset, *, max_queries: int = 0, seed: int = 0) -> dict:
-    """Recall of the random ranking over the test images (+ its analytic expectation K/N)."""
+def random_baseline(dataset, query_set, *, seed: int = 0) -> dict:
+    """Recall of the random ranking over the query set's corpus (+ its analytic expectation K/N)."""
     from grace.infer.evaluate import evaluate
     from grace.retriever import RandomRetriever
 
-    queries, gold = test_split_queries(dataset, max_queries)
-    corpus = [r.image_id for r in dataset.split("test")]
-    res = evaluate(RandomRetriever(corpus, seed=seed), queries, gold, progress=False)
+    corpus = [r.image_id for r in dataset.split(query_set.split)]
+    res = evaluate(RandomRetriever(corpus, seed=seed), query_set.texts, query_set.gold, progress=False)
     res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in (1, 5, 10)}
     return res

@@ -103,20 +103,20 @@ def index_images(model_dir: str | Path, dataset, out: str | Path, *, split: str 
 
 
 def build_text_to_image(dataset_json: str | Path, out: str | Path, *, steps: int = 300, backend: str = "exact",
-                        cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True
-                        ) -> LateInteractionRetriever:
-    """Text → image baseline in ``out``: train on the train captions (``out/model``), index the test
-    images (``out/index``), reusing both when present; returns the retriever over that index."""
+                        cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True,
+                        split: str = "test", index: str = "index") -> LateInteractionRetriever:
+    """Text → image baseline in ``out``: train on the train captions (``out/model``), index the ``split``
+    images (``out/<index>``), reusing both when present; returns the retriever over that index."""
     from grace.data_process.dataset import load_karpathy
     from grace.retrieval_baselines.late_interaction.configs import TrainConfig
     from grace.retrieval_baselines.late_interaction.train import train_t2i
 
     out = Path(out)
-    model_dir, index_dir = out / "model", out / "index"
+    model_dir, index_dir = out / "model", out / index
     if not (model_dir / "train_config.json").is_file():  # written last
         train_t2i(TrainConfig(dataset=Path(dataset_json), out=model_dir, steps=steps, cache_dir=cache_dir,
                               seed=seed), progress=progress)
     if not (index_dir / "config.json").is_file():
-        index_images(model_dir, load_karpathy(dataset_json), index_dir, split="test", backend=backend,
+        index_images(model_dir, load_karpathy(dataset_json), index_dir, split=split, backend=backend,
                      cache_dir=cache_dir, seed=seed)
     return LateInteractionRetriever.load(index_dir)

@@ -1,0 +1,53 @@
+"""Choices on val, test scored once: pick the best generative and the best non-generative row by their
+val recall, then state the verdict on test — the chosen generative row against the chosen non-generative
+row and against the BM25 lexical control, each as a paired difference with its 95% interval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from grace.stats import compare_to
+
+#: the order rows are ranked in on val: R@1, then R@5, then R@10 to break ties
+SELECTION_KEYS = ("recall@1", "recall@5", "recall@10")
+
+
+def best_on(results: dict[str, dict], names: Sequence[str]) -> str | None:
+    """The name among ``names`` with the best (R@1, R@5, R@10) in ``results``; ties keep the first named."""
+    present = [n for n in names if n in results]
+    return max(present, key=lambda n: tuple(results[n][key] for key in SELECTION_KEYS)) if present else None
+
+
+def select_on(results: dict[str, dict], generative: Sequence[str], non_generative: Sequence[str],
+              split: str = "val") -> dict:
+    """``{"split", "keys", "generative", "non_generative", "scores"}``: the rows chosen on ``split``."""
+    scores = {name: {key: results[name][key] for key in SELECTION_KEYS}
+              for name in [*generative, *non_generative] if name in results}
+    return {"split": split, "keys": list(SELECTION_KEYS), "generative": best_on(results, generative),
+            "non_generative": best_on(results, non_generative), "scores": scores}
+
+
+def verdict(test: dict[str, dict], selection: dict, ks: Sequence[int], *, clusters: Sequence | None = None,
+            seed: int = 0, control: str = "bm25") -> dict:
+    """The chosen generative row against the chosen non-generative row and the lexical control, on test."""
+    chosen = selection.get("generative")
+    out = {"generative": chosen, "selected_on": selection.get("split"), "against": {}}
+    for reference in dict.fromkeys([selection.get("non_generative"), control]):
+        if chosen and reference in test and chosen in test:
+            out["against"][reference] = compare_to(test, [chosen], reference, ks, clusters=clusters, seed=seed)[chosen]
+    return out
+
+
+def verdict_markdown(result: dict, ks: Sequence[int]) -> str:
+    """One line per comparison: ``structured vs clip_faiss: ΔR@1 −3.2 [−9.0, +2.5] (p 0.31)``."""
+    if not result.get("generative") or not result["against"]:
+        return ""
+    k = min(ks)
+    lines = [f"\nVerdict on test ({result['generative']}, chosen on {result['selected_on']}):\n"]
+    for reference, comparison in result["against"].items():
+        c = comparison[f"R@{k}"]
+        floor = 1.0 / c.get("n_boot", 10_000)  # no resample crossed 0: p is below the bootstrap's resolution
+        p_boot = f"<{floor:.0e}" if c["p_bootstrap"] < floor else f"{c['p_bootstrap']:.3g}"
+        lines.append(f"- vs {reference}: ΔR@{k} {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
+                     f"points (paired bootstrap p {p_boot}, McNemar p {c['p_mcnemar']:.3g})")
+    return "\n".join(lines) + "\n"

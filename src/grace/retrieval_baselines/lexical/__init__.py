@@ -1,0 +1,1 @@
+"""Lexical retrieval: the BM25 control of every results table."""

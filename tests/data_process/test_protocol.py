@@ -1,0 +1,128 @@
+"""The honest protocol's data side: the leak filter (word bags, the emoji leaks it was built for), the
+image-only knn-captions generator, protocol choices and their one-line errors, and pseudo-query files
+that carry their provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from grace.data_process.dataset import Dataset, ImageRecord
+from grace.data_process.emoji import CLDR_DIR
+from grace.data_process.features import FeatureSet
+from grace.data_process.leak_filter import LeakFilter, word_bag
+from grace.data_process.protocol import get_protocol
+from grace.data_process.pseudo_queries import (
+    KeywordPseudoQueries,
+    KnnCaptionPseudoQueries,
+    PseudoQuerySet,
+    build_pseudo_queries,
+    load_pseudo_queries,
+    save_pseudo_queries,
+)
+from grace.errors import GraceError, InputError
+
+#: (held-out CLDR name, keyword pseudo-query that leaked it) — found on the full emoji benchmark
+EMOJI_LEAKS = [("man kneeling", "kneeling man"), ("roasted sweet potato", "potato roasted sweet"),
+               ("weary cat", "cat face oh surprised weary")]
+
+
+def test_the_emoji_leaks_are_dropped():
+    guard = LeakFilter({query: f"img{n}" for n, (query, _) in enumerate(EMOJI_LEAKS)})
+    for n, (query, leaked) in enumerate(EMOJI_LEAKS):
+        assert not guard.keep(leaked, f"img{n}"), (query, leaked)
+        assert not guard.keep(leaked.upper() + "!", "other")  # case and punctuation do not hide it
+    assert not guard.keep("Kneeling, man!") and guard.keep("men kneeling")  # stems: kneel; "men" is not "man"
+    assert guard.counts.dropped_equal == 2 + 2 + 1 and guard.counts.dropped_contains == 2
+    assert guard.counts.dropped_own_image == 3
+    for clean in ("kneeling", "sweet potato", "cat face", "a tired man"):
+        assert guard.keep(clean), clean
+    assert word_bag("The Cats, running!") == word_bag("cat run")  # stop words dropped, stemmed
+
+
+@pytest.mark.skipif(not CLDR_DIR.is_dir(), reason="apt-get install unicode-cldr-core")
+def test_no_keyword_pseudo_query_leaks_a_held_out_emoji_name():
+    """On every CLDR emoji, split as the benchmark does: the issue's leaks are generated and then dropped,
+    and no kept pseudo-query holds all the words of any held-out name (checked by brute force)."""
+    from grace.data_process.emoji import assign_splits, read_cldr_annotations, split_texts
+
+    entries = [e for e in read_cldr_annotations() if not e.has_skin_tone]
+    entries = list({e.image_id: e for e in entries}.values())
+    splits = assign_splits([e.image_id for e in entries], test_fraction=0.12, seed=0)
+    records = []
+    for e in entries:
+        texts, keywords = split_texts([e.name], list(e.keywords), splits[e.image_id])
+        records.append(ImageRecord(e.image_id, CLDR_DIR / "none.png", splits[e.image_id], texts, {"keywords": keywords}))
+    dataset = Dataset(records)
+    made = build_pseudo_queries(dataset, KeywordPseudoQueries(pairs=True, max_queries=24))
+    assert made.leak.dropped > 100 and made.splits == ["test", "val"]
+    held_out = [word_bag(t) for r in dataset.images if r.split != "train" for t in r.texts]
+    for image_id, texts in made.queries.items():
+        for text in texts:
+            bag = word_bag(text)
+            assert not any(query <= bag for query in held_out if query), (image_id, text)
+
+
+def _captioned(tmp_path, n_train=6):
+    train = [ImageRecord(f"t{i}", tmp_path / f"t{i}.png", "train", [f"caption {i} a", f"caption {i} b"])
+             for i in range(n_train)]
+    held = [ImageRecord("h", tmp_path / "h.png", "test", ["secret query words"], {"keywords": ["secret keyword"]}),
+            ImageRecord("v", tmp_path / "v.png", "val", ["another secret"], {"keywords": ["hidden tag"]})]
+    dataset = Dataset(train + held)
+    rows = np.eye(len(dataset), 8, dtype=np.float32)
+    rows[-2] = rows[2] + 0.5 * rows[4]  # "h" looks like t2, then t4
+    rows[-1] = rows[5] + 0.1 * rows[0]  # "v" looks like t5, then t0
+    return dataset, FeatureSet(ids=dataset.image_ids(), array=rows, encoder="test")
+
+
+def test_knn_captions_read_the_nearest_training_captions_never_the_images_own(tmp_path):
+    dataset, features = _captioned(tmp_path)
+    made = build_pseudo_queries(dataset, KnnCaptionPseudoQueries(dataset, features, k=2, max_queries=3))
+    assert made.queries["h"] == ["caption 2 a", "caption 4 a", "caption 2 b"]  # nearest first, round robin
+    assert made.queries["v"][:2] == ["caption 5 a", "caption 0 a"]
+    assert made.generator == "knn-captions" and made.splits == ["test", "val"]
+    texts = " ".join(t for ts in made.queries.values() for t in ts)
+    assert "secret" not in texts and "hidden" not in texts and "keyword" not in texts
+    with pytest.raises(GraceError, match="k >= 1"):
+        KnnCaptionPseudoQueries(dataset, features, k=0)
+
+
+def test_protocols_choose_and_refuse_generators(tmp_path, monkeypatch):
+    image_only, tagged = get_protocol("image-only"), get_protocol("tagged")
+    assert image_only.default_generator == "knn-captions" and tagged.default_generator == "keywords"
+    with pytest.raises(GraceError, match="unknown --protocol 'leaky'; known: image-only, tagged"):
+        get_protocol("leaky")
+    with pytest.raises(GraceError, match="reads the image's own annotations: use --protocol tagged"):
+        image_only.check_generator("keywords")
+    with pytest.raises(GraceError, match="does not allow"):
+        tagged.check_generator("knn-captions")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GraceError, match="needs the model hub, but the hub is offline"):
+        image_only.check_generator("captioner:Salesforce/blip-image-captioning-base")
+    assert image_only.check_generator(f"captioner:{tmp_path}") == f"captioner:{tmp_path}"  # a saved folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    assert image_only.check_generator("captioner:org/model") == "captioner:org/model"  # online: allowed
+
+
+def test_pseudo_query_files_carry_provenance_and_refuse_another_dataset(tmp_path):
+    dataset, features = _captioned(tmp_path)
+    made = build_pseudo_queries(dataset, KnnCaptionPseudoQueries(dataset, features))
+    path = tmp_path / "pq.json"
+    saved = save_pseudo_queries(path, made, dataset, protocol="image-only", options={"k": 5})
+    queries, provenance = load_pseudo_queries(path, dataset)
+    assert queries == made.queries and provenance == saved and provenance["leak_filter"]["checked"] > 0
+    assert {k: provenance[k] for k in ("protocol", "generator", "options")} == \
+        {"protocol": "image-only", "generator": "knn-captions", "options": {"k": 5}}
+    other = dataset.subset(dataset.image_ids()[1:])  # one training image fewer: another dataset
+    with pytest.raises(InputError, match=r"pq\.json.*made for another dataset"):
+        load_pseudo_queries(path, other)
+    path.write_text(json.dumps({**made.queries, "h": ["edited"]}))
+    with pytest.raises(InputError, match="changed since"):
+        load_pseudo_queries(path, dataset)
+    (tmp_path / "pq.config.json").unlink()
+    with pytest.raises(InputError, match="no provenance file"):
+        load_pseudo_queries(path, dataset)
+    assert PseudoQuerySet({"h": []}, "x", ["test"]).summary().endswith("1 images without any")
