@@ -67,14 +67,14 @@ def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
     from grace.infer.ablate import machine_description
-    from grace.infer.pipeline import test_split_queries
+    from grace.infer.query_sets import split_queries
     from grace.infer.report import markdown_table, paired_markdown, recall_rows
     from grace.io_utils import atomic_write_text, write_json
     from grace.stats import summarise
 
     args = _args(argv)
     rows, provenance = collect(args.results, args.baseline)
-    _, gold = test_split_queries(load_karpathy(args.dataset))
+    gold = split_queries(load_karpathy(args.dataset)).gold
     if next(iter(provenance.values()))["queries"]["gold"] != gold:
         raise SystemExit(f"{args.dataset}: its test queries' gold images are not the results' (another dataset?)")
     generative = [name for name in rows if name != args.baseline]

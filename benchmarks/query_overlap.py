@@ -53,13 +53,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from grace.data_process.dataset import load_karpathy
     from grace.infer.ablate import machine_description
-    from grace.infer.pipeline import test_split_queries
+    from grace.infer.query_sets import split_queries
     from grace.infer.report import markdown_table
     from grace.io_utils import atomic_write_text, read_json, write_json
     from grace.stats import recall_ci
 
     args = _args(argv)
-    queries, gold = test_split_queries(load_karpathy(args.dataset, check_files=False))
+    test = split_queries(load_karpathy(args.dataset, check_files=False))
+    queries, gold = test.texts, test.gold
     shared = overlaps(queries, gold, read_json(args.pseudo_queries), args.stem)
     groups = {"shares a word": [i for i, s in enumerate(shared) if s],
               "shares no word": [i for i, s in enumerate(shared) if not s]}

@@ -13,11 +13,12 @@ import compare_runs  # (benchmarks/ is a folder of scripts, not a package)
 
 
 def _result(ranks: list[int], model: str, dataset, ids: list[str] | None = None) -> dict:
-    from grace.infer.pipeline import test_split_queries, test_split_query_ids
+    from grace.infer.query_sets import split_queries
     from grace.provenance import query_provenance
 
     recall = {f"recall@{k}": sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
-    queries = query_provenance(ids or test_split_query_ids(dataset), test_split_queries(dataset)[1], "test", "t")
+    test = split_queries(dataset)
+    queries = query_provenance(ids or test.ids, test.gold, "test", "t")
     return {"structured": {"gold_ranks": ranks, "num_queries": len(ranks), **recall},
             "clip_faiss": {"gold_ranks": [1] * len(ranks), "num_queries": len(ranks), "recall@1": 1.0,
                            "recall@5": 1.0, "recall@10": 1.0},
@@ -25,10 +26,10 @@ def _result(ranks: list[int], model: str, dataset, ids: list[str] | None = None)
 
 
 def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_dataset, tmp_path):
-    from grace.infer.pipeline import test_split_queries
+    from grace.infer.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
-    n = len(test_split_queries(shared_tiny_dataset)[0])
+    n = len(split_queries(shared_tiny_dataset).texts)
     (tmp_path / "good.json").write_text(json.dumps(_result([1] * n, "m", shared_tiny_dataset)))
     (tmp_path / "bad.json").write_text(json.dumps(_result([20] * n, "m", shared_tiny_dataset)))
     inputs = [f"good={tmp_path / 'good.json'}", f"bad={tmp_path / 'bad.json'}", "--dataset", str(dataset_json)]
@@ -48,11 +49,11 @@ def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_da
 
 def test_runs_are_paired_by_query_id_not_by_count(shared_tiny_dataset, tmp_path):
     """Two runs with as many queries but other query ids (another split, another order) are refused."""
-    from grace.infer.pipeline import test_split_query_ids, test_split_queries
+    from grace.infer.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
-    n = len(test_split_queries(shared_tiny_dataset)[0])
-    ids = test_split_query_ids(shared_tiny_dataset)
+    test = split_queries(shared_tiny_dataset)
+    n, ids = len(test.texts), test.ids
     (tmp_path / "a.json").write_text(json.dumps(_result([1] * n, "a", shared_tiny_dataset)))
     (tmp_path / "b.json").write_text(json.dumps(_result([1] * n, "b", shared_tiny_dataset, ids=ids[::-1])))
     with pytest.raises(SystemExit, match="different query ids"):

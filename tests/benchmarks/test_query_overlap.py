@@ -20,10 +20,11 @@ def test_content_words_drop_stop_words_and_stem():
 
 
 def test_recall_is_split_by_overlap(shared_tiny_dataset, tmp_path):
-    from grace.infer.pipeline import test_split_queries
+    from grace.infer.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
-    queries, gold = test_split_queries(shared_tiny_dataset)
+    test = split_queries(shared_tiny_dataset)
+    queries, gold = test.texts, test.gold
     # the first gold image's pseudo-query repeats its query's first word; the others share nothing
     pseudo = {g: ["zzz"] for g in gold}
     pseudo[gold[0]] = [queries[0].split()[-1]]

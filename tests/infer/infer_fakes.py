@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
 
-from grace.data_process.features import FeatureSet, view_cache_dir  # the real type and folder layout
+from grace.data_process.features import FeatureSet, encoder_folder, view_cache_dir  # the real type and layout
 
 CALLS: dict[str, int] = {}
 
@@ -105,7 +105,8 @@ def install(monkeypatch):
 
     CALLS.clear()
     mods = {
-        "grace.data_process.features": {"image_features": image_features, "view_cache_dir": view_cache_dir},
+        "grace.data_process.features": {"image_features": image_features, "view_cache_dir": view_cache_dir,
+                                        "encoder_folder": encoder_folder},
         "grace.data_process.shards": {"write_shards": write_shards},
         "grace.identifiers": {"create_scheme": FakeScheme, "SchemeConfig": SchemeConfig, "IdentifierMap": FakeIdMap,
                               "Trie": FakeTrie},

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from grace.config import IMAGE_ROOT_HELP
+from grace.data_process.protocol import DEFAULT_PROTOCOL
 
 BENCHMARKS = ("emoji", "openclipart", "synthetic")
 
@@ -60,7 +61,7 @@ class PseudoQueriesConfig:
     dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
-    protocol: str = field(default="image-only", metadata={
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
         "help": "image-only (from the image alone: knn-captions, captioner:MODEL) | tagged (keywords)"})
     generator: str = field(default="", metadata={
         "help": "knn-captions | captioner:MODEL_ID (hub id or folder) | keywords (default: the protocol's)"})
@@ -205,9 +206,9 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
     options = generator_options(cfg, generator)
     features = None
     if generator == "knn-captions":
-        from grace.data_process.features import image_features
+        from grace.data_process.features import encoder_folder, image_features
 
-        cache = cfg.features or Path(cfg.dataset).parent / "features" / cfg.encoder.replace("/", "_").replace(":", "_")
+        cache = cfg.features or Path(cfg.dataset).parent / "features" / encoder_folder(cfg.encoder)
         features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
     made = build_pseudo_queries(dataset, create_pseudo_query_generator(generator, dataset=dataset, features=features,
                                                                        **options), splits=cfg.splits or None)

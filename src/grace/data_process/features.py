@@ -69,6 +69,11 @@ class FeatureSet:
         return cls(ids=ids, array=array, encoder=str(meta.get("encoder", "")), meta=meta)
 
 
+def encoder_folder(encoder: str) -> str:
+    """The folder name of an encoder's features cache (``open_clip:ViT-B-32/openai`` → ``open_clip_ViT-B-32_openai``)."""
+    return encoder.replace("/", "_").replace(":", "_")
+
+
 def open_image(path: str | Path):
     """Open an image fully (so corrupt files fail here) with a one-line error naming the file."""
     from PIL import Image, UnidentifiedImageError

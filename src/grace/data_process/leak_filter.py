@@ -76,9 +76,6 @@ class LeakFilter:
             self._by_word[min(bag, key=lambda w: (frequency[w], w))].append(index)
         self.counts = LeakCounts()
 
-    def __len__(self) -> int:
-        return len(self._queries)
-
     def leaked_query(self, text: str) -> tuple[str, str, bool] | None:
         """``(held-out query, its image id, equal)`` that ``text`` repeats, or None when it is clean."""
         bag = word_bag(text)

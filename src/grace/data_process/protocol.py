@@ -26,7 +26,6 @@ class Protocol:
     name: str
     generators: tuple[str, ...]
     default_generator: str
-    reads_annotations: bool
 
     def allows(self, generator: str) -> bool:
         return any(generator == g or (g.endswith(":") and generator.startswith(g)) for g in self.generators)
@@ -44,8 +43,8 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "image-only": Protocol("image-only", ("knn-captions", "captioner:"), "knn-captions", reads_annotations=False),
-    "tagged": Protocol("tagged", ("keywords",), "keywords", reads_annotations=True),
+    "image-only": Protocol("image-only", ("knn-captions", "captioner:"), "knn-captions"),
+    "tagged": Protocol("tagged", ("keywords",), "keywords"),
 }
 DEFAULT_PROTOCOL = "image-only"
 

@@ -274,13 +274,12 @@ class PseudoQuerySet:
 
 
 def build_pseudo_queries(dataset: Dataset, generator: PseudoQueryGenerator, *, splits: Sequence[str] | None = None,
-                         batch_size: int = 32, image_ids: set[str] | None = None) -> PseudoQuerySet:
-    """Pseudo-queries for the images of ``splits`` (default: every held-out split; only ``image_ids`` if
-    given). Each text passes the leak filter against every held-out query; duplicates within an image are
+                         batch_size: int = 32) -> PseudoQuerySet:
+    """Pseudo-queries for the images of ``splits`` (default: every held-out split). Each text passes the leak filter against every held-out query; duplicates within an image are
     dropped. Images left with none get only i2id samples."""
     splits = list(splits or held_out_splits(dataset))
     guard = leak_filter(dataset)
-    records = [r for r in dataset.split(*splits) if image_ids is None or r.image_id in image_ids]
+    records = dataset.split(*splits)
     out: dict[str, list[str]] = {}
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]

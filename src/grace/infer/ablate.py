@@ -17,8 +17,6 @@ from grace.infer.configs import BASELINES, SCHEMES, AblateConfig
 from grace.io_utils import save_config, seed_everything, write_json
 
 KS = (1, 5, 10)
-#: scored in every table: the lexical control over the run's pseudo-queries, and chance
-CONTROLS = ("bm25", "random")
 
 
 def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
@@ -146,7 +144,7 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
 def run_ablation(config: AblateConfig) -> dict[str, dict]:
     """Every scheme, the baselines and the controls on every query set; returns the test results."""
     from grace.data_process.protocol import get_protocol
-    from grace.infer.query_sets import query_sets
+    from grace.infer.query_sets import check_select_on, query_sets
 
     unknown = sorted(set(config.schemes) - set(SCHEMES))
     if unknown:
@@ -157,8 +155,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
         raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
     protocol = get_protocol(config.protocol)  # an unknown protocol or a generator it refuses fails first
     protocol.check_generator(config.pseudo_query_generator or protocol.default_generator)
-    if config.select_on not in ("val", "none"):
-        raise GraceError(f"--select-on {config.select_on!r}: choose val or none")
+    check_select_on(config.select_on)
     seed_everything(config.seed)
     run = Path(config.run)
     timer = P.StageTimer()

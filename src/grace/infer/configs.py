@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grace.config import IMAGE_ROOT_HELP
+from grace.data_process.protocol import DEFAULT_PROTOCOL
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 BASELINES = ("clip_faiss", "late_interaction")
@@ -33,7 +34,7 @@ class EvalConfig:
     queries_file: Path | None = field(default=None, metadata={
         "help": "instead of the split's own texts: hand-written queries (benchmarks/natural_queries/<benchmark>-val.json), "
                 "over the images of the split the file names"})
-    protocol: str = field(default="image-only", metadata={
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
         "help": "image-only | tagged: the protocol the retrievers were built under (recorded in the results; "
                 "checked against the run's pseudo-queries when the dataset sits in a run folder)"})
     out: Path = field(default=Path("runs/emoji/results"), metadata={"help": "output folder"})
@@ -73,7 +74,7 @@ class AblateConfig:
         "help": 'JSON dict of identifier-scheme settings, e.g. \'{"k": 10, "c": 10, "cluster_on": "text"}\''})
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
-    protocol: str = field(default="image-only", metadata={
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
         "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, captioner:MODEL); "
                 "tagged: from their metadata (keywords). Written into every result file"})
     pseudo_query_generator: str = field(default="", metadata={
@@ -108,7 +109,7 @@ class DemoConfig:
     model: str = field(default="", metadata={"help": "model config (default: preset's)"})
     steps: int = field(default=0, metadata={"help": "training steps (0 = preset's)"})
     nproc: int = field(default=0, metadata={"help": "training processes (0 = preset's)"})
-    protocol: str = field(default="image-only", metadata={"help": "image-only | tagged (see grace ablate)"})
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "image-only | tagged (see grace ablate)"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

@@ -99,7 +99,7 @@ def run_eval(config: EvalConfig) -> dict[str, dict]:
 
 
 def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
-    from grace.data_process.dataset import load_karpathy, query_ids, test_queries
+    from grace.data_process.dataset import load_karpathy
 
     if config.m2kr:
         from grace.infer.m2kr_eval import run_m2kr_eval
@@ -108,19 +108,14 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
     seed_everything(config.seed)
     protocol = check_protocol(config.protocol, Path(config.dataset))
     dataset = load_karpathy(config.dataset, config.image_root, check_files=False)
-    if config.queries_file:
-        from grace.infer.query_sets import load_natural_queries
+    from grace.infer.query_sets import load_natural_queries, split_queries
 
-        chosen = load_natural_queries(config.queries_file, dataset)
-        split, queries, gold, ids, source = chosen.split, chosen.texts, chosen.gold, chosen.ids, chosen.source
-    else:
-        split, source = config.split, str(config.dataset)
-        queries, gold = test_queries(dataset, split)
-        ids = query_ids(dataset, split)
+    chosen = load_natural_queries(config.queries_file, dataset) if config.queries_file else \
+        split_queries(dataset, config.split)
+    split, source = chosen.split, chosen.source
+    queries, gold, ids = chosen.texts, chosen.gold, chosen.ids
     if config.max_queries:
         queries, gold, ids = queries[: config.max_queries], gold[: config.max_queries], ids[: config.max_queries]
-    if not queries:
-        raise GraceError(f"{config.dataset}: split {split!r} has no queries")
     specs = list(config.retriever)
     if not any(s.startswith("random:") for s in specs):
         specs.append(f"random:{config.dataset}")

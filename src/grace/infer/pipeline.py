@@ -53,30 +53,15 @@ def folder_bytes(path: Path) -> int:
 
 def features_dir(run: Path, encoder: str) -> Path:
     """RUN/features/<encoder>, the encoder name made folder-safe."""
-    return run / "features" / encoder.replace("/", "_").replace(":", "_")
+    from grace.data_process.features import encoder_folder
+
+    return run / "features" / encoder_folder(encoder)
 
 
 def _module(name: str):
     import importlib
 
     return importlib.import_module(name)
-
-
-def test_split_queries(dataset, max_queries: int = 0) -> tuple[list[str], list[str]]:
-    """The held-out test queries and their gold image ids (the first ``max_queries`` when > 0): the one
-    query set every retriever of a run is scored on."""
-    from grace.data_process.dataset import test_queries
-
-    queries, gold = test_queries(dataset, "test")
-    return (queries[:max_queries], gold[:max_queries]) if max_queries else (queries, gold)
-
-
-def test_split_query_ids(dataset, max_queries: int = 0) -> list[str]:
-    """Ids (``<image id>#<text index>``) of :func:`test_split_queries`' queries, in the same order."""
-    from grace.data_process.dataset import query_ids
-
-    ids = query_ids(dataset, "test")
-    return ids[:max_queries] if max_queries else ids
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
@@ -186,7 +171,7 @@ def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTi
     return timer.run(f"trie/{out.name}", done, build, lambda: trie_mod.Trie.load(out))
 
 
-def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, protocol: str = "image-only",
+def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, protocol: str = "",
                          generator: str = "", options: dict | None = None) -> tuple[dict[str, list[str]], dict]:
     """RUN/data/pseudo_queries.json (+ its provenance, pseudo_queries.config.json): t2id texts for every
     held-out (val and test) image from the ``protocol``'s ``generator`` (default: the protocol's) with
@@ -194,7 +179,7 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
     generator or options is an error (its shards and models were trained on them); one made for another
     dataset too. Returns ``(queries, provenance)``."""
 
-    from grace.data_process.protocol import get_protocol
+    from grace.data_process.protocol import DEFAULT_PROTOCOL, get_protocol
     from grace.data_process.pseudo_queries import (
         build_pseudo_queries,
         config_path,
@@ -204,7 +189,7 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
     )
     from grace.errors import GraceError
 
-    chosen = get_protocol(protocol)
+    chosen = get_protocol(protocol or DEFAULT_PROTOCOL)
     generator = chosen.check_generator(generator or chosen.default_generator)
     options = dict(options or {})
     path = run / "data" / "pseudo_queries.json"

@@ -30,9 +30,6 @@ class QuerySet:
         if not (len(self.texts) == len(self.gold) == len(self.ids)):
             raise ValueError(f"query set {self.name}: {len(self.texts)} texts, {len(self.gold)} gold, {len(self.ids)} ids")
 
-    def __len__(self) -> int:
-        return len(self.texts)
-
     def provenance(self) -> dict:
         from grace.provenance import query_provenance
 
@@ -48,9 +45,7 @@ def split_queries(dataset, split: str = "test", max_queries: int = 0, name: str 
     if max_queries:
         texts, gold, ids = texts[:max_queries], gold[:max_queries], ids[:max_queries]
     if not texts:
-        counts = dataset.split_counts()
-        raise GraceError(f"the dataset has no {split} queries (its splits: {counts}); "
-                         + ("use --select-on none, or a dataset with a val split" if split == "val" else ""))
+        raise GraceError(f"the dataset has no {split} queries (its splits: {dataset.split_counts()})")
     return QuerySet(name or split, split, texts, gold, ids, f"the {split} images' own texts (dataset.json)")
 
 
@@ -80,13 +75,21 @@ def load_natural_queries(path: str | Path, dataset, *, name: str = "val-natural"
                     f"{path.name} (sha1 {digest}; {len(kept)} of {len(rows)} queries have their image here)")
 
 
+def check_select_on(select_on: str) -> str:
+    """``val`` or ``none``; anything else is a one-line error naming the flag."""
+    if select_on not in ("val", "none"):
+        raise GraceError(f"--select-on {select_on!r}: choose val or none")
+    return select_on
+
+
 def query_sets(dataset, *, max_queries: int = 0, select_on: str = "val",
                natural_queries: str | Path | None = None) -> list[QuerySet]:
     """``test`` first, then — when choices are made on val — ``val`` and the natural val queries if given."""
-    if select_on not in ("val", "none"):
-        raise GraceError(f"--select-on {select_on!r}: choose val or none")
     sets = [split_queries(dataset, "test", max_queries)]
-    if select_on == "val":
+    if check_select_on(select_on) == "val":
+        if not dataset.split("val"):
+            raise GraceError(f"--select-on val, but the dataset has no val images (its splits: "
+                             f"{dataset.split_counts()}); use --select-on none, or a dataset with a val split")
         sets.append(split_queries(dataset, "val", max_queries))
     if natural_queries:
         sets.append(load_natural_queries(natural_queries, dataset))
