@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,8 +76,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
         else:
-            import json
-
             data = json.loads(text)
     except Exception as exc:  # yaml and json raise different types
         raise InputError(f"cannot parse config: {exc}".splitlines()[0], path=path) from None
@@ -144,3 +143,16 @@ def add_command_group(subparsers: argparse._SubParsersAction, name: str, help: s
     for verb, (cls, handler) in commands.items():
         add_command(sub, verb, cls, handler)
     return sub
+
+
+def json_options(text: str, option: str) -> dict:
+    """A JSON-object option (``""`` = none); anything else is a one-line error naming the option."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object like '{{\"key\": value}}', got {text!r}")
+    return value

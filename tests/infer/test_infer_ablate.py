@@ -201,3 +201,49 @@ def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tin
     stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries=first, tokenizer="byte")
     stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries={}, tokenizer="byte")
     assert "ids/numeric" in timer.skipped
+
+
+def test_tagged_protocol_adds_the_expanded_baselines():
+    from grace.data_process.protocol import get_protocol
+    from grace.infer.ablate import baselines_to_score
+
+    asked = ["clip_faiss", "late_interaction"]
+    assert baselines_to_score(asked, get_protocol("image-only")) == asked
+    assert baselines_to_score(asked, get_protocol("tagged")) == [*asked, "clip_faiss_expanded",
+                                                                  "late_interaction_expanded"]
+    assert baselines_to_score(["none"], get_protocol("tagged")) == []
+    with pytest.raises(GraceError, match="unknown baselines"):
+        baselines_to_score(["dense"], get_protocol("tagged"))
+
+
+def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset, tmp_path):
+    """Same information: the image keys carry the run's pseudo-queries; new pseudo-queries rebuild the index."""
+    from grace.data_process.pseudo_queries import (
+        KeywordPseudoQueries,
+        build_pseudo_queries,
+        save_pseudo_queries,
+    )
+    from grace.infer.baseline_stages import stage_baseline
+    from grace.infer.pipeline import StageTimer
+    from grace.infer.query_sets import split_queries
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    sets = [split_queries(shared_tiny_dataset)]
+
+    def score(max_queries):
+        made = build_pseudo_queries(shared_tiny_dataset, KeywordPseudoQueries(max_queries=max_queries))
+        saved = save_pseudo_queries(tmp_path / "data" / "pseudo_queries.json", made, shared_tiny_dataset,
+                                    protocol="tagged")
+        result = stage_baseline(tmp_path, "clip_faiss_expanded", dataset_json, shared_tiny_dataset, StageTimer(),
+                                encoder="efficientnet-lite0", sets=sets)["test"]
+        index_config = json.loads((tmp_path / "baselines" / "clip_faiss_expanded" / "index" /
+                                   "index_config.json").read_text())
+        return result, index_config, saved, made.queries
+
+    result, index_config, saved, queries = score(2)
+    assert "+expansion" in result["retriever"] and result["num_queries"] == len(sets[0].texts)
+    assert index_config["expansion"]["source"]["digest"] == saved["digest"]
+    test_ids = [r.image_id for r in shared_tiny_dataset.split("test")]
+    assert index_config["expansion"]["images"] == sum(bool(queries.get(i)) for i in test_ids) > 0
+    _, again, saved_again, _ = score(1)
+    assert saved_again["digest"] != saved["digest"] and again["expansion"]["source"]["digest"] == saved_again["digest"]

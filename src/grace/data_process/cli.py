@@ -64,14 +64,16 @@ class PseudoQueriesConfig:
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
         "help": "image-only (from the image alone: knn-captions, captioner:MODEL) | tagged (keywords)"})
     generator: str = field(default="", metadata={
-        "help": "knn-captions | captioner:MODEL_ID (hub id or folder) | keywords (default: the protocol's)"})
+        "help": "knn-captions | self-caption | captioner:MODEL_ID (hub id or folder) | keywords (default: the "
+                "protocol's)"})
     splits: list[str] = field(default_factory=list, metadata={"help": "splits whose images get pseudo-queries "
                                                                       "(default: every held-out split)"})
     max_queries: int = field(default=8, metadata={"help": "keywords / knn-captions: texts kept per image"})
     k: int = field(default=5, metadata={"help": "knn-captions: nearest training images whose captions are read"})
     features: Optional[Path] = field(default=None, metadata={
-        "help": "knn-captions: features cache folder (built there if absent; default DATASET_DIR/features/ENCODER)"})
-    encoder: str = field(default="efficientnet-lite0", metadata={"help": "knn-captions: image encoder of the cache"})
+        "help": "knn-captions, self-caption: features cache folder (built there if absent; default "
+                "DATASET_DIR/features/ENCODER)"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "knn-captions, self-caption: image encoder of the cache"})
     pairs: bool = field(default=False, metadata={"help": "keywords: also every two keyword words as a phrase"})
     templates: list[str] = field(default_factory=lambda: ["{}"], metadata={
         "help": "keywords: templates each text is filled into (one '{}' each, e.g. '{}' 'an emoji of {}')"})
@@ -80,6 +82,9 @@ class PseudoQueriesConfig:
     prompt: Optional[str] = field(default=None, metadata={
         "help": "captioner: instruction for a chat VLM (e.g. 'Describe this image in one sentence.')"})
     device: Optional[str] = field(default=None, metadata={"help": "captioner: cpu | cuda (default: cuda if available)"})
+    options: str = field(default="", metadata={
+        "help": "more generator options as a JSON object, e.g. '{\"steps\": 600, \"lr\": 0.002}' for self-caption "
+                "(its model is trained and kept in OUT's folder, OUT_STEM.self-caption/)"})
 
 
 @dataclass
@@ -182,21 +187,37 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+#: generators that read the images' features cache
+FEATURE_GENERATORS = ("knn-captions", "self-caption")
+
+
 def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
-    """The keyword arguments of ``generator`` taken from the command's flags."""
+    """The keyword arguments of ``generator``: from the command's flags, then ``--options`` on top."""
+    from grace.config import json_options
+
     if generator == "keywords":
-        return {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates}
-    if generator == "knn-captions":
-        return {"k": cfg.k, "max_queries": cfg.max_queries}
-    return {"num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt, "device": cfg.device,
-            "cache": str(Path(cfg.out).with_suffix(".captions.jsonl"))}  # resumable: captioned images are kept there
+        options = {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates}
+    elif generator == "knn-captions":
+        options = {"k": cfg.k, "max_queries": cfg.max_queries}
+    elif generator.startswith("captioner:"):
+        options = {"num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt,
+                   "device": cfg.device,  # resumable: captioned images are kept in the cache
+                   "cache": str(Path(cfg.out).with_suffix(".captions.jsonl"))}
+    else:
+        options = {"num_captions": cfg.num_captions}
+    return options | json_options(cfg.options, "--options")
 
 
 def _pseudo_queries(args: argparse.Namespace) -> int:
     from grace.config import dataclass_from_args, require
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.protocol import get_protocol
-    from grace.data_process.pseudo_queries import build_pseudo_queries, create_pseudo_query_generator, save_pseudo_queries
+    from grace.data_process.pseudo_queries import (
+        build_pseudo_queries,
+        create_pseudo_query_generator,
+        generator_workdir,
+        save_pseudo_queries,
+    )
 
     cfg = dataclass_from_args(PseudoQueriesConfig, args)
     require(cfg, "dataset", "out")
@@ -205,13 +226,15 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
     dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=generator != "keywords")
     options = generator_options(cfg, generator)
     features = None
-    if generator == "knn-captions":
+    if generator in FEATURE_GENERATORS:
         from grace.data_process.features import encoder_folder, image_features
 
         cache = cfg.features or Path(cfg.dataset).parent / "features" / encoder_folder(cfg.encoder)
         features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
+    workdir = generator_workdir(cfg.out, generator)
     made = build_pseudo_queries(dataset, create_pseudo_query_generator(generator, dataset=dataset, features=features,
-                                                                       **options), splits=cfg.splits or None)
+                                                                       workdir=workdir, **options),
+                                splits=cfg.splits or None)
     saved = save_pseudo_queries(cfg.out, made, dataset, protocol=protocol.name, options=options)
     print(made.summary())
     print(f"-> {cfg.out} (provenance, digest {saved['digest']}: {Path(cfg.out).stem}.config.json)")

@@ -1,8 +1,9 @@
 """Evaluation protocols: what a held-out image's pseudo-queries may be made from, written into every result.
 
 - ``image-only`` (GRACE's Flickr30K setting; the default): a held-out image's pseudo-queries come from the
-  image alone — the captions of its nearest training images (``knn-captions``), or a captioning model
-  (``captioner:MODEL``) — never from its own annotations.
+  image alone — the captions of its nearest training images (``knn-captions``), the project's own Flamingo
+  trained to caption the training images (``self-caption``), or a captioning model (``captioner:MODEL``) —
+  never from its own annotations.
 - ``tagged`` (a corpus whose images carry tags, e.g. a photo library): pseudo-queries come from the image's
   metadata (``keywords``). Every retriever must then be given the same metadata, and the BM25 control over
   it is in every table.
@@ -21,11 +22,14 @@ from grace.errors import GraceError
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named protocol: the pseudo-query generators it allows (by name or ``prefix:``) and its default."""
+    """A named protocol: the pseudo-query generators it allows (by name or ``prefix:``), its default, and
+    whether the dense baselines must index the pseudo-queries too (``expand_documents``: when they are the
+    images' own metadata, every retriever is given them)."""
 
     name: str
     generators: tuple[str, ...]
     default_generator: str
+    expand_documents: bool = False
 
     def allows(self, generator: str) -> bool:
         return any(generator == g or (g.endswith(":") and generator.startswith(g)) for g in self.generators)
@@ -43,8 +47,8 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "image-only": Protocol("image-only", ("knn-captions", "captioner:"), "knn-captions"),
-    "tagged": Protocol("tagged", ("keywords",), "keywords"),
+    "image-only": Protocol("image-only", ("knn-captions", "self-caption", "captioner:"), "knn-captions"),
+    "tagged": Protocol("tagged", ("keywords",), "keywords", expand_documents=True),
 }
 DEFAULT_PROTOCOL = "image-only"
 

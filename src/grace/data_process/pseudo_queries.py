@@ -6,6 +6,9 @@ choice (:mod:`grace.data_process.protocol`):
   *training* images in the features cache — from the pixels alone, never from the image's own annotation;
 - ``captioner:MODEL_ID`` (:class:`CaptionerPseudoQueries`, image-only): an image-text-to-text model, a hub id
   (online, e.g. ``captioner:Salesforce/blip-image-captioning-base``, as GRACE did) or a saved folder;
+- ``self-caption`` (:mod:`grace.train.self_caption`, image-only): the project's own Flamingo, trained to caption
+  the training images, captions each held-out image from its features; installed as an entry point
+  (``GENERATOR_ENTRY_POINTS``), since it trains a model and this stage comes before the model;
 - ``keywords`` (:class:`KeywordPseudoQueries`, tagged): the image's own metadata (``meta["keywords"]``, e.g.
   CLDR keywords of an emoji, tags of a clip-art), optionally templated.
 
@@ -158,6 +161,40 @@ class KnnCaptionPseudoQueries(PseudoQueryGenerator):
         return out
 
 
+class CaptionCache:
+    """Captions by image id in a JSONL file ``{"image_id", "captions"}`` appended after every batch, so a
+    killed captioning run resumes where it stopped. A line cut short by a crash (it can only be the last) is
+    cut off the file when it is opened, so later lines never land on it. ``path=None``: memory only."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.captions: dict[str, list[str]] = {}
+        if self.path and self.path.is_file():
+            text = self.path.read_text(encoding="utf-8")
+            complete = text[:text.rfind("\n") + 1]
+            if complete != text:
+                self.path.write_text(complete, encoding="utf-8")
+            for line in complete.splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.captions[row["image_id"]] = row["captions"]
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.captions
+
+    def __getitem__(self, image_id: str) -> list[str]:
+        return list(self.captions[image_id])
+
+    def add(self, image_ids: Sequence[str], captions: Sequence[list[str]]) -> None:
+        """Remember (and append to the file) each image's captions."""
+        self.captions.update(zip(image_ids, captions))
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps({"image_id": i, "captions": c}, ensure_ascii=False) + "\n"
+                                  for i, c in zip(image_ids, captions))
+
+
 class CaptionerPseudoQueries(PseudoQueryGenerator):
     """Captions from a Hugging Face image-text-to-text model, as GRACE generated pseudo-queries for its test
     images: BLIP / BLIP-2 / Florence-2 / SmolVLM class models (``AutoModelForImageTextToText``), by hub id
@@ -179,16 +216,7 @@ class CaptionerPseudoQueries(PseudoQueryGenerator):
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = AutoModelForImageTextToText.from_pretrained(model_id).eval().to(self.device)
         self.prompt = prompt
-        self.cache_path = Path(cache) if cache else None
-        self.cached: dict[str, list[str]] = {}
-        if self.cache_path and self.cache_path.is_file():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                if line.strip():  # a line cut by a crash is the last one: skip it
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self.cached[row["image_id"]] = row["captions"]
+        self.cache = CaptionCache(cache)
 
     def _text_inputs(self, count: int) -> list[str] | None:
         if self.prompt is None:
@@ -224,26 +252,32 @@ class CaptionerPseudoQueries(PseudoQueryGenerator):
         return self.generate_batch([record])[0]
 
     def generate_batch(self, records: Sequence[ImageRecord]) -> list[list[str]]:
-        todo = [r for r in records if r.image_id not in self.cached]
+        todo = [r for r in records if r.image_id not in self.cache]
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            captions = self._caption(batch)
-            for record, texts in zip(batch, captions):
-                self.cached[record.image_id] = texts
-            if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a", encoding="utf-8") as handle:
-                    handle.writelines(json.dumps({"image_id": r.image_id, "captions": t}, ensure_ascii=False) + "\n"
-                                      for r, t in zip(batch, captions))
-        return [list(self.cached[r.image_id]) for r in records]
+            self.cache.add([r.image_id for r in batch], self._caption(batch))
+        return [self.cache[r.image_id] for r in records]
 
 
 GENERATORS = ("knn-captions", "keywords", "captioner:MODEL_ID")
+#: entry-point group through which installed packages add generators (a class taking ``dataset``,
+#: ``features``, ``workdir`` and its options), e.g. ``self-caption`` (grace.train.self_caption), which trains
+#: a model and so lives in a later stage than this one
+GENERATOR_ENTRY_POINTS = "grace.pseudo_query_generators"
+
+
+def plugin_generators() -> dict:
+    """``{name: entry point}`` of the generators installed packages declare (see GENERATOR_ENTRY_POINTS)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=GENERATOR_ENTRY_POINTS)}
 
 
 def create_pseudo_query_generator(name: str, *, dataset: Dataset | None = None, features=None,
-                                  **kwargs) -> PseudoQueryGenerator:
-    """``knn-captions`` (needs ``dataset`` and its ``features``), ``keywords`` or ``captioner:MODEL_ID``."""
+                                  workdir: str | Path | None = None, **kwargs) -> PseudoQueryGenerator:
+    """``knn-captions`` (needs ``dataset`` and its ``features``), ``keywords``, ``captioner:MODEL_ID``, or an
+    installed generator (``self-caption``: gets ``dataset``, ``features`` and ``workdir``, the folder where it
+    keeps its model and its resumable output)."""
     if name == "knn-captions":
         if dataset is None or features is None:
             raise GraceError("the knn-captions generator needs the dataset and its features cache")
@@ -252,7 +286,12 @@ def create_pseudo_query_generator(name: str, *, dataset: Dataset | None = None, 
         return KeywordPseudoQueries(**kwargs)
     if name.startswith("captioner:"):
         return CaptionerPseudoQueries(name.removeprefix("captioner:"), **kwargs)
-    raise GraceError(f"unknown pseudo-query generator {name!r}; known: {', '.join(GENERATORS)}")
+    plugins = plugin_generators()
+    if name in plugins:
+        return plugins[name].load()(dataset, features, workdir=workdir, **kwargs)
+    raise GraceError(f"unknown pseudo-query generator {name!r}; known: {', '.join([*GENERATORS, *plugins])} (installed "
+                     f"ones are the {GENERATOR_ENTRY_POINTS!r} entry points: after an update, `pip install -e .` "
+                     f"registers new ones)")
 
 
 @dataclass
@@ -300,6 +339,13 @@ def config_path(path: str | Path) -> Path:
     """The provenance file beside a pseudo-query file: ``F.json`` → ``F.config.json``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.config.json")
+
+
+def generator_workdir(path: str | Path, generator: str) -> Path:
+    """Where ``generator`` keeps its state (a trained captioner, resumable captions) beside the pseudo-query
+    file ``path``: ``F.json`` → ``F.<generator>/``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{generator.replace(':', '-').replace('/', '-')}")
 
 
 def save_pseudo_queries(path: str | Path, result: PseudoQuerySet, dataset: Dataset, *, protocol: str,

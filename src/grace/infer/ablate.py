@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from grace.errors import GraceError
+from grace.config import json_options
 from grace.infer import pipeline as P
 from grace.infer.baseline_stages import stage_baseline
 from grace.infer.configs import BASELINES, SCHEMES, AblateConfig
@@ -42,19 +43,6 @@ def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config
     for res in by_set.values():
         res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
     return by_set
-
-
-def json_options(text: str, option: str) -> dict:
-    """A JSON-object option (``""`` = none); anything else is a one-line error naming the option."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise GraceError(f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise GraceError(f"{option} must be a JSON object like '{{\"key\": value}}', got {text!r}")
-    return value
 
 
 def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> float:
@@ -141,6 +129,19 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     return markdown_table(rows, columns) + rest
 
 
+def baselines_to_score(names: list[str], protocol) -> list[str]:
+    """The baselines asked for (bm25, a control, is always scored apart; 'none' = none) plus, under a protocol
+    that ``expand_documents``, each one's ``_expanded`` twin: the same information for every retriever."""
+    baselines = [b for b in names if b not in ("none", "bm25")]
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    if protocol.expand_documents:
+        baselines += [f"{b}_expanded" for b in baselines if f"{b}_expanded" in BASELINES
+                      and f"{b}_expanded" not in baselines]
+    return baselines
+
+
 def run_ablation(config: AblateConfig) -> dict[str, dict]:
     """Every scheme, the baselines and the controls on every query set; returns the test results."""
     from grace.data_process.protocol import get_protocol
@@ -149,12 +150,9 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     unknown = sorted(set(config.schemes) - set(SCHEMES))
     if unknown:
         raise GraceError(f"unknown identifier schemes {unknown}; known: {list(SCHEMES)}")
-    baselines = [b for b in config.baselines if b not in ("none", "bm25")]  # bm25: a control, always scored
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
     protocol = get_protocol(config.protocol)  # an unknown protocol or a generator it refuses fails first
     protocol.check_generator(config.pseudo_query_generator or protocol.default_generator)
+    baselines = baselines_to_score(config.baselines, protocol)
     check_select_on(config.select_on)
     seed_everything(config.seed)
     run = Path(config.run)

@@ -10,6 +10,7 @@ from typing import Callable
 
 from grace.errors import GraceError
 from grace.infer.pipeline import features_dir, folder_bytes, result_path
+from grace.io_utils import read_json, write_json
 from grace.retriever import Retriever
 
 
@@ -18,26 +19,59 @@ def index_name(split: str) -> str:
     return "index" if split == "test" else f"index-{split}"
 
 
-def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
-                     progress: bool = True, split: str = "test") -> Retriever:
-    """LiT heads on the train pairs → LiT features of the ``split`` images → exact (Flat) FAISS index."""
-    from grace.retrieval_baselines.clip_faiss.configs import BuildIndexConfig, ExtractConfig, TrainHeadsConfig
+def _clip_faiss_features(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool,
+                         split: str) -> Path:
+    """LiT heads on the train pairs (RUN/baselines/clip_faiss/heads) → LiT features of the ``split`` images;
+    returns the features folder."""
+    from grace.retrieval_baselines.clip_faiss.configs import ExtractConfig, TrainHeadsConfig
     from grace.retrieval_baselines.clip_faiss.extract import extract_chunk, merge_chunks
     from grace.retrieval_baselines.clip_faiss.heads import train_heads
-    from grace.retrieval_baselines.clip_faiss.index import build_index
-    from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
 
     root = run / "baselines" / "clip_faiss"
-    heads = root / "heads"
-    features, index = root / ("features" if split == "test" else f"features-{split}"), root / index_name(split)
+    heads, features = root / "heads", root / ("features" if split == "test" else f"features-{split}")
     if not (heads / "train_config.json").is_file():  # written last
         train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
                                      cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
-    if not (index / "config.json").is_file():  # written last
+    if not (features / "meta.json").is_file():
         extract_chunk(ExtractConfig(source=dataset_json, out=features, model=f"lit:{heads}", split=split,
                                     progress=progress))
         merge_chunks(features)
+    return features
+
+
+def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
+                     progress: bool = True, split: str = "test") -> Retriever:
+    """LiT heads on the train pairs → LiT features of the ``split`` images → exact (Flat) FAISS index."""
+    from grace.retrieval_baselines.clip_faiss.configs import BuildIndexConfig
+    from grace.retrieval_baselines.clip_faiss.index import build_index
+    from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
+
+    index = run / "baselines" / "clip_faiss" / index_name(split)
+    if not (index / "config.json").is_file():  # written last
+        features = _clip_faiss_features(run, dataset_json, encoder=encoder, seed=seed, progress=progress, split=split)
         build_index(BuildIndexConfig(features=features, out=index, index="Flat", seed=seed))
+    return ClipFaissRetriever.load(index)
+
+
+def build_clip_faiss_expanded(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
+                              progress: bool = True, split: str = "test") -> Retriever:
+    """CLIP-FAISS given what the generative rows are given: each ``split`` image's key is expanded with the
+    run's pseudo-queries for it (its tags, under ``tagged``), embedded by the same text tower; rebuilt when
+    those pseudo-queries changed."""
+    from grace.retrieval_baselines.clip_faiss.configs import BuildIndexConfig
+    from grace.retrieval_baselines.clip_faiss.index import build_index
+    from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
+
+    index = run / "baselines" / "clip_faiss_expanded" / index_name(split)
+    _, source = run_pseudo_queries(run, dataset_json, split)
+    built = read_json(index / "index_config.json") if (index / "config.json").is_file() else {}
+    if (built.get("expansion") or {}).get("source") != source:
+        features = _clip_faiss_features(run, dataset_json, encoder=encoder, seed=seed, progress=progress, split=split)
+        build_index(BuildIndexConfig(features=features, out=index, index="Flat", seed=seed,
+                                     expansion=run / "data" / "pseudo_queries.json"))
+        config = read_json(index / "index_config.json")
+        config["expansion"]["source"] = source
+        write_json(index / "index_config.json", config)
     return ClipFaissRetriever.load(index)
 
 
@@ -51,23 +85,45 @@ def build_late_interaction(run: Path, dataset_json: Path, *, encoder: str = "eff
                                cache_dir=features_dir(run, encoder), split=split, index=index_name(split))
 
 
+def build_late_interaction_expanded(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0",
+                                    seed: int = 0, progress: bool = True, split: str = "test") -> Retriever:
+    """Late interaction given what the generative rows are given: the same trained model
+    (RUN/baselines/late_interaction/model), each ``split`` image's document = its visual tokens + the document
+    tokens of the run's pseudo-queries for it; rebuilt when those pseudo-queries changed."""
+    from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
+
+    queries, source = run_pseudo_queries(run, dataset_json, split)
+    return build_text_to_image(dataset_json, run / "baselines" / "late_interaction_expanded", seed=seed,
+                               progress=progress, cache_dir=features_dir(run, encoder), split=split,
+                               index=index_name(split), model_dir=run / "baselines" / "late_interaction" / "model",
+                               expansion=queries, expansion_source=source)
+
+
+def run_pseudo_queries(run: Path, dataset_json: Path, split: str) -> tuple[dict[str, list[str]], dict]:
+    """The run's pseudo-queries (RUN/data/pseudo_queries.json, checked against the dataset) and a record of
+    where they came from, for the baselines that read them (``source``: file, digest, protocol, generator,
+    split)."""
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import load_pseudo_queries
+
+    dataset = load_karpathy(dataset_json, check_files=False)
+    queries, provenance = load_pseudo_queries(run / "data" / "pseudo_queries.json", dataset)
+    return queries, {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
+                     "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
+
+
 def build_bm25(run: Path, dataset_json: Path, *, encoder: str = "", seed: int = 0, progress: bool = True,
                split: str = "test") -> Retriever:
     """The lexical control: BM25 over the run's pseudo-queries (RUN/data/pseudo_queries.json), one document per
     ``split`` image; rebuilt when those pseudo-queries changed."""
     from grace.data_process.dataset import load_karpathy
-    from grace.data_process.pseudo_queries import load_pseudo_queries
-    from grace.io_utils import read_json
     from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
 
     index = run / "baselines" / "bm25" / index_name(split)
-    dataset = load_karpathy(dataset_json, check_files=False)
-    queries, provenance = load_pseudo_queries(run / "data" / "pseudo_queries.json", dataset)
-    source = {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
-              "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
+    queries, source = run_pseudo_queries(run, dataset_json, split)
     if (index / "config.json").is_file() and read_json(index / "config.json").get("source") == source:
         return BM25Retriever.load(index)
-    corpus = [r.image_id for r in dataset.split(split)]
+    corpus = [r.image_id for r in load_karpathy(dataset_json, check_files=False).split(split)]
     return BM25Retriever.load(BM25Retriever.from_pseudo_queries(queries, corpus, seed=seed, source=source).save(index))
 
 
@@ -75,6 +131,8 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
     "clip_faiss": build_clip_faiss,
     "late_interaction": build_late_interaction,
     "bm25": build_bm25,
+    "clip_faiss_expanded": build_clip_faiss_expanded,
+    "late_interaction_expanded": build_late_interaction_expanded,
 }
 
 

@@ -9,7 +9,11 @@ from grace.config import IMAGE_ROOT_HELP
 from grace.data_process.protocol import DEFAULT_PROTOCOL
 
 SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
-BASELINES = ("clip_faiss", "late_interaction")
+#: the baselines; each ``*_expanded`` one indexes every image with the run's pseudo-queries for it too
+#: (document expansion), so it is given what the generative rows are given: scored by default under a
+#: protocol whose pseudo-queries are the images' own metadata (``tagged``)
+BASELINES = ("clip_faiss", "late_interaction", "clip_faiss_expanded", "late_interaction_expanded")
+DEFAULT_BASELINES = ("clip_faiss", "late_interaction")
 BENCHMARKS = ("emoji", "openclipart")
 COMPILE_HELP = {"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"}
 
@@ -56,8 +60,9 @@ class AblateConfig:
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json (default RUN/data/dataset.json, built from emoji if absent)"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
-        "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none)"})
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES), metadata={
+        "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none); "
+                "under --protocol tagged each one's _expanded twin is added"})
     benchmark: str = field(default="emoji", metadata={"help": "offline benchmark built into RUN/data when no dataset is given",
                                                        "choices": list(BENCHMARKS)})
     limit: int = field(default=0, metadata={"help": "images to build when the dataset is absent (0 = all)"})
@@ -75,10 +80,10 @@ class AblateConfig:
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
-        "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, captioner:MODEL); "
-                "tagged: from their metadata (keywords). Written into every result file"})
+        "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, self-caption, "
+                "captioner:MODEL); tagged: from their metadata (keywords). Written into every result file"})
     pseudo_query_generator: str = field(default="", metadata={
-        "help": "knn-captions | captioner:MODEL_ID | keywords (default: the protocol's)"})
+        "help": "knn-captions | self-caption | captioner:MODEL_ID | keywords (default: the protocol's)"})
     pseudo_queries: str = field(default="", metadata={
         "help": 'JSON dict of the generator\'s options, e.g. \'{"k": 5, "max_queries": 8}\' (knn-captions) or '
                 '\'{"max_queries": 24, "pairs": true, "templates": ["{}", "an emoji of {}"]}\' (keywords)'})

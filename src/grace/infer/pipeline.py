@@ -184,6 +184,7 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
         build_pseudo_queries,
         config_path,
         create_pseudo_query_generator,
+        generator_workdir,
         load_pseudo_queries,
         save_pseudo_queries,
     )
@@ -203,7 +204,8 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
 
     def build():
         try:  # bad options fail before anything is built
-            made = create_pseudo_query_generator(generator, dataset=dataset, features=features, **options)
+            made = create_pseudo_query_generator(generator, dataset=dataset, features=features, **options,
+                                                 workdir=generator_workdir(path, generator))
         except TypeError as err:
             raise GraceError(f"bad pseudo-query options {options} for {generator} ({err})") from None
         result = build_pseudo_queries(dataset, made)

@@ -32,6 +32,9 @@ class FlamingoConfig:
     perceiver_dim_head: int = 64
     perceiver_latents: int = 64
     perceiver_ff_mult: float = 4
+    perceiver_latents_in_keys: bool = field(default=True, metadata={
+        "help": "the perceiver's latents attend to [image tokens; latents] (Flamingo, OpenFlamingo's checkpoints) "
+                "or to the image tokens only (Perceiver; a model over one pooled token needs it to read the image)"})
     max_num_media: int | None = None
     max_num_frames: int | None = None
     cross_attn_every_n_layers: int = 1

@@ -160,7 +160,8 @@ class FlamingoModel(nn.Module):
         self.perceiver = PerceiverResampler(
             dim=config.vis_dim, depth=config.perceiver_depth, dim_head=config.perceiver_dim_head,
             heads=config.perceiver_heads, num_latents=config.perceiver_latents, max_num_media=config.max_num_media,
-            max_num_frames=config.max_num_frames, ff_mult=config.perceiver_ff_mult)
+            max_num_frames=config.max_num_frames, ff_mult=config.perceiver_ff_mult,
+            latents_in_keys=config.perceiver_latents_in_keys)
         self.lang_encoder = lang_encoder
         self.decoder_layers_attr = find_decoder_layers(lang_encoder, config.decoder_layers_attr)
         self._state = _MediaState()

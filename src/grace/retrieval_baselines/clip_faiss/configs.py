@@ -71,6 +71,11 @@ class BuildIndexConfig:
     nprobe: int = field(default=16, metadata={"help": "IVF lists probed per query"})
     use_gpu: bool = field(default=True, metadata={"help": "use GPU FAISS when faiss.get_num_gpus() > 0"})
     seed: int = field(default=0, metadata={"help": "seed of the training sample"})
+    expansion: Path | None = field(default=None, metadata={
+        "help": "document expansion (image keys only): JSON {image_id: [texts]} (tags, or pseudo-queries); each "
+                "image key becomes the normalised sum of its image vector and WEIGHT x the mean of its texts' "
+                "vectors (the dual encoder's text tower)"})
+    expansion_weight: float = field(default=1.0, metadata={"help": "weight of the texts in an expanded key"})
 
 
 @dataclass

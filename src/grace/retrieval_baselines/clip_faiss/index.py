@@ -132,12 +132,37 @@ class DenseIndex:
         return cls(index, read_json(folder / "keys.json"), config, use_gpu=use_gpu)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def expand_keys(image_keys: np.ndarray, image_ids: list[str], texts: dict[str, list[str]], encode_texts,
+                weight: float = 1.0) -> np.ndarray:
+    """Document expansion: row i becomes unit(unit(image_i) + weight · unit(mean of unit text vectors of
+    ``texts[image_ids[i]]``)); rows without texts keep their unit image vector. ``encode_texts(list) -> (N, D)``."""
+    keys = _unit(_as_float32(image_keys))
+    pairs = [(row, text) for row, image_id in enumerate(image_ids) for text in texts.get(image_id, []) if text.strip()]
+    if not pairs:
+        return keys
+    rows = np.array([row for row, _ in pairs])
+    vectors = _unit(_as_float32(encode_texts([text for _, text in pairs])))
+    sums = np.zeros_like(keys)
+    np.add.at(sums, rows, vectors)
+    has = np.unique(rows)
+    keys[has] += weight * _unit(sums[has])
+    return _unit(keys)
+
+
 def build_index(config) -> DenseIndex:
-    """``build-index``: merged features → index folder (keys = image or text features)."""
+    """``build-index``: merged features → index folder (keys = image or text features, or image features
+    expanded with texts: ``config.expansion``)."""
     from grace.retrieval_baselines.clip_faiss.extract import load_features
 
     fs = load_features(config.features)
     meta = fs.meta
+    expansion = config.expansion
+    if expansion is not None and config.feature_mode != "image":
+        raise GraceError("--expansion expands image keys: use --feature-mode image")
     if config.feature_mode == "image":
         keys_x = fs.image
         keys = {"mode": "image", "row_image": meta["ids"], "row_text": [None] * len(meta["ids"]),
@@ -150,13 +175,26 @@ def build_index(config) -> DenseIndex:
     keys["captions"] = {}
     for text, owner in zip(meta["texts"], meta["text_owner"]):
         keys["captions"].setdefault(meta["ids"][owner], []).append(text)
+    expanded = None
+    if expansion is not None:
+        import hashlib
+
+        from grace.retrieval_baselines.clip_faiss.dual_encoder import load_dual_encoder
+
+        texts = read_json(expansion)
+        if not isinstance(texts, dict):
+            raise InputError("expected an object {image_id: [texts]}", path=expansion)
+        keys_x = expand_keys(keys_x, meta["ids"], texts, load_dual_encoder(meta["model"]).encode_texts,
+                             config.expansion_weight)
+        expanded = {"file": str(expansion), "sha1": hashlib.sha1(Path(expansion).read_bytes()).hexdigest()[:16],
+                    "weight": config.expansion_weight, "images": sum(bool(texts.get(i)) for i in meta["ids"])}
     start = time.perf_counter()
     index = train_index(keys_x, config.index, train_size=config.train_size, add_batch_size=config.add_batch_size,
                         nprobe=config.nprobe, use_gpu=config.use_gpu, seed=config.seed, progress=True)
     build_s = time.perf_counter() - start
     index_config = {"index": config.index, "feature_mode": config.feature_mode, "model": meta["model"],
                     "dim": int(meta["dim"]), "ntotal": int(index.ntotal), "nprobe": config.nprobe,
-                    "build_s": build_s, "features": str(config.features)}
+                    "build_s": build_s, "features": str(config.features), "expansion": expanded}
     dense = DenseIndex(index, keys, index_config, use_gpu=config.use_gpu)
     dense.save(config.out)
     save_config(config.out, config)

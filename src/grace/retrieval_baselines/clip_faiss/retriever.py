@@ -29,7 +29,8 @@ class ClipFaissRetriever(Retriever):
         self.oversample = oversample
         if encoder.dim != index.dim:
             raise InputError(f"encoder {encoder.spec} gives {encoder.dim}-d vectors, the index holds {index.dim}-d")
-        self.name = f"clip_faiss[{index.config.get('index', 'Flat')},{index.config.get('feature_mode', 'image')}]"
+        expanded = "+expansion" if index.config.get("expansion") else ""
+        self.name = f"clip_faiss[{index.config.get('index', 'Flat')},{index.config.get('feature_mode', 'image')}{expanded}]"
 
     def embed(self, queries: list[Query]) -> np.ndarray:
         """(Q, D) L2-normalised query vectors."""

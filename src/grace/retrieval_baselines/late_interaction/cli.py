@@ -91,9 +91,14 @@ def _index(args) -> int:
                       kmeans_niters=config.kmeans_niters, seed=config.seed).index_custom_collection(
             config.out, source, ids)
     else:
+        expansion = read_json(config.expansion) if config.expansion is not None else None
+        if expansion is not None and not isinstance(expansion, dict):
+            raise InputError("expected an object {image_id: [texts]}", path=config.expansion)
         out = index_images(config.model, load_karpathy(config.dataset, config.image_root), config.out, split=config.split,
                            backend=config.backend, nbits=config.nbits, kmeans_niters=config.kmeans_niters,
-                           cache_dir=config.cache_dir or Path(config.out) / "cache", seed=config.seed, model=model)
+                           cache_dir=config.cache_dir or Path(config.out) / "cache", seed=config.seed, model=model,
+                           expansion=expansion,
+                           expansion_source={"file": str(config.expansion)} if expansion is not None else None)
     save_config(out, config, name="index_config.json")
     print(json.dumps(read_json(out / "config.json"), indent=2))
     return 0

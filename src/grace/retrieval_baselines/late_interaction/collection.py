@@ -131,6 +131,28 @@ class ImageDocs:
         return model.encode_image_docs(torch.as_tensor(np.asarray(self.visual[list(rows)], dtype=np.float32)))
 
 
+class ExpandedImageDocs(ImageDocs):
+    """Images as documents expanded with text (document expansion: an image's tags, or the pseudo-queries a
+    generative retriever memorises for it): the image's tokens followed by the text's document tokens, so
+    MaxSim matches query tokens against both. An image without text keeps only its own tokens."""
+
+    kind = "image+text"
+
+    def __init__(self, visual: np.ndarray | torch.Tensor, texts: Sequence[str]):
+        super().__init__(visual)
+        if len(texts) != len(visual):
+            raise InputError(f"{len(visual)} images but {len(texts)} expansion texts")
+        self.texts = [t or "" for t in texts]
+
+    def encode(self, model, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        d_image, m_image = super().encode(model, rows)
+        d_text, m_text = model.encode_docs([self.texts[r] for r in rows])
+        empty = torch.tensor([not self.texts[r].strip() for r in rows], device=m_text.device)
+        m_text = m_text.bool() & ~empty[:, None]
+        return (torch.cat([d_image, d_text.to(d_image.dtype)], 1),
+                torch.cat([m_image.bool(), m_text.to(m_image.device)], 1))
+
+
 @torch.no_grad()
 def encode_collection(model, source, *, batch_size: int = 64, progress: bool = False
                       ) -> tuple[torch.Tensor, list[int]]:

@@ -94,6 +94,9 @@ class IndexConfig:
     nbits: int = field(default=2, metadata={"help": "PLAID residual bits", "choices": NBITS})
     kmeans_niters: int = field(default=4, metadata={"help": "PLAID k-means iterations"})
     cache_dir: Path | None = field(default=None, metadata={"help": "visual token cache (default OUT/cache)"})
+    expansion: Path | None = field(default=None, metadata={
+        "help": "images of --dataset: document expansion, JSON {image_id: [texts]} (tags, or pseudo-queries) whose "
+                "document tokens join each image's own"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

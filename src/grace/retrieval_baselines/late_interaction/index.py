@@ -62,10 +62,12 @@ class Indexer:
         self.batch_size = batch_size
 
     def index_custom_collection(self, out: str | Path, source, doc_ids: Sequence[str], *,
-                                packed: tuple[torch.Tensor, list[int]] | None = None, progress: bool = False) -> Path:
+                                packed: tuple[torch.Tensor, list[int]] | None = None, progress: bool = False,
+                                extra: dict | None = None) -> Path:
         """Index ``source`` (a :mod:`.collection` document source) under ``out``; ``doc_ids`` name its rows.
 
-        ``packed`` = already encoded (embeddings, lengths), e.g. shared between indexes of several nbits.
+        ``packed`` = already encoded (embeddings, lengths), e.g. shared between indexes of several nbits;
+        ``extra`` = more to record in the index's config.json (e.g. where an expansion's texts came from).
         """
         from grace.retrieval_baselines.late_interaction.collection import encode_collection
 
@@ -85,7 +87,7 @@ class Indexer:
         config = {"backend": self.backend, "nbits": self.nbits, "kmeans_niters": self.kmeans_niters,
                   "model": str(Path(self.model_dir).resolve()) if self.model_dir else None, "kind": source.kind,
                   "num_docs": len(doc_ids), "num_embeddings": len(emb), "dim": int(emb.shape[1]),
-                  "encode_s": encode_s, "model_kind": type(self.model).__name__}
+                  "encode_s": encode_s, "model_kind": type(self.model).__name__, **(extra or {})}
         if self.backend == "plaid":
             from grace.retrieval_baselines.late_interaction.plaid import build_plaid
 

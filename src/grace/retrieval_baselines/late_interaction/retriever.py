@@ -85,10 +85,17 @@ class LateInteractionRetriever(Retriever):
 
 def index_images(model_dir: str | Path, dataset, out: str | Path, *, split: str = "test", backend: str = "plaid",
                  nbits: int = 2, kmeans_niters: int = 4, cache_dir: str | Path | None = None, seed: int = 0,
-                 model=None) -> Path:
-    """Index the images of ``split`` ('' = all) as multi-vector documents (their projected visual tokens)."""
+                 model=None, expansion: dict[str, list[str]] | None = None, expansion_source: dict | None = None
+                 ) -> Path:
+    """Index the images of ``split`` ('' = all) as multi-vector documents (their projected visual tokens);
+    with ``expansion`` ({image id: [texts]}), each image's texts' document tokens too (document expansion;
+    ``expansion_source`` says where they came from, in the index's config)."""
     from grace.errors import InputError
-    from grace.retrieval_baselines.late_interaction.collection import ImageDocs, visual_tokens
+    from grace.retrieval_baselines.late_interaction.collection import (
+        ExpandedImageDocs,
+        ImageDocs,
+        visual_tokens,
+    )
     from grace.retrieval_baselines.late_interaction.index import Indexer
     from grace.retrieval_baselines.late_interaction.modeling import LateInteractionModel
 
@@ -96,27 +103,34 @@ def index_images(model_dir: str | Path, dataset, out: str | Path, *, split: str 
     ids = [r.image_id for r in dataset.split(split)] if split else dataset.image_ids()
     if not ids:
         raise InputError(f"no images to index (split {split!r} is empty)", path=dataset.name)
-    source = ImageDocs(visual_tokens(dataset, model.config.image_encoder, cache_dir or Path(out) / "cache",
-                                     image_ids=ids))
+    visual = visual_tokens(dataset, model.config.image_encoder, cache_dir or Path(out) / "cache", image_ids=ids)
+    source = ImageDocs(visual) if expansion is None else \
+        ExpandedImageDocs(visual, [" ; ".join(expansion.get(i, [])) for i in ids])
+    extra = {"expansion": expansion_source or {}} if expansion is not None else None
     return Indexer(model=model, model_dir=model_dir, backend=backend, nbits=nbits, kmeans_niters=kmeans_niters,
-                   seed=seed).index_custom_collection(out, source, ids)
+                   seed=seed).index_custom_collection(out, source, ids, extra=extra)
 
 
 def build_text_to_image(dataset_json: str | Path, out: str | Path, *, steps: int = 300, backend: str = "exact",
                         cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True,
-                        split: str = "test", index: str = "index") -> LateInteractionRetriever:
-    """Text → image baseline in ``out``: train on the train captions (``out/model``), index the ``split``
-    images (``out/<index>``), reusing both when present; returns the retriever over that index."""
+                        split: str = "test", index: str = "index", model_dir: str | Path | None = None,
+                        expansion: dict[str, list[str]] | None = None, expansion_source: dict | None = None
+                        ) -> LateInteractionRetriever:
+    """Text → image baseline in ``out``: train on the train captions (``model_dir``, default ``out/model``),
+    index the ``split`` images (``out/<index>``, expanded with ``expansion`` texts when given), reusing both
+    when present (an index expanded from another source is rebuilt); returns the retriever over that index."""
     from grace.data_process.dataset import load_karpathy
+    from grace.io_utils import read_json
     from grace.retrieval_baselines.late_interaction.configs import TrainConfig
     from grace.retrieval_baselines.late_interaction.train import train_t2i
 
     out = Path(out)
-    model_dir, index_dir = out / "model", out / index
+    model_dir, index_dir = Path(model_dir or out / "model"), out / index
     if not (model_dir / "train_config.json").is_file():  # written last
         train_t2i(TrainConfig(dataset=Path(dataset_json), out=model_dir, steps=steps, cache_dir=cache_dir,
                               seed=seed), progress=progress)
-    if not (index_dir / "config.json").is_file():
+    built = read_json(index_dir / "config.json") if (index_dir / "config.json").is_file() else None
+    if built is None or (expansion is not None and built.get("expansion") != (expansion_source or {})):
         index_images(model_dir, load_karpathy(dataset_json), index_dir, split=split, backend=backend,
-                     cache_dir=cache_dir, seed=seed)
+                     cache_dir=cache_dir, seed=seed, expansion=expansion, expansion_source=expansion_source)
     return LateInteractionRetriever.load(index_dir)
