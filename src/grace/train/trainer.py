@@ -163,9 +163,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                               "samples_per_s": samples_per_step / times[-1]}, step=step)
         bar.update(1)
         if checkpoint_now:
-            last_ckpt = E.save_checkpoint(engine, ckpt_root, step, micro_step, rank, cfg.keep_checkpoints)
-            if rank == 0:  # a killed run keeps its loss history up to its last checkpoint
+            if rank == 0:  # before the checkpoint: a run killed between the two would lose this step's loss
+                # (a kill before the checkpoint completes leaves a step that the resumed run recomputes and
+                # write_metrics replaces)
                 E.write_metrics(out / "metrics.json", losses, steps, _mean_step_time(times))
+            last_ckpt = E.save_checkpoint(engine, ckpt_root, step, micro_step, rank, cfg.keep_checkpoints)
     bar.close()
 
     seconds_per_step = _mean_step_time(times)
