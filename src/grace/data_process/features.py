@@ -69,6 +69,11 @@ class FeatureSet:
         return cls(ids=ids, array=array, encoder=str(meta.get("encoder", "")), meta=meta)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row (last axis) scaled to unit L2 norm; an all-zero row stays zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def encoder_folder(encoder: str) -> str:
     """The folder name of an encoder's features cache (``open_clip:ViT-B-32/openai`` → ``open_clip_ViT-B-32_openai``)."""
     return encoder.replace("/", "_").replace(":", "_")

@@ -30,6 +30,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 
 from grace.data_process.dataset import TRAIN_SPLITS, Dataset, ImageRecord, dataset_digest
+from grace.data_process.features import unit_rows
 from grace.data_process.leak_filter import LeakCounts, LeakFilter
 from grace.errors import GraceError, InputError
 
@@ -131,10 +132,7 @@ class KnnCaptionPseudoQueries(PseudoQueryGenerator):
 
     @staticmethod
     def _unit(rows):
-        import numpy as np
-
-        rows = rows.reshape(len(rows), -1)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        return unit_rows(rows.reshape(len(rows), -1))
 
     def neighbours(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
         """The ``k`` nearest training images of each record, nearest first (never the image itself)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grace.data_process.dataset import TRAIN_SPLITS
+from grace.data_process.features import unit_rows
 from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
@@ -89,8 +90,6 @@ def _text_matrix(dataset, text_encoder: str, pseudo: dict[str, list[str]]) -> np
     return out
 
 
-def _normalised(array: np.ndarray) -> np.ndarray:
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
 
 def _permutation(n: int, seed: int) -> np.ndarray:
@@ -228,10 +227,10 @@ class StructuredScheme(Scheme):
             raise GraceError(f"cluster_on must be one of {list(CLUSTER_ON)}, got {cfg.cluster_on!r}")
         parts = []
         if cfg.cluster_on in ("image", "both"):
-            parts.append(_normalised(_feature_matrix(dataset, features)) if cfg.cluster_on == "both"
+            parts.append(unit_rows(_feature_matrix(dataset, features)) if cfg.cluster_on == "both"
                          else _feature_matrix(dataset, features))
         if cfg.cluster_on in ("text", "both"):
-            parts.append(_normalised(_text_matrix(dataset, cfg.text_encoder, self.pseudo_queries)))
+            parts.append(unit_rows(_text_matrix(dataset, cfg.text_encoder, self.pseudo_queries)))
         matrix = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         paths = hierarchical_kmeans(matrix, k=cfg.k, c=cfg.c, seed=cfg.seed,
                                     niter=cfg.niter, backend=cfg.kmeans)

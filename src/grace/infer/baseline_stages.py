@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
 from grace.infer.pipeline import features_dir, folder_bytes, result_path
 from grace.io_utils import read_json, write_json
@@ -63,7 +64,7 @@ def build_clip_faiss_expanded(run: Path, dataset_json: Path, *, encoder: str = "
     from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
 
     index = run / "baselines" / "clip_faiss_expanded" / index_name(split)
-    _, source = run_pseudo_queries(run, dataset_json, split)
+    _, source = run_pseudo_queries(run, load_karpathy(dataset_json, check_files=False), split)
     built = read_json(index / "index_config.json") if (index / "config.json").is_file() else {}
     if (built.get("expansion") or {}).get("source") != source:
         features = _clip_faiss_features(run, dataset_json, encoder=encoder, seed=seed, progress=progress, split=split)
@@ -92,21 +93,19 @@ def build_late_interaction_expanded(run: Path, dataset_json: Path, *, encoder: s
     tokens of the run's pseudo-queries for it; rebuilt when those pseudo-queries changed."""
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
-    queries, source = run_pseudo_queries(run, dataset_json, split)
+    queries, source = run_pseudo_queries(run, load_karpathy(dataset_json, check_files=False), split)
     return build_text_to_image(dataset_json, run / "baselines" / "late_interaction_expanded", seed=seed,
                                progress=progress, cache_dir=features_dir(run, encoder), split=split,
                                index=index_name(split), model_dir=run / "baselines" / "late_interaction" / "model",
                                expansion=queries, expansion_source=source)
 
 
-def run_pseudo_queries(run: Path, dataset_json: Path, split: str) -> tuple[dict[str, list[str]], dict]:
-    """The run's pseudo-queries (RUN/data/pseudo_queries.json, checked against the dataset) and a record of
+def run_pseudo_queries(run: Path, dataset, split: str) -> tuple[dict[str, list[str]], dict]:
+    """The run's pseudo-queries (RUN/data/pseudo_queries.json, checked against ``dataset``) and a record of
     where they came from, for the baselines that read them (``source``: file, digest, protocol, generator,
     split)."""
-    from grace.data_process.dataset import load_karpathy
     from grace.data_process.pseudo_queries import load_pseudo_queries
 
-    dataset = load_karpathy(dataset_json, check_files=False)
     queries, provenance = load_pseudo_queries(run / "data" / "pseudo_queries.json", dataset)
     return queries, {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
                      "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
@@ -116,14 +115,14 @@ def build_bm25(run: Path, dataset_json: Path, *, encoder: str = "", seed: int = 
                split: str = "test") -> Retriever:
     """The lexical control: BM25 over the run's pseudo-queries (RUN/data/pseudo_queries.json), one document per
     ``split`` image; rebuilt when those pseudo-queries changed."""
-    from grace.data_process.dataset import load_karpathy
     from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
 
     index = run / "baselines" / "bm25" / index_name(split)
-    queries, source = run_pseudo_queries(run, dataset_json, split)
+    dataset = load_karpathy(dataset_json, check_files=False)
+    queries, source = run_pseudo_queries(run, dataset, split)
     if (index / "config.json").is_file() and read_json(index / "config.json").get("source") == source:
         return BM25Retriever.load(index)
-    corpus = [r.image_id for r in load_karpathy(dataset_json, check_files=False).split(split)]
+    corpus = [r.image_id for r in dataset.split(split)]
     return BM25Retriever.load(BM25Retriever.from_pseudo_queries(queries, corpus, seed=seed, source=source).save(index))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grace.data_process.features import unit_rows
 from grace.errors import GraceError
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ def dataset_image_features(dataset, encoder: str = "efficientnet-lite0", cache_d
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return unit_rows(np.asarray(x, dtype=np.float32))
 
 
 class DualEncoder:

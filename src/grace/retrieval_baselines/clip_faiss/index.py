@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.data_process.features import unit_rows
 from grace.errors import GraceError, InputError
 from grace.io_utils import atomic_path, read_json, save_config, write_json
 
@@ -132,25 +133,21 @@ class DenseIndex:
         return cls(index, read_json(folder / "keys.json"), config, use_gpu=use_gpu)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def expand_keys(image_keys: np.ndarray, image_ids: list[str], texts: dict[str, list[str]], encode_texts,
                 weight: float = 1.0) -> np.ndarray:
     """Document expansion: row i becomes unit(unit(image_i) + weight · unit(mean of unit text vectors of
     ``texts[image_ids[i]]``)); rows without texts keep their unit image vector. ``encode_texts(list) -> (N, D)``."""
-    keys = _unit(_as_float32(image_keys))
+    keys = unit_rows(_as_float32(image_keys))
     pairs = [(row, text) for row, image_id in enumerate(image_ids) for text in texts.get(image_id, []) if text.strip()]
     if not pairs:
         return keys
     rows = np.array([row for row, _ in pairs])
-    vectors = _unit(_as_float32(encode_texts([text for _, text in pairs])))
+    vectors = unit_rows(_as_float32(encode_texts([text for _, text in pairs])))
     sums = np.zeros_like(keys)
     np.add.at(sums, rows, vectors)
     has = np.unique(rows)
-    keys[has] += weight * _unit(sums[has])
-    return _unit(keys)
+    keys[has] += weight * unit_rows(sums[has])
+    return unit_rows(keys)
 
 
 def build_index(config) -> DenseIndex:

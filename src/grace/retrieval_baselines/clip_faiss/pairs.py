@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.data_process.features import unit_rows
 from grace.errors import InputError
 from grace.io_utils import atomic_path, save_config, write_json
 
@@ -88,7 +89,7 @@ def class_queries(encoder, classes: list[str], templates: list[str]) -> np.ndarr
     _check_templates(templates)
     prompts = [t.format(c) for c in classes for t in templates]
     emb = encoder.encode_texts(prompts).reshape(len(classes), len(templates), -1).mean(axis=1)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return unit_rows(emb)
 
 
 def interleave_prompt_hits(per_prompt: list[list[tuple[int, float]]], row_images: list[str], k: int

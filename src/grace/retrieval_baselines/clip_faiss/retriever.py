@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.data_process.features import unit_rows
 from grace.errors import InputError
 from grace.retriever import Hit, Query, Retriever
 
@@ -43,7 +44,7 @@ class ClipFaissRetriever(Retriever):
             out[text_rows] += self.encoder.encode_texts([queries[i].text for i in text_rows])
         if image_rows:
             out[image_rows] += self.encoder.encode_images(open_images([queries[i].image for i in image_rows]))
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit_rows(out)
 
     def search_rows(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (row, score) per query vector, rows of distinct images."""
