@@ -54,13 +54,17 @@ def score(files: dict[str, Path], dataset, query_sets: list, seed: int) -> dict:
         compared = compare_to(out[qs.name], list(files)[1:], reference, KS, seed=seed)
         for label, comparison in compared.items():
             out[qs.name][label]["vs_reference"] = comparison
-    return {"results": out, "pseudo_queries": {label: {k: p.get(k) for k in ("generator", "options", "digest",
-                                                                          "leak_filter")}
-                                               for label, p in provenance.items()}}
+    keep = ("protocol", "generator", "options", "digest", "leak_filter")
+    return {"results": out, "pseudo_queries": {label: {k: p.get(k) for k in keep} for label, p in provenance.items()},
+            "seeds": {"bm25_tie_order": seed, "bootstrap": seed}}
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# {report['title']}", "", report["note"], "", f"`{report['command']}`", ""]
+    sources = "; ".join(f"{label}: protocol `{p['protocol']}`, digest {p['digest']}"
+                        for label, p in report["pseudo_queries"].items())
+    provenance = (f"Pseudo-queries: {sources}. Seed {report['seeds']['bootstrap']}; commit "
+                  f"{report['git'].get('commit')} (dirty: {report['git'].get('dirty')}); query ids in the JSON.")
+    lines = [f"# {report['title']}", "", report["note"], "", provenance, "", f"`{report['command']}`", ""]
     for set_name, rows in report["results"].items():
         lines += [f"## {set_name} ({next(iter(rows.values()))['num_queries']} queries)", "",
                   "| pseudo-queries | " + " | ".join(f"R@{k} [95% CI]" for k in KS) + " | Δ R@1 vs first (p) |",
