@@ -7,7 +7,7 @@ the text route, generative recall should collapse on queries that share no word 
 pseudo-queries, while dense recall holds. Words match after lower-casing, dropping stop words and cutting
 to the first ``--stem`` characters ("winking" ~ "wink" at 4).
 
-    python benchmarks/query_overlap.py docs/results/emoji-smollm2-effnet.json \
+    python benchmarks/query_overlap.py docs/results/archive/emoji-smollm2-effnet.json \
         --dataset runs/p4-smollm2-text/data/dataset.json --pseudo-queries runs/p4-smollm2-text/data/pseudo_queries.json \
         --out docs/results/query-overlap-emoji
 """

@@ -247,3 +247,31 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
     assert index_config["expansion"]["images"] == sum(bool(queries.get(i)) for i in test_ids) > 0
     _, again, saved_again, _ = score(1)
     assert saved_again["digest"] != saved["digest"] and again["expansion"]["source"]["digest"] == saved_again["digest"]
+
+
+def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_path, monkeypatch):
+    install(monkeypatch)
+    dataset_json = tiny_with_val.root.parent / "dataset.json"
+    config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
+                          num_beams=4, baselines=["none"], training_seeds=[1, 0, 2])
+    results = run_ablation(config)
+    saved = json.loads((tmp_path / "run" / "results" / "ablation.json").read_text())
+    chosen = saved["selection"]["generative"]
+    other = ({"numeric", "structured"} - {chosen}).pop()
+    assert CALLS["train"] == 2 + 2  # both schemes once, the chosen one under seeds 1 and 2 (0 is --seed's run)
+    for seed in (1, 2):
+        request = json.loads((tmp_path / "run" / "ckpt" / f"{chosen}@seed{seed}" / "train_request.json").read_text())
+        assert request["seed"] == seed and request["ids_dir"].endswith(f"ids/{chosen}")  # the same ids
+        assert (tmp_path / "run" / "results" / f"{chosen}@seed{seed}.json").is_file()
+    assert not (tmp_path / "run" / "ckpt" / f"{other}@seed1").exists()
+    spread = results[chosen]["training_seeds"]
+    assert spread["seeds"] == [0, 1, 2] and "training_seeds" not in results[other]
+    recall = spread["recall@1"]
+    assert recall["values"][0] == results[chosen]["recall@1"]
+    assert recall["min"] <= recall["mean"] <= recall["max"] and len(recall["values"]) == 3
+    assert saved["provenance"]["seeds"]["training"] == [0, 1, 2]
+    table = (tmp_path / "run" / "results" / "ablation.md").read_text()
+    assert f"Training seeds of `{chosen}` (selected on val" in table and "per seed:" in table
+    before = CALLS["train"]
+    run_ablation(config)  # the seed runs are reused too
+    assert CALLS["train"] == before

@@ -20,29 +20,88 @@ from grace.io_utils import save_config, seed_everything, write_json
 KS = (1, 5, 10)
 
 
-def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
-               timer: P.StageTimer, sets: list) -> dict[str, dict]:
-    """One scheme end to end; returns ``{query set: eval metrics plus train seconds}``."""
-    overrides = json_options(config.train_overrides, "--train-overrides")
-    if config.i2id_views != 1:
-        overrides = {"i2id_views": config.i2id_views, **overrides}
+def scheme_artefacts(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
+                     timer: P.StageTimer, splits) -> tuple:
+    """ids → shards → tries (one per split in ``splits``) of one scheme, reused when built;
+    returns ``(idmap, tokenizer, tries, force)``: ``force`` when the ids are new (nothing built on old ones is kept)."""
     scheme_settings = json_options(config.scheme_overrides, "--scheme-overrides")
     idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force, pseudo_queries=pseudo_queries,
                         **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
-    force = config.force or f"ids/{scheme}" not in timer.skipped  # new ids: nothing built on the old ones is kept
+    force = config.force or f"ids/{scheme}" not in timer.skipped
     P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=force)
     tries = {split: P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, split=split, force=force)
-             for split in dict.fromkeys(query_set.split for query_set in sets)}
-    values = P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
-                                   batch_size_i2id=config.batch_size_i2id, batch_size_t2id=config.batch_size_t2id,
-                                   encoder=config.encoder, seed=config.seed, overrides=overrides)
-    export = P.stage_train(run, scheme, values, timer, nproc=config.nproc, force=force)
+             for split in dict.fromkeys(splits)}
+    return idmap, tokenizer, tries, force
+
+
+def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: str | None = None) -> dict:
+    """The scheme's ``grace train`` config under training ``seed``, into RUN/ckpt/<name or scheme>."""
+    overrides = json_options(config.train_overrides, "--train-overrides")
+    if config.i2id_views != 1:
+        overrides = {"i2id_views": config.i2id_views, **overrides}
+    return P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
+                                 batch_size_i2id=config.batch_size_i2id, batch_size_t2id=config.batch_size_t2id,
+                                 encoder=config.encoder, seed=seed, overrides=overrides, name=name)
+
+
+def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
+               timer: P.StageTimer, sets: list) -> dict[str, dict]:
+    """One scheme end to end; returns ``{query set: eval metrics plus train seconds}``."""
+    idmap, tokenizer, tries, force = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
+                                                      [query_set.split for query_set in sets])
+    export = P.stage_train(run, scheme, train_values(run, scheme, config, config.seed), timer, nproc=config.nproc,
+                           force=force)
     by_set = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=sets, tries=tries,
                           num_beams=config.num_beams)
     for res in by_set.values():
         res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
     return by_set
+
+
+def seed_name(scheme: str, seed: int) -> str:
+    """The checkpoint and result name of ``scheme`` retrained under another training seed."""
+    return f"{scheme}@seed{seed}"
+
+
+def run_training_seeds(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
+                       timer: P.StageTimer, test_set, first: dict) -> dict:
+    """``scheme`` retrained under each of ``config.training_seeds`` (same ids, shards, data and queries; only the
+    training seed differs: initialisation and data order) and scored on the test queries; ``first`` is its
+    result under ``config.seed``. Returns the spread: per seed and mean / sample sd / min / max of each R@K."""
+    import statistics
+
+    idmap, tokenizer, tries, _ = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
+                                                  [test_set.split])
+    per_seed = {config.seed: first}
+    for seed in dict.fromkeys(config.training_seeds):
+        if seed == config.seed:
+            continue
+        name = seed_name(scheme, seed)
+        export = P.stage_train(run, scheme, train_values(run, scheme, config, seed, name=name), timer,
+                               nproc=config.nproc, name=name)
+        per_seed[seed] = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=[test_set],
+                                      tries=tries, num_beams=config.num_beams, name=name)[test_set.name]
+    spread = {"seeds": list(per_seed)}
+    for k in KS:
+        values = [float(result[f"recall@{k}"]) for result in per_seed.values()]
+        spread[f"recall@{k}"] = {"values": values, "mean": statistics.fmean(values),
+                                 "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                 "min": min(values), "max": max(values)}
+    return spread
+
+
+def seeds_markdown(name: str, spread: dict, selected_on: str | None) -> str:
+    """One line per R@K: mean ± sd over the training seeds, and each seed's value."""
+    how = f"selected on {selected_on}" if selected_on else "every scheme (no selection on val)"
+    lines = [f"\nTraining seeds of `{name}` ({how}; the same ids, data and queries, seeds "
+             f"{', '.join(map(str, spread['seeds']))}):\n"]
+    for k in KS:
+        s = spread[f"recall@{k}"]
+        each = " / ".join(f"{100 * v:.1f}" for v in s["values"])
+        lines.append(f"- R@{k}: mean {100 * s['mean']:.1f} ± {100 * s['sd']:.1f} (sd), min {100 * s['min']:.1f}, "
+                     f"max {100 * s['max']:.1f} (per seed: {each})")
+    return "\n".join(lines) + "\n"
 
 
 def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> float:
@@ -53,6 +112,12 @@ def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> floa
     if path.is_file():
         return float(json.loads(path.read_text()).get(name, {}).get("train_s", 0.0))
     return 0.0
+
+
+def row_kinds(results: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """``(generative rows, non-generative rows)`` among ``results``: the schemes; the baselines and BM25."""
+    return ([name for name in results if name in SCHEMES],
+            [name for name in results if name in BASELINES or name == "bm25"])
 
 
 def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> dict:
@@ -66,7 +131,8 @@ def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> di
             | {"leak_filter": leak},
             "queries": sets[0].provenance(), "query_sets": {s.name: s.provenance() for s in sets[1:]},
             "selected_on": config.select_on,
-            "seeds": {"training": [config.seed], "data_split": config.seed, "bootstrap": config.seed},
+            "seeds": {"training": list(dict.fromkeys([config.seed, *config.training_seeds])), "data_split": config.seed,
+                      "bootstrap": config.seed},
             "git": git_state()}
 
 
@@ -86,8 +152,7 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     out = run / "results"
     gold = {query_set.name: query_set.gold for query_set in sets}
     results = by_set["test"]
-    schemes = [name for name in results if name in SCHEMES]
-    non_generative = [name for name in results if name in BASELINES or name == "bm25"]
+    schemes, non_generative = row_kinds(results)
     others = {}
     for query_set in sets[1:]:
         rows = by_set[query_set.name]
@@ -115,6 +180,9 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     if selection:
         paired = paired.replace("the best non-generative row by R@1", "the non-generative row selected on val")
     rest = paired + (verdict_markdown(decision, KS) if decision else "")
+    for name in schemes:
+        if "training_seeds" in results[name]:
+            rest += seeds_markdown(name, results[name]["training_seeds"], selection["split"] if selection else None)
     for query_set in sets[1:]:
         set_rows = recall_rows({k: v for k, v in others[query_set.name].items() if k != "comparisons"}, KS)
         rest += f"\nQuery set `{query_set.name}` ({query_set.source}):\n\n" + \
@@ -183,6 +251,14 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
         scored["test"]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
         add(kind, scored)
     add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
+    if config.training_seeds:
+        from grace.infer.selection import select_on
+
+        schemes, non_generative = row_kinds(by_set["test"])
+        chosen = select_on(by_set["val"], schemes, non_generative)["generative"] if "val" in by_set else None
+        for scheme in [chosen] if chosen else schemes:
+            by_set["test"][scheme]["training_seeds"] = run_training_seeds(
+                run, scheme, dataset, features, pseudo_queries, config, timer, sets[0], by_set["test"][scheme])
     provenance = run_provenance(config, pq_provenance, sets)
     tables = write_ablation(run, by_set, sets, config, provenance)
     print(tables, end="")

@@ -96,6 +96,10 @@ class AblateConfig:
         "help": "hand-written val queries to report every row on (benchmarks/natural_queries/<benchmark>-val.json)"})
     max_queries: int = field(default=0, metadata={"help": "evaluate only the first N queries of each set (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})
+    training_seeds: list[int] = field(default_factory=list, metadata={
+        "help": "more training seeds for the generative row selected on val (every scheme under --select-on none): "
+                "retrained on the same ids, data and queries and scored on test; the table gives each seed's recall "
+                "and their mean and sd with --seed's"})
     force: bool = field(default=False, metadata={"help": "rebuild artefacts even when present"})
     publish: Path | None = field(default=None, metadata={
         "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>-<protocol>.{md,json,png} with the command, "

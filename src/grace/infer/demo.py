@@ -24,7 +24,7 @@ PRESETS = {
               "baselines": ["clip_faiss", "late_interaction"],
               "train_overrides": '{"max_length": 96, "warmup_steps": 30}'},
     # full (GPU): the pretrained SmolLM2 with its LM frozen (lm_training in smollm2-effnet.json) and lr 1e-3,
-    # the best recall per training hour measured on emoji (docs/results/lm-training-emoji600.md).
+    # the best recall per training hour measured on emoji (docs/results/archive/lm-training-emoji600.md).
     "full": {"schemes": list(SCHEMES), "limit": 0, "model": "smollm2-effnet", "steps": 3000, "nproc": 1,
              "batch_size_i2id": 64, "batch_size_t2id": 64, "lr": 1e-3, "num_beams": 20},
 }

@@ -225,16 +225,18 @@ def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: 
 
 
 def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
-                        batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None) -> dict:
-    """The ``grace train`` config of one scheme in the run layout, with the user's ``overrides`` on top.
-    An override that is not a TrainConfig field is an error (a typo would otherwise change nothing)."""
+                        batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None,
+                        name: str | None = None) -> dict:
+    """The ``grace train`` config of one scheme in the run layout (into RUN/ckpt/<name or scheme>), with the
+    user's ``overrides`` on top. An override that is not a TrainConfig field is an error (a typo would
+    otherwise change nothing)."""
     from grace.errors import GraceError
     from grace.train import TrainConfig
 
     values = {"shards_dir": run / "shards" / scheme, "ids_dir": run / "ids" / scheme, "trie_dir": run / "trie" / scheme,
               "features_cache": features_dir(run, encoder), "image_encoder": encoder, "model": model,
               "steps": steps, "lr": lr, "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
-              "output_dir": run / "ckpt" / scheme, "seed": seed}
+              "output_dir": run / "ckpt" / (name or scheme), "seed": seed}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides or {}) - known)
     if unknown:
@@ -251,9 +253,11 @@ def model_visual_tokens(model: str) -> int:
     return int(resolve_config(model).n_visual_tokens)
 
 
-def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: int = 1, force: bool = False) -> Path:
-    """RUN/ckpt/<scheme>/export via ``grace train`` (in-process, or torchrun with ``nproc`` > 1)."""
-    out = run / "ckpt" / scheme
+def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: int = 1, force: bool = False,
+                name: str | None = None) -> Path:
+    """RUN/ckpt/<name or scheme>/export via ``grace train`` (in-process, or torchrun with ``nproc`` > 1)."""
+    name = name or scheme
+    out = run / "ckpt" / name
     export = out / "export"
     config_path = out / "train_request.json"
 
@@ -273,7 +277,7 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
         return export
 
     done = export.is_dir() and config_path.is_file() and not force and json.loads(config_path.read_text()) == values
-    return timer.run(f"train/{scheme}", done, build, lambda: export)
+    return timer.run(f"train/{name}", done, build, lambda: export)
 
 
 def result_path(run: Path, query_set: str, name: str) -> Path:
@@ -282,9 +286,11 @@ def result_path(run: Path, query_set: str, name: str) -> Path:
 
 
 def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, timer: StageTimer, *,
-               sets: list, tries: dict, num_beams: int = 10) -> dict[str, dict]:
+               sets: list, tries: dict, num_beams: int = 10, name: str | None = None) -> dict[str, dict]:
     """Evaluate the trained model on every query set (``sets``: QuerySets; ``tries``: split → the trie of its
-    corpus) → ``{set name: result}``, each in :func:`result_path`. The model is loaded once."""
+    corpus) → ``{set name: result}``, each in :func:`result_path` under ``name`` (default: the scheme).
+    The model is loaded once."""
+    name = name or scheme
     from grace.infer.evaluate import evaluate
     from grace.infer.retriever import GenerativeRetriever
 
@@ -297,11 +303,11 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, 
             res = evaluate(retriever, query_set.texts, query_set.gold)
             res["index_bytes"] = folder_bytes(trie_dir(run, scheme, query_set.split))  # the generative "index"
             res["corpus_size"] = len(dataset.split(query_set.split))
-            write_json(result_path(run, query_set.name, scheme), res)
+            write_json(result_path(run, query_set.name, name), res)
             out[query_set.name] = res
         return out
 
-    return timer.run(f"eval/{scheme}", False, build, lambda: None)
+    return timer.run(f"eval/{name}", False, build, lambda: None)
 
 
 def random_baseline(dataset, query_set, *, seed: int = 0) -> dict:
