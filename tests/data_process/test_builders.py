@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from data_packages import EMOJI, OPENCLIPART, needs, require
 
 from grace.data_process.dataset import load_karpathy
 from grace.data_process.emoji import (
@@ -21,9 +22,8 @@ from grace.data_process.emoji import (
 from grace.data_process.openclipart import SVG_ROOT, build_openclipart
 from grace.errors import GraceError
 
-needs_emoji = pytest.mark.skipif(not FONT_PATH.is_file() or not CLDR_DIR.is_dir(),
-                                 reason="apt-get install fonts-noto-color-emoji unicode-cldr-core")
-needs_openclipart = pytest.mark.skipif(not SVG_ROOT.is_dir(), reason="apt-get install openclipart-svg")
+needs_emoji = needs(EMOJI)
+needs_openclipart = needs(OPENCLIPART)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 HELD_OUT = ("test", "val")
 
@@ -31,8 +31,7 @@ HELD_OUT = ("test", "val")
 @pytest.fixture(scope="module")
 def emoji40(tmp_path_factory):
     out = tmp_path_factory.mktemp("emoji") / "emoji40"
-    if not FONT_PATH.is_file() or not CLDR_DIR.is_dir():
-        pytest.skip("apt-get install fonts-noto-color-emoji unicode-cldr-core")
+    require(EMOJI)
     return out, build_emoji(out, limit=40, progress=False)
 
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from data_packages import CLDR, needs
 
 from grace.data_process.dataset import Dataset, ImageRecord
 from grace.data_process.emoji import CLDR_DIR
@@ -42,7 +43,7 @@ def test_the_emoji_leaks_are_dropped():
     assert word_bag("The Cats, running!") == word_bag("cat run")  # stop words dropped, stemmed
 
 
-@pytest.mark.skipif(not CLDR_DIR.is_dir(), reason="apt-get install unicode-cldr-core")
+@needs(CLDR)
 def test_no_keyword_pseudo_query_leaks_a_held_out_emoji_name():
     """On every CLDR emoji, split as the benchmark does: the issue's leaks are generated and then dropped,
     and no kept pseudo-query holds all the words of any held-out name (checked by brute force)."""

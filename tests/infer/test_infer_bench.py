@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from grace.infer.bench import run_bench
@@ -21,7 +22,11 @@ def test_bench_decode_writes_every_section(tmp_path):
     assert [p["batch"] for p in results["p1_batches"]] == [2, 3] and results["p1"]["batch"] == 2
     assert [r["model"] for r in results["loop"]] == ["tiny-llama", "tiny"]
     for row in results["loop"]:
-        assert row["speedup"] > 0 and row["new_qps"] > 0 and row["new_bf16_qps"] > 0
+        assert min(row["reference_qps"], row["new_qps"], row["new_dynamic_qps"], row["new_bf16_qps"]) > 0
+        # each speed-up is the ratio of the two loops timed in this run, not a constant
+        assert row["speedup"] == pytest.approx(row["new_qps"] / row["reference_qps"])
+        assert row["static_cache_speedup"] == pytest.approx(row["new_qps"] / row["new_dynamic_qps"])
+        assert row["bf16_speedup"] == pytest.approx(row["new_bf16_qps"] / row["reference_qps"])
         assert row["new_top1_equal"] == 1.0 and row["new_max_score_diff"] < 1e-4  # same answers as the reference
     assert [r["ids"] for r in results["p2"]] == [1000, 3000]
     assert {r["index"] for r in results["dense"]} == {"Flat", "IVF1024_PQ32"}

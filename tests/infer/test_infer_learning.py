@@ -9,15 +9,14 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binom
 
-from grace.data_process.emoji import CLDR_DIR, FONT_PATH
+from data_packages import EMOJI, needs
 from grace.infer.ablate import run_ablation
 from grace.infer.configs import DemoConfig
 from grace.infer.demo import demo_ablate_config
 
 
 @pytest.mark.slow  # ~12 min: in CI's slow step (`.ci/run`), outside the 10-minute default run
-@pytest.mark.skipif(not FONT_PATH.is_file() or not CLDR_DIR.is_dir(),
-                    reason="apt-get install fonts-noto-color-emoji unicode-cldr-core")
+@needs(EMOJI)
 def test_quick_model_retrieves_held_out_emoji_far_above_chance(tmp_path):
     config = demo_ablate_config(DemoConfig(out=tmp_path, quick=True, baselines=["none"]))
     results = run_ablation(config)

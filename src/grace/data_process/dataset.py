@@ -83,6 +83,20 @@ def _image_id(entry: dict, index: int) -> str:
     return Path(entry["filename"]).stem
 
 
+def _entry_texts(sentences, json_path: Path, index: int) -> list[str]:
+    """The captions of one entry: a list of ``{"raw": str, ...}`` objects (Karpathy) or of strings."""
+    if not isinstance(sentences, list):
+        raise InputError(f"'sentences' must be a list, not {type(sentences).__name__}", path=json_path, entry=index)
+    texts = []
+    for sentence in sentences:
+        raw = sentence.get("raw") if isinstance(sentence, dict) else sentence
+        if not isinstance(raw, str):
+            raise InputError("each sentence must be a string or an object with a string 'raw'", path=json_path,
+                             entry=index)
+        texts.append(raw.strip())
+    return texts
+
+
 def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *, check_files: bool = True) -> Dataset:
     """Load a Karpathy-split JSON; image paths are ``image_root/[filepath/]filename``.
 
@@ -102,6 +116,10 @@ def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *
     for index, entry in enumerate(data["images"]):
         if not isinstance(entry, dict) or "filename" not in entry:
             raise InputError("entry has no 'filename'", path=json_path, entry=index)
+        for key in ("filename", "filepath", "split"):
+            if key in entry and not isinstance(entry[key], str):
+                raise InputError(f"{key!r} must be a string, not {type(entry[key]).__name__}", path=json_path,
+                                 entry=index)
         image_id = _image_id(entry, index)
         if image_id in seen:
             raise InputError(f"duplicate image id {image_id!r} (also entry {seen[image_id]})", path=json_path, entry=index)
@@ -109,8 +127,7 @@ def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *
         split = entry.get("split", "train")
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; expected one of {SPLITS}", path=json_path, entry=index)
-        sentences = entry.get("sentences", [])
-        texts = [s["raw"].strip() if isinstance(s, dict) else str(s).strip() for s in sentences]
+        texts = _entry_texts(entry.get("sentences", []), json_path, index)
         if not texts or any(not t for t in texts):
             raise InputError(f"image {image_id!r} has an empty caption", path=json_path, entry=index)
         path = image_root / entry.get("filepath", "") / entry["filename"]

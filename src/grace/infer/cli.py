@@ -60,7 +60,8 @@ def _load_service(config):
     from grace.infer.search import SearchService
 
     return SearchService.load(config.retriever, run=config.run, dataset=config.dataset, split=config.split,
-                              num_beams=config.num_beams, compile=config.compile, image_root=config.image_root)
+                              num_beams=config.num_beams, compile=config.compile, image_root=config.image_root,
+                              trust_remote_code=config.trust_remote_code)
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ BASELINES = ("clip_faiss", "late_interaction", "clip_faiss_expanded", "late_inte
 DEFAULT_BASELINES = ("clip_faiss", "late_interaction")
 BENCHMARKS = ("emoji", "openclipart")
 COMPILE_HELP = {"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"}
+TRUST_HELP = {"help": "let a generative export's LM config run its own code (transformers' trust_remote_code); "
+                      "only this flag allows it, never a file"}
 
 
 @dataclass
@@ -46,6 +48,7 @@ class EvalConfig:
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam-search length penalty"})
     compile: bool = field(default=False, metadata=COMPILE_HELP)
+    trust_remote_code: bool = field(default=False, metadata=TRUST_HELP)
     batch_size: int = field(default=16, metadata={"help": "queries per search call"})
     max_queries: int = field(default=0, metadata={"help": "use only the first N queries (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed (random baseline)"})
@@ -158,6 +161,7 @@ class RetrieversConfig:
     split: str = field(default="test", metadata={"help": "split whose images are the corpus"})
     num_beams: int = field(default=10, metadata={"help": "beams for generative retrievers"})
     compile: bool = field(default=False, metadata=COMPILE_HELP)
+    trust_remote_code: bool = field(default=False, metadata=TRUST_HELP)
 
 
 @dataclass

@@ -25,7 +25,8 @@ def _load(spec: str, config: EvalConfig):
     kind = spec.partition(":")[0]
     kwargs: dict[str, Any] = {}
     if kind == "generative":
-        kwargs = {"num_beams": config.num_beams, "length_penalty": config.length_penalty, "compile": config.compile}
+        kwargs = {"num_beams": config.num_beams, "length_penalty": config.length_penalty, "compile": config.compile,
+                  "trust_remote_code": config.trust_remote_code}
     elif kind == "random":
         kwargs = {"split": config.split, "seed": config.seed}
     return load_retriever(spec, **kwargs)

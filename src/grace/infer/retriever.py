@@ -179,12 +179,13 @@ class GenerativeRetriever(Retriever):
 
     @classmethod
     def load(cls, path: str | Path, *, ids: str | Path | None = None, trie: str | Path | None = None,
-             device: str | None = None, **kwargs: Any) -> GenerativeRetriever:
+             device: str | None = None, trust_remote_code: bool = False, **kwargs: Any) -> GenerativeRetriever:
         """Load ``export_dir`` (model + tokenizer from training's export) with its ``ids/`` and ``trie/``.
 
         ``ids``/``trie`` override where the identifier map and trie live (default: inside the export
         folder, else the run layout ``RUN/ids/<scheme>``, ``RUN/trie/<scheme>`` for ``RUN/ckpt/<scheme>/export``).
         The trie is the retrieval corpus: an export without one is an error (never widened to every image).
+        ``trust_remote_code`` (the user's flag; never read from the export) lets the LM config run its code.
         """
         path = Path(path)
         if not path.is_dir():
@@ -194,7 +195,7 @@ class GenerativeRetriever(Retriever):
 
         ids_dir = Path(ids) if ids else _find_artefact(path, "ids")
         trie_dir = Path(trie) if trie else _find_artefact(path, "trie")
-        model, tokenizer = load_pretrained(path)
+        model, tokenizer = load_pretrained(path, trust_remote_code=trust_remote_code)
         idmap = IdentifierMap.load(ids_dir)
         trie_obj = Trie.load(trie_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -73,8 +73,8 @@ class SearchService:
     @classmethod
     def load(cls, specs: list[str] | None = None, *, run: str | Path | None = None,
              dataset: str | Path | None = None, split: str = "test", num_beams: int = 10,
-             device: str | None = None, compile: bool = False, image_root: str | Path | None = None
-             ) -> SearchService:
+             device: str | None = None, compile: bool = False, image_root: str | Path | None = None,
+             trust_remote_code: bool = False) -> SearchService:
         """Load ``specs`` (default: every retriever of ``run``) once; the ``split`` images of ``dataset``
         (default ``RUN/data/dataset.json``) are the corpus that results point to."""
         from grace.retriever import load_retriever
@@ -86,7 +86,8 @@ class SearchService:
         retrievers: dict[str, Retriever] = {}
         for spec in specs:
             kind = spec.partition(":")[0]
-            kwargs: dict[str, Any] = {"num_beams": num_beams, "compile": compile} if kind == "generative" else {}
+            kwargs: dict[str, Any] = {"num_beams": num_beams, "compile": compile,
+                                      "trust_remote_code": trust_remote_code} if kind == "generative" else {}
             if kind == "generative" and device:
                 kwargs["device"] = device
             name = retriever_name(spec)

@@ -22,7 +22,6 @@ class FlamingoConfig:
     lm: str = field(default="smollm2", metadata={"help": "'smollm2' (offline GGUF), 'random' (lm_config), or a HF id/dir"})
     lm_gguf: str | None = field(default=None, metadata={"help": "GGUF file inside `lm` (set automatically for smollm2)"})
     lm_config: dict | None = field(default=None, metadata={"help": "{'model_type': ..., **kwargs} for random init"})
-    trust_remote_code: bool = False
     decoder_layers_attr: str | None = field(default=None, metadata={"help": "e.g. model.layers; found when None"})
     vision_encoder: str | None = field(default="efficientnet-lite0", metadata={"help": "image encoder name or None"})
     vis_dim: int = 1280
@@ -103,7 +102,19 @@ def resolve_config(spec: "str | Path | dict | FlamingoConfig", **overrides: Any)
         values = values.get("model", values)  # an export's config.json nests the model config
     values.update(overrides)
     _upgrade_legacy_keys(values)
+    _drop_trust(values, source)
     return dataclass_from_dict(FlamingoConfig, values, source=source)
+
+
+def _drop_trust(values: dict, source: str) -> None:
+    """``trust_remote_code`` is the user's flag (``--trust-remote-code``), never a file's: a config or export
+    that asks for it (older exports saved it) is read without it, and says so once."""
+    if values.pop("trust_remote_code", False):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s asks for trust_remote_code; ignored: a loaded file never runs its own code "
+            "(pass --trust-remote-code to allow it)", source)
 
 
 def _upgrade_legacy_keys(values: dict) -> None:

@@ -29,9 +29,11 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def build_lm(config: FlamingoConfig, *, pretrained: bool = True, lm_config: Any = None) -> nn.Module:
+def build_lm(config: FlamingoConfig, *, pretrained: bool = True, lm_config: Any = None,
+             trust_remote_code: bool = False) -> nn.Module:
     """The causal LM: pretrained (SmolLM2 GGUF offline, or a hub id/dir) or randomly initialised from
-    ``lm_config`` (a transformers config object, or the config's ``{'model_type': ..., ...}`` dict)."""
+    ``lm_config`` (a transformers config object, or the config's ``{'model_type': ..., ...}`` dict).
+    ``trust_remote_code`` (the user's flag only) lets a hub LM run its own modelling code (e.g. MPT)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = _dtype(config.dtype)
@@ -44,15 +46,14 @@ def build_lm(config: FlamingoConfig, *, pretrained: bool = True, lm_config: Any 
             raise GraceError(f"model config {config.name!r}: lm_config needs a 'model_type' (e.g. llama)")
         lm_config = AutoConfig.for_model(model_type, **values)
     if lm_config is not None:
-        return AutoModelForCausalLM.from_config(lm_config, dtype=dtype,
-                                                trust_remote_code=config.trust_remote_code)
+        return AutoModelForCausalLM.from_config(lm_config, dtype=dtype, trust_remote_code=trust_remote_code)
     source, gguf = config.lm, config.lm_gguf
     if source == "smollm2":
         from grace.data_process.encoders import smollm2_gguf
 
         directory, gguf = smollm2_gguf()
         source = str(directory)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
@@ -80,13 +81,15 @@ def _vocab_rows(lm: nn.Module) -> int:
 
 def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", *, tokenizer: Any = None,
                  vocab_size: int | None = None, pretrained_lm: bool = True, vision_encoder: Any = _KEEP,
-                 lm_config: Any = None, init_context: Any = None, **overrides: Any) -> FlamingoModel:
+                 lm_config: Any = None, init_context: Any = None, trust_remote_code: bool = False,
+                 **overrides: Any) -> FlamingoModel:
     """Build a :class:`FlamingoModel` from a packaged config name, JSON path, dict or config.
 
     ``tokenizer`` (an ``IdentifierTokenizer``) sets the vocabulary size and media token ids;
     ``pretrained_lm=False`` builds the LM from ``lm_config`` with random weights; ``vision_encoder``
     passes a ready module (or None) instead of the config's encoder; ``init_context()`` is entered while the
-    new Flamingo modules are built (e.g. ``deepspeed.zero.Init``); ``overrides`` are config fields.
+    new Flamingo modules are built (e.g. ``deepspeed.zero.Init``); ``trust_remote_code`` is the user's flag
+    (:func:`build_lm`); ``overrides`` are config fields.
     """
     config = resolve_config(name_or_config, **overrides, **_token_fields(tokenizer, vocab_size))
     if config.image_token_id is None:
@@ -102,7 +105,7 @@ def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", 
                          f"vis_dim is {config.vis_dim}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        lm = build_lm(config, pretrained=pretrained_lm, lm_config=lm_config)
+        lm = build_lm(config, pretrained=pretrained_lm, lm_config=lm_config, trust_remote_code=trust_remote_code)
         if config.vocab_size is not None and config.vocab_size != _vocab_rows(lm):
             resize_embeddings(lm, config.vocab_size, seed=config.seed)
         config = dataclasses.replace(config, vocab_size=_vocab_rows(lm))
@@ -249,9 +252,11 @@ def check_feature_layout(config: FlamingoConfig, layout: dict, source: Any) -> N
 
 
 def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "cpu",
-                    vision_encoder: Any = _KEEP, merge_lora: bool = True) -> tuple[FlamingoModel, Any]:
+                    vision_encoder: Any = _KEEP, merge_lora: bool = True,
+                    trust_remote_code: bool = False) -> tuple[FlamingoModel, Any]:
     """Reload an export: ``(model, IdentifierTokenizer or None)``; no DeepSpeed, no hub access for the LM.
-    A LoRA-trained export is loaded with its adapters, then (``merge_lora``) folded into the LM weights."""
+    A LoRA-trained export is loaded with its adapters, then (``merge_lora``) folded into the LM weights.
+    Its LM config runs code from the export only under ``trust_remote_code`` (the user's flag, never the file's)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -261,11 +266,14 @@ def load_pretrained(directory: "str | Path", *, device: "str | torch.device" = "
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise InputError(f"no {WEIGHTS_NAME}: not a grace model export", path=directory)
-    config = resolve_config(read_json(directory / "config.json"))
+    if not (directory / "config.json").is_file():
+        raise InputError("no config.json: not a grace model export", path=directory)
+    config = resolve_config(directory / "config.json")
     if (directory / FEATURE_LAYOUT_NAME).is_file():
         check_feature_layout(config, read_json(directory / FEATURE_LAYOUT_NAME), directory / FEATURE_LAYOUT_NAME)
-    lm_config = AutoConfig.from_pretrained(directory / LM_CONFIG_DIR, trust_remote_code=config.trust_remote_code)
-    model = create_model(config, pretrained_lm=False, lm_config=lm_config, vision_encoder=vision_encoder)
+    lm_config = AutoConfig.from_pretrained(directory / LM_CONFIG_DIR, trust_remote_code=trust_remote_code)
+    model = create_model(config, pretrained_lm=False, lm_config=lm_config, vision_encoder=vision_encoder,
+                         trust_remote_code=trust_remote_code)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises several types for corrupt files

@@ -26,6 +26,9 @@ class TrainConfig:
         "views per image for i2id: the image itself plus N-1 augmented views (crop, rotation, tone), one drawn "
         "per sample and step; cached ones come from FEATURES/views/<k> (`grace data features --views N`)"))
     model: str = field(default="tiny", metadata=_help("model config name (tiny, smollm2-effnet, ...) or JSON path"))
+    trust_remote_code: bool = field(default=False, metadata=_help(
+        "let a hub LM run its own modelling code (e.g. OpenFlamingo's MPT-1B); only this flag allows it, never a "
+        "model config file"))
     output_dir: Path = field(default=Path("runs/train"), metadata=_help("checkpoints/ and export/ go here"))
     steps: int = field(default=100, metadata=_help("optimizer steps in total"))
     lr: float = field(default=1e-4, metadata=_help("peak learning rate"))

@@ -143,7 +143,7 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world_size: int = 1, *,
-                 with_encoder: bool = True) -> tuple[Any, Any]:
+                 with_encoder: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """``(model, frozen vision encoder or None)``: a grace.model Flamingo from a config name or JSON path,
     its encoder built apart so ZeRO neither partitions nor optimises it (and only ``with_encoder``: a run on
     a features cache never calls it).
@@ -165,7 +165,8 @@ def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world
         encoder = create_vision_encoder(config.vision_encoder).requires_grad_(False).eval()
     stage = (ds_config or {}).get("zero_optimization", {}).get("stage", 0)
     if stage != 3 or world_size == 1 or config.lm_training == "lora":
-        return build_model(config, tokenizer=tokenizer, vision_encoder=None), encoder
+        return build_model(config, tokenizer=tokenizer, vision_encoder=None,
+                           trust_remote_code=trust_remote_code), encoder
     import deepspeed
     import torch._dynamo  # noqa: F401 -- imported under zero.Init (lazily, by transformers) it fails on the
     from transformers import GenerationMixin  # noqa: F401 -- patched tensor constructors; import both first
@@ -174,7 +175,7 @@ def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world
 
     hf_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers keeps only a weak reference)
     try:  # transformers builds (and loads) the LM under its own zero.Init; ours covers the Flamingo modules
-        model = build_model(config, tokenizer=tokenizer, vision_encoder=None,
+        model = build_model(config, tokenizer=tokenizer, vision_encoder=None, trust_remote_code=trust_remote_code,
                             init_context=lambda: deepspeed.zero.Init(config_dict_or_path=ds_config))
     finally:
         unset_hf_deepspeed_config()

@@ -19,7 +19,8 @@ PASSAGES = {"p0": "paris is the capital of france", "p1": "a robin is a small re
 QUERIES = [("q0", "what is the capital of france", "0.png", ["p0"], ["Paris"]),
            ("q1", "which bird has a red breast", None, ["p1"], ["robin"]),
            ("q2", "how many strings does a violin have", "1.png", ["p3"], ["four"]),
-           ("q3", "where do penguins live", None, ["p4", "p2"], ["antarctica", "south pole"])]
+           ("q3", "where do penguins live", None, ["p4", "p2"], ["antarctica", "south pole"]),
+           ("q4", "what do cats eat", None, ["p9"], ["fish"])]  # its positive is not in the corpus
 INSTRUCTION = "Using the provided image, obtain documents that address the subsequent question"
 
 
@@ -46,7 +47,7 @@ def write_m2kr(root, task="EVQA", split="test"):
 def test_m2kr_loader_and_metrics_helpers(tmp_path):
     root = write_m2kr(tmp_path / "m2kr")
     task = load_m2kr(root, "EVQA", "test", image_root=root / "images")
-    assert [q.question_id for q in task.queries] == ["q0", "q1", "q2", "q3"]
+    assert [q.question_id for q in task.queries] == ["q0", "q1", "q2", "q3", "q4"]
     assert task.queries[0].image == root / "images" / "0.png" and task.queries[1].image is None
     assert task.queries[3].pos_item_ids == ["p4", "p2"] and task.passage_ids == list(PASSAGES)
     assert task.queries[0].text == f"{INSTRUCTION}: what is the capital of france"
@@ -76,8 +77,8 @@ def test_eval_m2kr_recall_to_500_and_pseudo_recall(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "PR@2" in printed
     res = json.loads((tmp_path / "results" / "results.json").read_text())["late_interaction"]
-    assert res["num_queries"] == 4 and res["corpus_size"] == 6
-    assert res["recall@500"] == 1.0  # every positive is in the corpus; K beyond it is clipped
+    assert res["num_queries"] == 5 and res["corpus_size"] == 6
+    assert res["recall@500"] == pytest.approx(4 / 5)  # K beyond the corpus is clipped; q4's positive is never found
     # the same numbers from the retriever's own rankings (black image for image-less queries)
     retriever = LateInteractionRetriever.load(tmp_path / "index")
     blank = tmp_path / "results" / "blank_336.png"
