@@ -52,6 +52,16 @@ class Retriever(ABC):
         """Load a retriever from the artefact folder its builder wrote."""
 
 
+class Rescorer(Retriever):
+    """A retriever that can also score given images for a query: the second stage of a hybrid
+    (:class:`grace.fusion.HybridRetriever` re-scores another retriever's candidates with it)."""
+
+    @abstractmethod
+    def score(self, queries: list[Query], candidates: list[list[str]]) -> list[list[float]]:
+        """The score (higher is better, on :meth:`search`'s scale) of each query's candidate images; an image
+        outside this retriever's corpus is an :class:`~grace.errors.InputError`."""
+
+
 #: kind → "module:Class"; each class implements :meth:`Retriever.load`.
 RETRIEVERS: dict[str, str] = {
     "generative": "grace.infer.retriever:GenerativeRetriever",
@@ -59,6 +69,7 @@ RETRIEVERS: dict[str, str] = {
     "late_interaction": "grace.retrieval_baselines.late_interaction.retriever:LateInteractionRetriever",
     "bm25": "grace.retrieval_baselines.lexical.bm25:BM25Retriever",
     "random": "grace.retriever:RandomRetriever",
+    "hybrid": "grace.fusion:HybridRetriever",
 }
 
 

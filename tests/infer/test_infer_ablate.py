@@ -81,6 +81,14 @@ def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):
         run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], pseudo_query_generator="keywords"))
     with pytest.raises(GraceError, match="--select-on 'test': choose val or none"):
         run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], select_on="test"))
+    with pytest.raises(GraceError, match="--hybrid late_interaction: only clip_faiss, clip_faiss_expanded"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], hybrid=["late_interaction"]))
+    with pytest.raises(GraceError, match="add it to --baselines"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], baselines=["none"], hybrid=["clip_faiss"]))
+    with pytest.raises(GraceError, match="needs --select-on val"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], select_on="none", hybrid=["clip_faiss"]))
+    with pytest.raises(GraceError, match="--hybrid-depth 5 is below"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], hybrid=["clip_faiss"], hybrid_depth=5))
 
 
 def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, tmp_path):

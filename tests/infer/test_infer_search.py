@@ -9,7 +9,7 @@ import math
 import pytest
 
 from grace.errors import InputError
-from grace.infer.search import SearchService, run_retriever_specs
+from grace.infer.search import SearchService, retriever_name, run_retriever_specs
 from grace.retriever import Query
 
 
@@ -22,14 +22,20 @@ def service(small_run):
 def test_a_run_names_its_generative_and_baseline_retrievers(small_run, tmp_path):
     run, _ = small_run
     specs = run_retriever_specs(run)
-    assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss"]  # bm25: the lexical control
+    # bm25: the lexical control; the hybrid: the generative candidates re-scored by CLIP-FAISS
+    assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss", "hybrid"]
+    assert retriever_name(specs[-1]) == "hybrid/structured+clip_faiss"
     with pytest.raises(InputError, match="no trained retriever"):
         run_retriever_specs(tmp_path)
 
 
 def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
     out = service.search(Query(text="a small red circle"), k=4)
-    assert set(out) == {"generative/structured", "bm25", "clip_faiss"}
+    assert set(out) == {"generative/structured", "bm25", "clip_faiss", "hybrid/structured+clip_faiss"}
+    hybrid = {r["image_id"] for r in out["hybrid/structured+clip_faiss"]["results"]}
+    generated = {h.image_id for h in service.retrievers["generative/structured"].search([Query(text="a small red "
+                                                                                                 "circle")], 10)[0]}
+    assert len(hybrid) == 4 and hybrid <= generated  # the hybrid re-ranks the generated candidates only
     generative = out["generative/structured"]["results"]
     assert [r["rank"] for r in generative] == list(range(1, len(generative) + 1)) and len(generative) == 4
     retriever = service.retrievers["generative/structured"]
@@ -76,9 +82,9 @@ def test_search_cli_loads_each_retriever_once_for_many_queries(small_run, tmp_pa
                  "--k", "3", "--json", "a small red circle"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["query"] for p in printed] == ["a small red circle", "blue square", "large green triangle"]
-    assert len(loads) == 3
+    assert len(loads) == 4 + 2  # once for all queries: the four retrievers, and the hybrid's own two inside it
     for entry in printed:
-        assert set(entry["results"]) == {"generative/structured", "bm25", "clip_faiss"}
+        assert set(entry["results"]) == {"generative/structured", "bm25", "clip_faiss", "hybrid/structured+clip_faiss"}
         assert all(len(rows) == 3 for rows in entry["results"].values())
     assert main(["search", "--run", str(run), "--dataset", str(dataset_json), "--k", "2", "red circle"]) == 0
     table = capsys.readouterr().out

@@ -14,7 +14,8 @@ from grace.errors import GraceError
 from grace.config import json_options
 from grace.infer import pipeline as P
 from grace.infer.baseline_stages import stage_baseline
-from grace.infer.configs import BASELINES, SCHEMES, AblateConfig
+from grace.infer.hybrid import hybrid_name, stage_hybrid
+from grace.infer.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
 from grace.io_utils import save_config, seed_everything, write_json
 
 KS = (1, 5, 10)
@@ -120,6 +121,11 @@ def row_kinds(results: dict[str, dict]) -> tuple[list[str], list[str]]:
             [name for name in results if name in BASELINES or name == "bm25"])
 
 
+def hybrid_rows(results: dict[str, dict]) -> list[str]:
+    """The hybrid rows (``<scheme>+<baseline>``) among ``results``."""
+    return [name for name in results if name.partition("+")[0] in SCHEMES and "+" in name]
+
+
 def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> dict:
     """How a table was made: protocol, pseudo-query source and digest (with the leak filter's counts), the
     query ids and gold images of every query set, the seeds, and the code's commit."""
@@ -146,25 +152,32 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     it and the BM25 control; without, the reference is the best non-generative row on test (and says so).
     """
     from grace.infer.report import markdown_table, paired_markdown, plot_recall_bars, recall_rows, write_table
-    from grace.infer.selection import select_on, verdict, verdict_markdown
+    from grace.infer.selection import best_on, select_on, verdict, verdict_markdown
     from grace.stats import summarise
 
     out = run / "results"
     gold = {query_set.name: query_set.gold for query_set in sets}
     results = by_set["test"]
     schemes, non_generative = row_kinds(results)
+    hybrids = hybrid_rows(results)
     others = {}
     for query_set in sets[1:]:
         rows = by_set[query_set.name]
-        others[query_set.name] = {**rows, "comparisons": summarise(rows, KS, candidates=schemes, references=non_generative,
+        others[query_set.name] = {**rows, "comparisons": summarise(rows, KS, candidates=schemes + hybrids,
+                                                                   references=non_generative,
                                                                    clusters=gold[query_set.name], seed=config.seed)}
     selection = select_on(by_set["val"], schemes, non_generative) if "val" in by_set else None
+    if selection and hybrids:
+        selection["hybrid"] = best_on(by_set["val"], hybrids)
     references = [selection["non_generative"]] if selection and selection["non_generative"] else non_generative
-    comparisons = summarise(results, KS, candidates=schemes, references=references, clusters=gold["test"],
+    comparisons = summarise(results, KS, candidates=schemes + hybrids, references=references, clusters=gold["test"],
                             seed=config.seed)
     decision = verdict(results, selection, KS, clusters=gold["test"], seed=config.seed) if selection else None
+    hybrid_decision = verdict(results, {**selection, "generative": selection["hybrid"]}, KS, clusters=gold["test"],
+                              seed=config.seed) if selection and selection.get("hybrid") else None
     write_json(out / "ablation.json", {**results, "comparisons": comparisons, "query_sets": others,
                                        **({"selection": selection, "verdict": decision} if selection else {}),
+                                       **({"verdict_hybrid": hybrid_decision} if hybrid_decision else {}),
                                        **({"provenance": provenance} if provenance else {})})
     save_config(out, config, name="ablation_config.json")
     columns = ["retriever"] + [f"R@{k}" for k in KS] + ["train_s", "latency_ms", "index_kB", "num_queries"]
@@ -175,11 +188,18 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
             name = row["retriever"]
             if name in by_set["val"]:
                 row["val R@1"] = f"{100 * by_set['val'][name]['recall@1']:.1f}" + \
-                    (" (selected)" if name in (selection["generative"], selection["non_generative"]) else "")
+                    (" (selected)" if name in (selection["generative"], selection["non_generative"],
+                                               selection.get("hybrid")) else "")
     paired = paired_markdown(comparisons, KS, "non-generative row")
     if selection:
         paired = paired.replace("the best non-generative row by R@1", "the non-generative row selected on val")
-    rest = paired + (verdict_markdown(decision, KS) if decision else "")
+    rest = paired + (verdict_markdown(decision, KS) if decision else "") + \
+        (verdict_markdown(hybrid_decision, KS) if hybrid_decision else "")
+    if hybrids:
+        rest += "\nHybrids (the scheme's top generated candidates re-scored by the baseline; fusion weight chosen on " \
+                "val, 0 = generative order, 1 = the baseline's order):\n\n" + "\n".join(
+                    f"- {name}: weight {results[name]['weight']} ({results[name]['fusion']}, depth "
+                    f"{results[name]['depth']})" for name in hybrids) + "\n"
     for name in schemes:
         if "training_seeds" in results[name]:
             rest += seeds_markdown(name, results[name]["training_seeds"], selection["split"] if selection else None)
@@ -210,6 +230,24 @@ def baselines_to_score(names: list[str], protocol) -> list[str]:
     return baselines
 
 
+def check_hybrid(config: AblateConfig, baselines: list[str]) -> None:
+    """One-line errors for ``--hybrid`` kinds that cannot re-score candidates or are not built in this run."""
+    from grace.fusion import FUSIONS
+
+    for kind in config.hybrid:
+        if kind not in HYBRID_KINDS:
+            raise GraceError(f"--hybrid {kind}: only {', '.join(HYBRID_KINDS)} can re-score the generative "
+                             "candidates")
+        if kind not in baselines:
+            raise GraceError(f"--hybrid {kind} re-scores with the {kind} baseline: add it to --baselines")
+    if config.hybrid and config.select_on != "val":
+        raise GraceError("--hybrid chooses its fusion weight on val: it needs --select-on val")
+    if config.hybrid_fusion not in FUSIONS:
+        raise GraceError(f"--hybrid-fusion {config.hybrid_fusion!r}: known {', '.join(FUSIONS)}")
+    if config.hybrid and config.hybrid_depth < max(KS):
+        raise GraceError(f"--hybrid-depth {config.hybrid_depth} is below the largest K ({max(KS)}) it is scored at")
+
+
 def run_ablation(config: AblateConfig) -> dict[str, dict]:
     """Every scheme, the baselines and the controls on every query set; returns the test results."""
     from grace.data_process.protocol import get_protocol
@@ -221,6 +259,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     protocol = get_protocol(config.protocol)  # an unknown protocol or a generator it refuses fails first
     protocol.check_generator(config.pseudo_query_generator or protocol.default_generator)
     baselines = baselines_to_score(config.baselines, protocol)
+    check_hybrid(config, baselines)
     check_select_on(config.select_on)
     seed_everything(config.seed)
     run = Path(config.run)
@@ -250,6 +289,11 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
                                 seed=config.seed)
         scored["test"]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
         add(kind, scored)
+    for kind in config.hybrid:
+        for scheme in config.schemes:
+            add(hybrid_name(scheme, kind), stage_hybrid(run, scheme, kind, dataset, timer, sets=sets,
+                                                        depth=config.hybrid_depth, fusion=config.hybrid_fusion,
+                                                        num_beams=config.num_beams))
     add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
     if config.training_seeds:
         from grace.infer.selection import select_on

@@ -14,6 +14,8 @@ SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
 #: protocol whose pseudo-queries are the images' own metadata (``tagged``)
 BASELINES = ("clip_faiss", "late_interaction", "clip_faiss_expanded", "late_interaction_expanded")
 DEFAULT_BASELINES = ("clip_faiss", "late_interaction")
+#: baselines that can re-score generative candidates (``grace.retriever.Rescorer``): ``grace ablate --hybrid``
+HYBRID_KINDS = ("clip_faiss", "clip_faiss_expanded")
 BENCHMARKS = ("emoji", "openclipart")
 COMPILE_HELP = {"help": "torch.compile the decode step (CUDA graphs; a CUDA device only, eager elsewhere)"}
 TRUST_HELP = {"help": "let a generative export's LM config run its own code (transformers' trust_remote_code); "
@@ -99,6 +101,12 @@ class AblateConfig:
         "help": "hand-written val queries to report every row on (benchmarks/natural_queries/<benchmark>-val.json)"})
     max_queries: int = field(default=0, metadata={"help": "evaluate only the first N queries of each set (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed"})
+    hybrid: list[str] = field(default_factory=list, metadata={
+        "help": "baselines that re-score each scheme's top --hybrid-depth generated candidates (clip_faiss, "
+                "clip_faiss_expanded): a <scheme>+<baseline> row whose fusion weight is chosen on val"})
+    hybrid_depth: int = field(default=20, metadata={"help": "generated candidates a hybrid re-scores (beams ≥ it)"})
+    hybrid_fusion: str = field(default="interpolate", metadata={
+        "help": "interpolate (min-max normalised scores) or rrf (reciprocal ranks)"})
     training_seeds: list[int] = field(default_factory=list, metadata={
         "help": "more training seeds for the generative row selected on val (every scheme under --select-on none): "
                 "retrained on the same ids, data and queries and scored on test; the table gives each seed's recall "

@@ -36,13 +36,15 @@ class Result:
 
 
 def run_retriever_specs(run: str | Path) -> list[str]:
-    """``KIND:PATH`` of every retriever a run built: ``RUN/ckpt/<scheme>/export`` (generative) and
-    ``RUN/baselines/<kind>/index`` (only folders whose ``config.json``, written last, exists)."""
+    """``KIND:PATH`` of every retriever a run built: ``RUN/ckpt/<scheme>/export`` (generative),
+    ``RUN/baselines/<kind>/index`` (only folders whose ``config.json``, written last, exists) and
+    ``RUN/hybrid/<scheme>+<kind>`` (``hybrid.json``)."""
     run = Path(run)
     specs = [f"generative:{export}" for export in sorted(run.glob("ckpt/*/export"))
              if (export / "config.json").is_file()]
     specs += [f"{index.parent.name}:{index}" for index in sorted(run.glob("baselines/*/index"))
               if (index / "config.json").is_file()]
+    specs += [f"hybrid:{folder}" for folder in sorted(run.glob("hybrid/*")) if (folder / "hybrid.json").is_file()]
     if not specs:
         raise InputError("no trained retriever in this run (looked for ckpt/*/export and baselines/*/index)",
                          path=run)
@@ -50,11 +52,14 @@ def run_retriever_specs(run: str | Path) -> list[str]:
 
 
 def retriever_name(spec: str) -> str:
-    """Display name of ``KIND:PATH``: ``generative/<scheme>`` for a run's export, else the kind."""
+    """Display name of ``KIND:PATH``: ``generative/<scheme>`` for a run's export, ``hybrid/<scheme>+<kind>`` for
+    a run's hybrid, else the kind."""
     kind, _, path = spec.partition(":")
     parts = Path(path).parts
     if kind == "generative" and len(parts) >= 3 and parts[-1] == "export" and parts[-3] == "ckpt":
         return f"generative/{parts[-2]}"
+    if kind == "hybrid" and len(parts) >= 2 and parts[-2] == "hybrid":
+        return f"hybrid/{parts[-1]}"
     return kind
 
 
@@ -86,9 +91,10 @@ class SearchService:
         retrievers: dict[str, Retriever] = {}
         for spec in specs:
             kind = spec.partition(":")[0]
+            generative = kind in ("generative", "hybrid")  # a hybrid passes these to its generative retriever
             kwargs: dict[str, Any] = {"num_beams": num_beams, "compile": compile,
-                                      "trust_remote_code": trust_remote_code} if kind == "generative" else {}
-            if kind == "generative" and device:
+                                      "trust_remote_code": trust_remote_code} if generative else {}
+            if generative and device:
                 kwargs["device"] = device
             name = retriever_name(spec)
             retrievers[name if name not in retrievers else spec] = load_retriever(spec, **kwargs)

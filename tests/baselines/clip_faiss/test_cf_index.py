@@ -51,3 +51,16 @@ def test_latency_rows_small():
                                                                ("Flat", 2000), ("IVF1024_PQ8", 2000)]
     assert rows[1]["faiss"] == "IVF12_PQ8"  # list count scaled down to the corpus
     assert all(r["latency_ms"] > 0 for r in rows) and rows[0]["recall_vs_flat"] == 1.0
+
+
+def test_stored_vectors_give_the_search_scores_flat_and_ivfpq():
+    """DenseIndex.vectors (what a hybrid re-scores candidates with): q · vector is the score search returns,
+    also for IVF-PQ, whose codes are decoded through its direct map."""
+    corpus, queries, _ = _planted(n=2000, dim=32, n_queries=5)
+    keys = {"row_image": [f"img{i}" for i in range(2000)]}
+    for name in ("Flat", "IVF16_PQ8"):
+        index = DenseIndex(train_index(corpus, name, nprobe=16, use_gpu=False), keys, {"index": name}, use_gpu=False)
+        scores, rows = index.search(queries, 5)
+        for q, srow, rrow in zip(queries, scores, rows):
+            assert np.allclose(index.vectors(rrow.tolist()) @ q, srow, atol=1e-4), name
+    assert index.vectors([]).shape == (0, 32)

@@ -115,3 +115,26 @@ def test_imagenet_class_set_ships_names_and_templates(lit_features, lit_encoder,
     assert len(meta["classes"]) == 1000 and meta["classes"]["0000_tench"]["class"] == "tench"
     assert meta["classes"]["0657_missile"]["class"] == meta["classes"]["0744_missile"]["class"] == "missile"
     assert meta["dataset"] == "imagenet-1k" and meta["templates"] == ["a {}."]
+
+
+def test_score_gives_search_scores_for_any_candidate(shared_tiny_dataset, lit_features, lit_encoder, tmp_path):
+    """The hybrid's re-ranker: the score of a given image is the one search ranks it by (image keys and caption
+    keys), and an image outside the index is a one-line error (IVF-PQ: test_cf_index.py)."""
+    import pytest
+
+    from grace.errors import InputError
+
+    texts, _ = test_queries(shared_tiny_dataset, "train")
+    queries = [Query(text=t) for t in texts[:4]]
+    for mode, index in (("image", "Flat"), ("text", "Flat")):
+        out = tmp_path / f"{mode}-{index}"
+        build_index(BuildIndexConfig(features=lit_features[0], out=out, feature_mode=mode, index=index,
+                                     use_gpu=False))
+        retriever = ClipFaissRetriever.load(out, encoder=lit_encoder, use_gpu=False)
+        hits = retriever.search(queries, 6)
+        reversed_candidates = [[h.image_id for h in row][::-1] for row in hits]
+        scores = retriever.score(queries, reversed_candidates)
+        for row, scored in zip(hits, scores):
+            assert scored[::-1] == [pytest.approx(h.score, abs=1e-4) for h in row], (mode, index)
+        with pytest.raises(InputError, match="not in this index's corpus"):
+            retriever.score(queries[:1], [["no-such-image"]])

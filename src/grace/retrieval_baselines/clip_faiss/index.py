@@ -108,6 +108,18 @@ class DenseIndex:
         k = max(1, min(k, self.index.ntotal))
         return self.index.search(vectors, k)
 
+    def vectors(self, rows: list[int]) -> np.ndarray:
+        """(len(rows), dim) stored vectors of index ``rows`` (decoded codes for a compressed index)."""
+        import faiss
+
+        if not rows:
+            return np.zeros((0, self.dim), np.float32)
+        try:
+            return self.cpu_index.reconstruct_batch(np.asarray(rows, np.int64))
+        except RuntimeError:  # an IVF index needs its direct map (row → list position) to reconstruct
+            faiss.extract_index_ivf(self.cpu_index).make_direct_map()
+            return self.cpu_index.reconstruct_batch(np.asarray(rows, np.int64))
+
     def save(self, out: str | Path) -> Path:
         import faiss
 

@@ -13,10 +13,10 @@ import numpy as np
 
 from grace.data_process.features import unit_rows
 from grace.errors import InputError
-from grace.retriever import Hit, Query, Retriever
+from grace.retriever import Hit, Query, Rescorer
 
 
-class ClipFaissRetriever(Retriever):
+class ClipFaissRetriever(Rescorer):
     """Dual encoder + FAISS index; a query with both text and image uses the sum of both embeddings."""
 
     name = "clip_faiss"
@@ -28,6 +28,9 @@ class ClipFaissRetriever(Retriever):
         self.index: DenseIndex = index
         self.encoder = encoder
         self.oversample = oversample
+        self.rows_of: dict[str, list[int]] = {}  # image id → its index rows (one, or one per caption key)
+        for row, image_id in enumerate(index.row_images):
+            self.rows_of.setdefault(image_id, []).append(row)
         if encoder.dim != index.dim:
             raise InputError(f"encoder {encoder.spec} gives {encoder.dim}-d vectors, the index holds {index.dim}-d")
         expanded = "+expansion" if index.config.get("expansion") else ""
@@ -75,6 +78,29 @@ class ClipFaissRetriever(Retriever):
         queries = [q if isinstance(q, Query) else Query(text=q) for q in queries]
         rows = self.search_rows(self.embed(queries), k)
         return [[Hit(self.index.row_images[r], s) for r, s in picked] for picked in rows]
+
+    def score(self, queries: list[Query], candidates: list[list[str]]) -> list[list[float]]:
+        """Inner product of each query vector with each candidate image's keys (the best of an image's rows when
+        its keys are captions): the scores :meth:`search` ranks by, for any image of the index."""
+        if not queries:
+            return []
+        rows_of = self.rows_of
+        vectors = self.embed([q if isinstance(q, Query) else Query(text=q) for q in queries])
+        out = []
+        for vector, images in zip(vectors, candidates):
+            unknown = [i for i in images if i not in rows_of]
+            if unknown:
+                raise InputError(f"candidate image {unknown[0]!r} is not in this index's corpus "
+                                 f"({len(rows_of)} images): was it built on another corpus?")
+            rows = [row for image in images for row in rows_of[image]]
+            scores = self.index.vectors(rows) @ vector
+            at, best = 0, []
+            for image in images:
+                n = len(rows_of[image])
+                best.append(float(scores[at:at + n].max()))
+                at += n
+            out.append(best)
+        return out
 
     def search_texts(self, images: list[str | Path], k: int) -> list[list[tuple[str, str, float]]]:
         """Image → text: top-``k`` (caption, image id, score) per query image (caption keys give the

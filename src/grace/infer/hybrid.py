@@ -1,0 +1,97 @@
+"""The hybrid rows of ``grace ablate --hybrid KIND``: each scheme's generative beam re-scored by a baseline.
+
+The fusion weight is chosen on the val queries (:func:`choose_weight`, one pass of both retrievers scores every
+weight), then every query set is scored with it; ``RUN/hybrid/<scheme>+<kind>/hybrid.json`` is the test
+retriever (``grace search / serve / eval --retriever hybrid:DIR``), ``hybrid-val.json`` beside it the val one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from grace.errors import GraceError
+from grace.fusion import HybridConfig, HybridRetriever, fuse
+from grace.infer.evaluate import gold_rank
+
+#: the weights :func:`choose_weight` tries by default (0: the generative order; 1: the re-ranker's)
+WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+KS = (1, 5, 10)
+
+
+def hybrid_name(scheme: str, kind: str) -> str:
+    """The row (and folder) name of ``scheme`` re-scored by baseline ``kind``."""
+    return f"{scheme}+{kind}"
+
+
+def choose_weight(hybrid: HybridRetriever, queries: Sequence, gold: Sequence, *,
+                  weights: Sequence[float] = WEIGHT_GRID, split: str = "val") -> dict:
+    """Score every weight on ``queries`` (the val split's) from one pass of both retrievers, and set the best
+    by (R@1, R@5, R@10) on ``hybrid`` (ties: the smaller weight); returns ``{"split", "weight", "recall@K":
+    {weight: recall}}``, also kept in ``hybrid.config.chosen``."""
+    candidates = hybrid.candidates(list(queries))
+    table: dict[str, dict[str, float]] = {f"recall@{k}": {} for k in KS}
+    best, best_key = None, None
+    for weight in weights:
+        ranks = [gold_rank([h.image_id for h in hits], g)
+                 for hits, g in zip(fuse(candidates, weight, hybrid.config.fusion), gold)]
+        recalls = tuple(sum(0 < r <= k for r in ranks) / max(1, len(ranks)) for k in KS)
+        for k, recall in zip(KS, recalls):
+            table[f"recall@{k}"][str(weight)] = recall
+        if best_key is None or recalls > best_key:
+            best, best_key = weight, recalls
+    hybrid.config.weight = float(best)
+    hybrid.config.chosen = {"split": split, "weights": [float(w) for w in weights], **table}
+    return {"split": split, "weight": float(best), **table}
+
+
+def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: list, depth: int = 20,
+                 fusion: str = "interpolate", num_beams: int = 10,
+                 load: Callable[..., object] | None = None) -> dict[str, dict]:
+    """Choose the weight on the ``val`` set, score every query set (each over its split's corpus: the scheme's
+    trie and the baseline's index of that split) → ``{set name: result}`` (``weight``, ``depth`` and the val
+    choice in each), written to ``pipeline.result_path``. ``load`` (default ``grace.retriever.load_retriever``)
+    opens ``KIND:PATH`` specs."""
+    from grace.infer.baseline_stages import index_name
+    from grace.infer.evaluate import evaluate
+    from grace.infer.pipeline import result_path, trie_dir
+    from grace.io_utils import write_json
+    from grace.retriever import load_retriever
+
+    load = load or load_retriever
+    run = Path(run)
+    by_split = {query_set.split for query_set in sets}
+    if "val" not in by_split:
+        raise GraceError("--hybrid chooses its fusion weight on val: it needs --select-on val")
+    export = run / "ckpt" / scheme / "export"
+    name = hybrid_name(scheme, kind)
+
+    def hybrid_for(split: str) -> HybridRetriever:
+        first = load(f"generative:{export}", trie=trie_dir(run, scheme, split), num_beams=max(num_beams, depth))
+        second = load(f"{kind}:{run / 'baselines' / kind / index_name(split)}")
+        return HybridRetriever(first, second, HybridConfig(
+            first=f"generative:{export}", second=f"{kind}:{run / 'baselines' / kind / index_name(split)}",
+            depth=depth, fusion=fusion))
+
+    def build() -> dict[str, dict]:
+        val_set = next(s for s in sets if s.split == "val" and s.name == "val")
+        hybrids = {split: hybrid_for(split) for split in sorted(by_split)}
+        choice = choose_weight(hybrids["val"], val_set.texts, val_set.gold)
+        out = {}
+        for split, hybrid in hybrids.items():
+            hybrid.config.weight, hybrid.config.chosen = choice["weight"], dict(hybrids["val"].config.chosen)
+            folder = run / "hybrid" / name
+            if split == "test":  # the test retriever is what search / serve / eval load by default
+                hybrid.save(folder)
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / f"hybrid-{split}.json", hybrid.config.__dict__)
+            for query_set in (s for s in sets if s.split == split):
+                result = evaluate(hybrid, query_set.texts, query_set.gold)
+                result.update(retriever=hybrid.name, weight=choice["weight"], depth=depth, fusion=fusion,
+                              weight_chosen_on=choice["split"], corpus_size=len(dataset.split(split)))
+                write_json(result_path(run, query_set.name, name), result)
+                out[query_set.name] = result
+        return out
+
+    return timer.run(f"eval/{name}", False, build, lambda: None)
