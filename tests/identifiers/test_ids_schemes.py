@@ -14,7 +14,7 @@ from grace.errors import GraceError
 from grace.identifiers import IdentifierMap, create_scheme
 from grace.identifiers.kmeans import hierarchical_kmeans
 
-SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
+SCHEMES = ("numeric", "string", "semantic", "structured", "atomic", "rq")
 
 
 def _build(name, dataset, seed=0, **cfg):

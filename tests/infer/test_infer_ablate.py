@@ -286,3 +286,28 @@ def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_
     before = CALLS["train"]
     run_ablation(config)  # the seed runs are reused too
     assert CALLS["train"] == before
+
+
+def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_dataset, tmp_path):
+    """rq with embedding clip_faiss: every image's LiT image embedding (the space CLIP-FAISS searches), in dataset
+    order, from LiT heads trained on the train pairs; other embeddings are a one-line error."""
+    import numpy as np
+
+    from grace.data_process.dataset import save_karpathy
+    from grace.identifiers import create_scheme
+    from grace.infer.ablate import rq_embedding
+    from grace.infer.pipeline import StageTimer, stage_features
+
+    run = tmp_path / "run"
+    save_karpathy(shared_tiny_dataset, run / "data" / "dataset.json")  # absolute paths to the shared images
+    features = stage_features(run, shared_tiny_dataset, "efficientnet-lite0", StageTimer())
+    config = AblateConfig(run=run, schemes=["rq"])
+    assert rq_embedding(run, shared_tiny_dataset, features, config, "features") is features
+    embedded = rq_embedding(run, shared_tiny_dataset, features, config, "clip_faiss")
+    assert embedded.ids == shared_tiny_dataset.image_ids() and embedded.array.shape[0] == len(shared_tiny_dataset)
+    assert np.allclose(np.linalg.norm(embedded.array, axis=1), 1.0, atol=1e-5)
+    assert (run / "baselines" / "clip_faiss" / "heads" / "train_config.json").is_file()
+    idmap = create_scheme("rq", levels=2, codebook=4, tokenizer="byte").build(shared_tiny_dataset, embedded)
+    assert len(set(idmap.identifiers())) == len(shared_tiny_dataset)
+    with pytest.raises(GraceError, match="use 'features' or 'clip_faiss'"):
+        rq_embedding(run, shared_tiny_dataset, features, config, "openclip")

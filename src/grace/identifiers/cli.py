@@ -9,7 +9,7 @@ from typing import Optional
 
 from grace.config import IMAGE_ROOT_HELP
 
-SCHEME_NAMES = ("numeric", "string", "semantic", "structured", "atomic")
+SCHEME_NAMES = ("numeric", "string", "semantic", "structured", "atomic", "rq")
 
 
 @dataclass
@@ -20,7 +20,8 @@ class IdsBuildConfig:
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     scheme: str = field(default="numeric", metadata={"help": "identifier scheme", "choices": SCHEME_NAMES})
     out: Optional[Path] = field(default=None, metadata={"help": "output folder (ids.json, config.json, tokenizer/)"})
-    features_cache: Optional[Path] = field(default=None, metadata={"help": "structured: image feature cache folder"})
+    features_cache: Optional[Path] = field(default=None, metadata={
+        "help": "structured / rq: image feature cache folder (rq quantises it: any embedding cache in that layout)"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "structured: image encoder"})
     k: int = field(default=30, metadata={"help": "structured: clusters per level"})
     c: int = field(default=30, metadata={"help": "structured: max images per leaf"})
@@ -29,6 +30,9 @@ class IdsBuildConfig:
         "help": "structured: cluster image features, the texts training sees (train captions, held-out images' "
                 "pseudo-queries), or both", "choices": ("image", "text", "both")})
     text_encoder: str = field(default="minilm", metadata={"help": "structured: text encoder of --cluster-on text"})
+    levels: int = field(default=3, metadata={"help": "rq: residual quantisation levels (+ one that makes ids unique)"})
+    codebook: int = field(default=64, metadata={"help": "rq: codes per level"})
+    reserve_first: str = field(default="", metadata={"help": "rq: a reserved first token <M_NAME> (e.g. image)"})
     pseudo_queries: Path | None = field(default=None, metadata={
         "help": "held-out images' texts for semantic / text-clustered ids: JSON from `grace data pseudo-queries` "
                 "(required by those schemes)"})
@@ -71,7 +75,7 @@ def _ids_build(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(IdsBuildConfig, args)
     require(cfg, "dataset", "out")
     start = time.perf_counter()
-    needs_images = cfg.scheme == "structured" and cfg.cluster_on != "text"
+    needs_images = (cfg.scheme == "structured" and cfg.cluster_on != "text") or cfg.scheme == "rq"
     dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=needs_images)
     features = None
     if needs_images:
@@ -81,7 +85,9 @@ def _ids_build(args: argparse.Namespace) -> int:
         features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
     scheme = create_scheme(cfg.scheme, seed=cfg.seed, tokenizer=cfg.tokenizer, k=cfg.k, c=cfg.c,
                            kmeans=cfg.kmeans, encoder=cfg.encoder, cluster_on=cfg.cluster_on,
-                           text_encoder=cfg.text_encoder)
+                           text_encoder=cfg.text_encoder,
+                           **({"levels": cfg.levels, "codebook": cfg.codebook, "reserve_first": cfg.reserve_first}
+                              if cfg.scheme == "rq" else {}))
     pseudo_queries = load_pseudo_queries(cfg.pseudo_queries, dataset)[0] if cfg.pseudo_queries is not None else None
     if pseudo_queries is None and reads_held_out_texts(cfg.scheme, cfg.cluster_on):
         raise GraceError(f"--scheme {cfg.scheme}{' --cluster-on ' + cfg.cluster_on if cfg.scheme == 'structured' else ''}"

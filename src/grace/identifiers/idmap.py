@@ -13,7 +13,8 @@ from grace.io_utils import read_json, save_config, write_json
 IDS_NAME = "ids.json"
 TOKENIZER_DIR = "tokenizer"
 # how each scheme's identifiers are tokenised (see tokenization.py)
-SCHEME_MODES = {"numeric": "digits", "string": "text", "semantic": "text", "structured": "tokens", "atomic": "tokens"}
+SCHEME_MODES = {"numeric": "digits", "string": "text", "semantic": "text", "structured": "tokens", "atomic": "tokens",
+                "rq": "tokens"}
 
 
 class IdentifierMap:

@@ -69,3 +69,48 @@ def hierarchical_kmeans(features: np.ndarray, *, k: int = 30, c: int = 30, seed:
             stack.append((rows[groups[j]], prefix + (j,)))
     bar.close()
     return paths  # type: ignore[return-value]
+
+
+def residual_kmeans(features: np.ndarray, *, levels: int = 3, codebook: int = 64, seed: int = 0, niter: int = 20,
+                    backend: str = "faiss", sample: int = 200_000) -> np.ndarray:
+    """Residual quantisation codes (n, levels): level l clusters what levels < l left unexplained (the residual
+    after subtracting each row's centroids), so a code prefix is a coarse-to-fine cell of the embedding space
+    (IRGen, GENIUS, TIGER's semantic ids). Codebooks train on at most ``sample`` rows; every row is assigned."""
+    if levels < 1 or codebook < 2:
+        raise GraceError(f"rq ids need levels >= 1 and codebook >= 2 (got levels={levels}, codebook={codebook})")
+    residual = np.ascontiguousarray(features, dtype=np.float32).copy()
+    n = len(residual)
+    codes = np.zeros((n, levels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for level in range(levels):
+        k = min(codebook, n)
+        rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+        centroids = _centroids(residual[rows], k, seed=seed + level, niter=niter, backend=backend)
+        codes[:, level] = _nearest(residual, centroids)
+        residual -= centroids[codes[:, level]]
+    return codes
+
+
+def _centroids(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> np.ndarray:
+    """(k, D) k-means centroids of ``x`` (fewer distinct rows than k: the distinct rows, padded by repeats)."""
+    if backend == "faiss":
+        import faiss
+
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1)
+        km.train(np.ascontiguousarray(x))
+        return np.asarray(km.centroids, dtype=np.float32)
+    if backend == "sklearn":
+        from sklearn.cluster import KMeans
+
+        return KMeans(k, n_init=1, max_iter=niter, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
+    raise GraceError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Index of each row's nearest centroid (L2), in chunks."""
+    out = np.empty(len(x), dtype=np.int64)
+    norms = (centroids ** 2).sum(axis=1)
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk]
+        out[start:start + chunk] = np.argmin(norms[None, :] - 2.0 * block @ centroids.T, axis=1)
+    return out

@@ -1,4 +1,4 @@
-"""Identifier schemes: ``numeric | string | semantic | structured | atomic`` → an :class:`IdentifierMap`.
+"""Identifier schemes: ``numeric | string | semantic | structured | atomic | rq`` → an :class:`IdentifierMap`.
 
 ``create_scheme(name, **cfg).build(dataset, features)``; every scheme is deterministic under ``seed``.
 """
@@ -16,7 +16,7 @@ from grace.data_process.features import unit_rows
 from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
-from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans
+from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans, residual_kmeans
 
 log = logging.getLogger(__name__)
 SCHEMES = tuple(SCHEME_MODES)
@@ -40,6 +40,15 @@ class SchemeConfig:
                 "training-visible texts (train captions; held-out images' pseudo-queries), or both concatenated",
         "choices": CLUSTER_ON})
     text_encoder: str = field(default="minilm", metadata={"help": "structured: text encoder of cluster_on text/both"})
+    levels: int = field(default=3, metadata={"help": "rq: residual quantisation levels (then one level that makes "
+                                                     "every id unique)"})
+    codebook: int = field(default=64, metadata={"help": "rq: codes per level (also the most images one code can hold)"})
+    reserve_first: str = field(default="", metadata={
+        "help": "rq: a reserved first token <M_NAME> before the codes (GENIUS's modality code), e.g. 'image'"})
+    embedding: str = field(default="features", metadata={
+        "help": "rq: what is quantised: the image features cache ('features'), or the dense retriever's image "
+                "embedding ('clip_faiss': LiT's image tower, so queries and images share code prefixes; grace "
+                "ablate computes it)"})
 
 
 def _check_dataset(dataset) -> None:
@@ -237,7 +246,34 @@ class StructuredScheme(Scheme):
         return ["".join(f"<L{level}_{j}>" for level, j in enumerate(path)) for path in paths], {}
 
 
-_CLASSES = {cls.name: cls for cls in (NumericScheme, StringScheme, SemanticScheme, StructuredScheme, AtomicScheme)}
+class RqScheme(Scheme):
+    """Residual quantisation of an embedding (IRGen, GENIUS): ``<Q0_12><Q1_3><Q2_7><Q3_0>`` — one code per level
+    (each level clusters the previous levels' residual), then the image's position among those sharing its codes,
+    so every id is unique; optionally a reserved first token (``<M_image>``). Rows are L2-normalised first."""
+
+    name = "rq"
+
+    def assign(self, dataset, features):
+        cfg = self.config
+        codes = residual_kmeans(unit_rows(_feature_matrix(dataset, features)), levels=cfg.levels,
+                                codebook=cfg.codebook, seed=cfg.seed, niter=cfg.niter, backend=cfg.kmeans)
+        groups: dict[tuple, int] = {}
+        positions = []
+        for row in map(tuple, codes.tolist()):
+            positions.append(groups.get(row, 0))
+            groups[row] = positions[-1] + 1
+        crowded = max(groups.values())
+        if crowded > cfg.codebook:
+            raise GraceError(f"rq ids: {crowded} images share one code path, more than the last level's "
+                             f"{cfg.codebook} positions: levels x codebook ({cfg.levels} x {cfg.codebook}) is too "
+                             "small to make every id unique; raise --levels or --codebook")
+        first = f"<M_{cfg.reserve_first}>" if cfg.reserve_first else ""
+        return [first + "".join(f"<Q{level}_{c}>" for level, c in enumerate(row)) + f"<Q{cfg.levels}_{pos}>"
+                for row, pos in zip(codes.tolist(), positions)], {}
+
+
+_CLASSES = {cls.name: cls for cls in (NumericScheme, StringScheme, SemanticScheme, StructuredScheme, AtomicScheme,
+                                      RqScheme)}
 
 
 def create_scheme(name: str, **cfg) -> Scheme:

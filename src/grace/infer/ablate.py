@@ -26,6 +26,10 @@ def scheme_artefacts(run: Path, scheme: str, dataset, features, pseudo_queries, 
     """ids → shards → tries (one per split in ``splits``) of one scheme, reused when built;
     returns ``(idmap, tokenizer, tries, force)``: ``force`` when the ids are new (nothing built on old ones is kept)."""
     scheme_settings = json_options(config.scheme_overrides, "--scheme-overrides")
+    if scheme == "rq":
+        features = rq_embedding(run, dataset, features, config, scheme_settings.get("embedding", "features"))
+    else:
+        scheme_settings = {k: v for k, v in scheme_settings.items() if k not in RQ_SETTINGS}
     idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force, pseudo_queries=pseudo_queries,
                         **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
     tokenizer = P.load_tokenizer(run / "ids" / scheme)
@@ -34,6 +38,22 @@ def scheme_artefacts(run: Path, scheme: str, dataset, features, pseudo_queries, 
     tries = {split: P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, split=split, force=force)
              for split in dict.fromkeys(splits)}
     return idmap, tokenizer, tries, force
+
+
+#: scheme settings only ``rq`` reads (other schemes in the same ablation ignore them)
+RQ_SETTINGS = ("levels", "codebook", "reserve_first", "embedding")
+
+
+def rq_embedding(run: Path, dataset, features, config: AblateConfig, embedding: str):
+    """What the ``rq`` scheme quantises: the run's image features, or the dense retriever's image embedding."""
+    from grace.infer.baseline_stages import dense_image_embedding
+
+    if embedding == "features":
+        return features
+    if embedding == "clip_faiss":
+        return dense_image_embedding(run, run / "data" / "dataset.json", dataset, features, encoder=config.encoder,
+                                     seed=config.seed)
+    raise GraceError(f"--scheme-overrides embedding {embedding!r}: use 'features' or 'clip_faiss'")
 
 
 def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: str | None = None) -> dict:

@@ -40,6 +40,31 @@ def _clip_faiss_features(run: Path, dataset_json: Path, *, encoder: str, seed: i
     return features
 
 
+def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, encoder: str, seed: int = 0,
+                          progress: bool = True):
+    """The dense retriever's image embedding of every image (LiT's image head over the run's image features:
+    the space CLIP-FAISS searches), as a FeatureSet in dataset order, for ids that live in that space (``rq``
+    with ``embedding: clip_faiss``). Trains the LiT heads on the train pairs first when the run has none."""
+    import numpy as np
+    import torch
+
+    from grace.data_process.features import FeatureSet
+    from grace.retrieval_baselines.clip_faiss.configs import TrainHeadsConfig
+    from grace.retrieval_baselines.clip_faiss.heads import LitHeads, train_heads
+
+    heads = run / "baselines" / "clip_faiss" / "heads"
+    if not (heads / "train_config.json").is_file():  # written last
+        train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
+                                     cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
+    ids = [r.image_id for r in dataset.images]
+    base = np.asarray(features.rows(ids), dtype=np.float32)
+    if base.ndim == 3:  # token features: LiT's heads read the pooled vector
+        base = base.mean(axis=1)
+    with torch.no_grad():
+        embedded = LitHeads.load(heads).eval().embed_images(torch.as_tensor(base)).numpy()
+    return FeatureSet(ids, embedded, f"lit:{heads}")
+
+
 def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficientnet-lite0", seed: int = 0,
                      progress: bool = True, split: str = "test") -> Retriever:
     """LiT heads on the train pairs → LiT features of the ``split`` images → exact (Flat) FAISS index."""

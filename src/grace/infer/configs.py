@@ -8,7 +8,9 @@ from pathlib import Path
 from grace.config import IMAGE_ROOT_HELP
 from grace.data_process.protocol import DEFAULT_PROTOCOL
 
-SCHEMES = ("numeric", "string", "semantic", "structured", "atomic")
+#: every identifier scheme (GRACE's five, then rq); the five are what ``grace ablate`` runs by default
+SCHEMES = ("numeric", "string", "semantic", "structured", "atomic", "rq")
+DEFAULT_SCHEMES = SCHEMES[:5]
 #: the baselines; each ``*_expanded`` one indexes every image with the run's pseudo-queries for it too
 #: (document expansion), so it is given what the generative rows are given: scored by default under a
 #: protocol whose pseudo-queries are the images' own metadata (``tagged``)
@@ -64,7 +66,8 @@ class AblateConfig:
     run: Path = field(default=Path("runs/emoji"), metadata={"help": "run folder (RUN/data, RUN/ids/<scheme>, ...)"})
     dataset: Path | None = field(default=None, metadata={"help": "dataset.json (default RUN/data/dataset.json, built from emoji if absent)"})
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
-    schemes: list[str] = field(default_factory=lambda: list(SCHEMES), metadata={"help": "identifier schemes"})
+    schemes: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEMES), metadata={
+        "help": f"identifier schemes ({', '.join(SCHEMES)})"})
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES), metadata={
         "help": f"baseline retrievers scored on the same queries ({', '.join(BASELINES)}; 'none' for none); "
                 "under --protocol tagged each one's _expanded twin is added"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from grace.infer.configs import SCHEMES, AblateConfig, DemoConfig
+from grace.infer.configs import DEFAULT_SCHEMES, AblateConfig, DemoConfig
 
 #: quick: a subset of emoji (900 images: 108 held-out queries, so the intervals mean something), the
 #: structured (k-means) scheme, a CPU run of the packaged `tiny-effnet` (a randomly initialised LM) over
@@ -25,7 +25,7 @@ PRESETS = {
               "train_overrides": '{"max_length": 96, "warmup_steps": 30}'},
     # full (GPU): the pretrained SmolLM2 with its LM frozen (lm_training in smollm2-effnet.json) and lr 1e-3,
     # the best recall per training hour measured on emoji (docs/results/archive/lm-training-emoji600.md).
-    "full": {"schemes": list(SCHEMES), "limit": 0, "model": "smollm2-effnet", "steps": 3000, "nproc": 1,
+    "full": {"schemes": list(DEFAULT_SCHEMES), "limit": 0, "model": "smollm2-effnet", "steps": 3000, "nproc": 1,
              "batch_size_i2id": 64, "batch_size_t2id": 64, "lr": 1e-3, "num_beams": 20},
 }
 
