@@ -53,3 +53,18 @@ def test_text_clustered_ids_from_the_cli_read_the_given_pseudo_queries(tiny_data
     config = IdentifierMap.load(tmp_path / "structured").config
     assert config["cluster_on"] == "text" and config["pseudo_queries_digest"]
     assert not (tmp_path / "structured" / "features").exists()  # text clusters need no image features
+
+
+def test_rq_ids_from_the_cli_quantise_a_features_cache(tiny_dataset, tmp_path, capsys):
+    data = tmp_path / "data" / "dataset.json"
+    out = tmp_path / "ids-rq"
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "rq", "--levels", "2", "--codebook", "8",
+                 "--reserve-first", "image", "--features-cache", str(tmp_path / "features"), "--out", str(out),
+                 "--tokenizer", "byte"]) == 0
+    assert "24 images, 24 unique ids" in capsys.readouterr().out
+    idmap = IdentifierMap.load(out)
+    assert idmap.config["levels"] == 2 and idmap.config["codebook"] == 8
+    assert all(i.startswith("<M_image><Q0_") and i.count("<Q") == 3 for i in idmap.identifiers())
+    assert main(["ids", "build", "--dataset", str(data), "--scheme", "rq", "--levels", "1", "--codebook", "2",
+                 "--features-cache", str(tmp_path / "features"), "--out", str(tmp_path / "small")]) == 2
+    assert "too small to make every id unique" in capsys.readouterr().err
