@@ -76,7 +76,7 @@ def test_image_upload_searches_the_retrievers_that_take_images(client):
 
 
 @pytest.mark.parametrize("body", [
-    {"query": ""}, {"query": "   "}, {"query": "x" * 100_000}, {"query": "red", "k": 0}, {"query": "red", "k": -3},
+    {"query": ""}, {"query": "   "}, {"query": "x" * 5_000}, {"query": "red", "k": 0}, {"query": "red", "k": -3},
     {"query": "red", "k": 17}, {"query": "red", "k": "five"}, {"query": "red", "retrievers": ["dense2"]},
     {"query": "red", "retrievers": "clip_faiss"}, {"k": 3}, {"query": 7}, ["red"],
 ])
@@ -141,6 +141,6 @@ def test_server_batches_concurrent_http_clients(client):
         codes = list(pool.map(lambda i: client.post("/api/search", json={
             "query": f"shape {i}", "k": 2, "retrievers": ["generative/structured"]}).status_code, range(16)))
     assert codes == [200] * 16
-    sizes = batcher.batch_sizes[before:]
+    sizes = list(batcher.batch_sizes)[before:]
     assert sum(sizes) == 16 and max(sizes) > 1
     assert json.loads(client.get("/healthz").text)["status"] == "ok"

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """Raised by :meth:`DynamicBatcher.submit` when ``max_pending`` requests already wait (the server answers 503)."""
 
 
 @dataclass
@@ -29,17 +34,21 @@ class DynamicBatcher:
 
     ``search(queries, k)`` is the batched function (one list of rows per query, best first); a batch runs at
     the largest ``k`` asked and each caller gets its own top ``k``. When a batched call fails, its requests
-    are retried one by one, so one bad query fails alone.
+    are retried one by one, so one bad query fails alone. At most ``max_pending`` requests wait: one more is
+    refused with :class:`Overloaded` (nothing queues without bound), and ``batch_sizes`` keeps the last
+    ``STATS`` batches only.
     """
 
+    STATS = 10_000
+
     def __init__(self, search: Callable[[list, int], list[list]], *, max_batch: int = 32, window_ms: float = 5.0,
-                 name: str = "retriever"):
-        if max_batch < 1 or window_ms < 0:
-            raise ValueError("max_batch must be >= 1 and window_ms >= 0")
+                 name: str = "retriever", max_pending: int = 1024):
+        if max_batch < 1 or window_ms < 0 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be >= 1 and window_ms >= 0")
         self.search, self.max_batch, self.window = search, max_batch, window_ms / 1000.0
-        self.name = name
+        self.name, self.max_pending = name, max_pending
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
-        self.batch_sizes: list[int] = []  # for tests and the load benchmark
+        self.batch_sizes: deque[int] = deque(maxlen=self.STATS)  # recent batch sizes: the load benchmark's view
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
 
@@ -47,6 +56,8 @@ class DynamicBatcher:
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._run())
+        if self._queue.qsize() >= self.max_pending:
+            raise Overloaded(f"{self.name}: {self._queue.qsize()} requests are already waiting; try again shortly")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(query, k, future))
         return await future

@@ -85,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ServeConfig, args)
     service = _load_service(config)
     print(f"grace serve: {', '.join(service.retrievers)} on http://{config.host}:{config.port}/", flush=True)
-    serve(service, host=config.host, port=config.port, max_batch=config.max_batch, window_ms=config.window_ms)
+    serve(service, host=config.host, port=config.port, max_batch=config.max_batch, window_ms=config.window_ms,
+          max_k=config.max_k, timeout_s=config.timeout_s, max_pending=config.max_pending)
     return 0
 
 

@@ -193,3 +193,6 @@ class ServeConfig(RetrieversConfig):
     port: int = field(default=8000, metadata={"help": "port"})
     max_batch: int = field(default=32, metadata={"help": "most concurrent queries batched into one search call"})
     window_ms: float = field(default=5.0, metadata={"help": "how long a request waits for others to join its batch"})
+    max_k: int = field(default=100, metadata={"help": "the most results one request may ask for"})
+    timeout_s: float = field(default=30.0, metadata={"help": "seconds a request waits for results before a 504"})
+    max_pending: int = field(default=256, metadata={"help": "requests waiting per retriever before a 503"})

@@ -15,6 +15,7 @@ python-multipart are the ``serve`` extra; import this module only to serve.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -28,13 +29,64 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from grace.errors import GraceError, InputError
-from grace.infer.batching import DynamicBatcher
+from grace.infer.batching import DynamicBatcher, Overloaded
 from grace.infer.search import SearchService, response_entry
 from grace.retriever import Query
 
 STATIC = Path(__file__).parent / "static"
 #: largest accepted image upload
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: largest body of every other request (a JSON search is a few hundred bytes)
+MAX_BODY_BYTES = 64 * 1024
+#: the most results one request may ask for (beams grow with k)
+MAX_K = 100
+#: seconds a request may wait for its results before a 504
+TIMEOUT_S = 30.0
+#: requests that may wait per retriever before a 503
+MAX_PENDING = 256
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its route's limit gets a 413 with a one-line JSON error, judged on
+    the declared Content-Length and on the bytes actually streamed (chunked bodies have no length), before a
+    route parses or spools any of it."""
+
+    def __init__(self, app: Any, limit_for: Any):
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await _reply(send, 413, f"the body is {int(declared)} bytes; this route takes at most {limit}")
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _reply(send, 413, f"the body is over {limit} bytes, the most this route takes")
+
+
+async def _reply(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 #: result files of a run the page links to
 RUN_FILES = (".md", ".png", ".json")
 
@@ -47,10 +99,15 @@ def run_result_files(run: Path | None) -> dict[str, Path]:
             if p.is_file() and p.suffix in RUN_FILES}
 
 
-def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float = 5.0) -> Any:
-    """The FastAPI app serving ``service`` (one dynamic batcher per retriever)."""
+def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float = 5.0, max_k: int = MAX_K,
+               timeout_s: float = TIMEOUT_S, max_pending: int = MAX_PENDING,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The FastAPI app serving ``service`` (one dynamic batcher per retriever). Every bound is explicit: bodies
+    (``max_body_bytes``; image uploads ``MAX_UPLOAD_BYTES``), ``k`` (``max_k``), the wait for results
+    (``timeout_s``: 504) and the requests waiting per retriever (``max_pending``: 503 with Retry-After)."""
     batchers = {name: DynamicBatcher(lambda qs, k, n=name: service.search_one(n, qs, k), max_batch=max_batch,
-                                     window_ms=window_ms, name=name) for name in service.retrievers}
+                                     window_ms=window_ms, name=name, max_pending=max_pending)
+                for name in service.retrievers}
     results_files = run_result_files(service.run)
     default_k = min(10, len(service.files) or 10)
 
@@ -62,6 +119,9 @@ def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float 
 
     app = FastAPI(title="grace search", docs_url="/api/docs", redoc_url=None, lifespan=lifespan)
     app.state.service, app.state.batchers = service, batchers
+    upload_limit = MAX_UPLOAD_BYTES + 64 * 1024  # the image plus the form's other fields
+    app.add_middleware(BodyLimit, limit_for=lambda path: upload_limit if path == "/api/search/image"
+                       else max_body_bytes)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
@@ -84,10 +144,20 @@ def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float 
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             return error(400, "retrievers must be a list of names")
         names = service.check_request(names, k, query)
+        if k > max_k:
+            return error(400, f"k={k} is more than this server's maximum of {max_k}")
         out = {}
         for name in names:
             t0 = time.perf_counter()
-            out[name] = response_entry(await batchers[name].submit(query, k), time.perf_counter() - t0)
+            try:
+                rows = await asyncio.wait_for(batchers[name].submit(query, k), timeout_s)
+            except asyncio.TimeoutError:
+                return error(504, f"{name} did not answer within {timeout_s:g} s")
+            except Overloaded as exc:
+                response = error(503, str(exc))
+                response.headers["Retry-After"] = "1"
+                return response
+            out[name] = response_entry(rows, time.perf_counter() - t0)
         return {"query": query.text, "k": k, "retrievers": out}
 
     @app.get("/healthz")
@@ -176,10 +246,8 @@ def _image_suffix(data: bytes) -> str:
     return "." + {"jpeg": "jpg"}.get(fmt, fmt)
 
 
-def serve(service: SearchService, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32,
-          window_ms: float = 5.0) -> None:
-    """Run the app with uvicorn (blocks)."""
+def serve(service: SearchService, *, host: str = "127.0.0.1", port: int = 8000, **bounds: Any) -> None:
+    """Run the app with uvicorn (blocks); ``bounds`` go to :func:`create_app`."""
     import uvicorn
 
-    uvicorn.run(create_app(service, max_batch=max_batch, window_ms=window_ms), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(create_app(service, **bounds), host=host, port=port, log_level="warning")
