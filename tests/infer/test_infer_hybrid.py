@@ -118,5 +118,10 @@ def test_stage_hybrid_chooses_on_val_scores_every_set_and_saves_the_retriever(tm
     tries = {str(kwargs["trie"]) for spec, kwargs in loaded if spec.startswith("generative")}
     assert tries == {str(tmp_path / "trie" / "structured"), str(tmp_path / "trie" / "structured-val")}
     assert all(kwargs["num_beams"] >= 10 for spec, kwargs in loaded if spec.startswith("generative"))
+    expanded = stage_hybrid(tmp_path, "structured", "clip_faiss_expanded", dataset, StageTimer(), sets=sets,
+                            depth=10, load=load)
+    assert expanded["test"]["recall@1"] == 1.0  # the same kind of retriever, over the expanded index
+    saved = json.loads((tmp_path / "hybrid" / "structured+clip_faiss_expanded" / "hybrid.json").read_text())
+    assert saved["second"] == f"clip_faiss:{tmp_path / 'baselines' / 'clip_faiss_expanded' / 'index'}"
     with pytest.raises(GraceError, match="needs --select-on val"):
         stage_hybrid(tmp_path, "structured", "clip_faiss", dataset, StageTimer(), sets=sets[:1], load=load)

@@ -66,12 +66,14 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
     export = run / "ckpt" / scheme / "export"
     name = hybrid_name(scheme, kind)
 
+    # an _expanded baseline is the same kind of retriever over another index (its keys carry the pseudo-queries)
+    retriever_kind = kind.removesuffix("_expanded")
+
     def hybrid_for(split: str) -> HybridRetriever:
         first = load(f"generative:{export}", trie=trie_dir(run, scheme, split), num_beams=max(num_beams, depth))
-        second = load(f"{kind}:{run / 'baselines' / kind / index_name(split)}")
-        return HybridRetriever(first, second, HybridConfig(
-            first=f"generative:{export}", second=f"{kind}:{run / 'baselines' / kind / index_name(split)}",
-            depth=depth, fusion=fusion))
+        second_spec = f"{retriever_kind}:{run / 'baselines' / kind / index_name(split)}"
+        return HybridRetriever(first, load(second_spec), HybridConfig(
+            first=f"generative:{export}", second=second_spec, depth=depth, fusion=fusion))
 
     def build() -> dict[str, dict]:
         val_set = next(s for s in sets if s.split == "val" and s.name == "val")
