@@ -260,7 +260,7 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
     assert saved_again["digest"] != saved["digest"] and again["expansion"]["source"]["digest"] == saved_again["digest"]
 
 
-def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_path, monkeypatch):
+def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_path, monkeypatch, capsys):
     install(monkeypatch)
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
@@ -270,6 +270,7 @@ def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_
     chosen = saved["selection"]["generative"]
     other = ({"numeric", "structured"} - {chosen}).pop()
     assert CALLS["train"] == 2 + 2  # both schemes once, the chosen one under seeds 1 and 2 (0 is --seed's run)
+    assert "reused" not in capsys.readouterr().out  # the seed runs use the ids built here: nothing reads as reused
     for seed in (1, 2):
         request = json.loads((tmp_path / "run" / "ckpt" / f"{chosen}@seed{seed}" / "train_request.json").read_text())
         assert request["seed"] == seed and request["ids_dir"].endswith(f"ids/{chosen}")  # the same ids

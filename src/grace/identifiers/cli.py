@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from grace.config import IMAGE_ROOT_HELP
+from grace.identifiers.idmap import SCHEME_MODES
 
-SCHEME_NAMES = ("numeric", "string", "semantic", "structured", "atomic", "rq")
+SCHEME_NAMES = tuple(SCHEME_MODES)
 
 
 @dataclass

@@ -19,17 +19,23 @@ def kmeans_assign(x: np.ndarray, k: int, *, seed: int, niter: int = 20, backend:
     k = min(k, len(x))
     if k <= 1:
         return np.zeros(len(x), dtype=np.int64)
+    return _fit(x, k, seed=seed, niter=niter, backend=backend)[1]
+
+
+def _fit(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(centroids (k, D), labels (n,))`` of k-means on ``x`` with ``backend``, seeded."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if backend == "faiss":
         import faiss
 
         km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1)
         km.train(x)
-        return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+        return np.asarray(km.centroids, dtype=np.float32), km.index.search(x, 1)[1][:, 0].astype(np.int64)
     if backend == "sklearn":
         from sklearn.cluster import KMeans
 
-        return KMeans(k, n_init=1, max_iter=niter, random_state=seed).fit_predict(x).astype(np.int64)
+        km = KMeans(k, n_init=1, max_iter=niter, random_state=seed).fit(x)
+        return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
     raise GraceError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -85,25 +91,10 @@ def residual_kmeans(features: np.ndarray, *, levels: int = 3, codebook: int = 64
     for level in range(levels):
         k = min(codebook, n)
         rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-        centroids = _centroids(residual[rows], k, seed=seed + level, niter=niter, backend=backend)
+        centroids = _fit(residual[rows], k, seed=seed + level, niter=niter, backend=backend)[0]
         codes[:, level] = _nearest(residual, centroids)
         residual -= centroids[codes[:, level]]
     return codes
-
-
-def _centroids(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> np.ndarray:
-    """(k, D) k-means centroids of ``x`` (fewer distinct rows than k: the distinct rows, padded by repeats)."""
-    if backend == "faiss":
-        import faiss
-
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1)
-        km.train(np.ascontiguousarray(x))
-        return np.asarray(km.centroids, dtype=np.float32)
-    if backend == "sklearn":
-        from sklearn.cluster import KMeans
-
-        return KMeans(k, n_init=1, max_iter=niter, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
-    raise GraceError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:

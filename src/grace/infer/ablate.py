@@ -66,11 +66,11 @@ def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: 
                                  encoder=config.encoder, seed=seed, overrides=overrides, name=name)
 
 
-def run_scheme(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
-               timer: P.StageTimer, sets: list) -> dict[str, dict]:
-    """One scheme end to end; returns ``{query set: eval metrics plus train seconds}``."""
-    idmap, tokenizer, tries, force = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
-                                                      [query_set.split for query_set in sets])
+def run_scheme(run: Path, scheme: str, dataset, artefacts: tuple, config: AblateConfig, timer: P.StageTimer,
+               sets: list) -> dict[str, dict]:
+    """One scheme end to end on its :func:`scheme_artefacts`; returns ``{query set: eval metrics plus train
+    seconds}``."""
+    idmap, tokenizer, tries, force = artefacts
     export = P.stage_train(run, scheme, train_values(run, scheme, config, config.seed), timer, nproc=config.nproc,
                            force=force)
     by_set = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=sets, tries=tries,
@@ -85,15 +85,15 @@ def seed_name(scheme: str, seed: int) -> str:
     return f"{scheme}@seed{seed}"
 
 
-def run_training_seeds(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
+def run_training_seeds(run: Path, scheme: str, dataset, artefacts: tuple, config: AblateConfig,
                        timer: P.StageTimer, test_set, first: dict) -> dict:
-    """``scheme`` retrained under each of ``config.training_seeds`` (same ids, shards, data and queries; only the
-    training seed differs: initialisation and data order) and scored on the test queries; ``first`` is its
-    result under ``config.seed``. Returns the spread: per seed and mean / sample sd / min / max of each R@K."""
+    """``scheme`` retrained under each of ``config.training_seeds`` (on its :func:`scheme_artefacts`: the same
+    ids, shards, data and queries; only the training seed differs: initialisation and data order) and scored on
+    the test queries; ``first`` is its result under ``config.seed``. Returns the spread: per seed and mean /
+    sample sd / min / max of each R@K."""
     import statistics
 
-    idmap, tokenizer, tries, _ = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
-                                                  [test_set.split])
+    idmap, tokenizer, tries, _ = artefacts
     per_seed = {config.seed: first}
     for seed in dict.fromkeys(config.training_seeds):
         if seed == config.seed:
@@ -301,8 +301,11 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
         for set_name, result in results.items():
             by_set[set_name][name] = result
 
+    artefacts = {}
     for scheme in config.schemes:
-        add(scheme, run_scheme(run, scheme, dataset, features, pseudo_queries, config, timer, sets))
+        artefacts[scheme] = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
+                                             [query_set.split for query_set in sets])
+        add(scheme, run_scheme(run, scheme, dataset, artefacts[scheme], config, timer, sets))
     dataset_json = run / "data" / "dataset.json"
     for kind in [*baselines, "bm25"]:
         scored = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder, sets=sets,
@@ -322,7 +325,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
         chosen = select_on(by_set["val"], schemes, non_generative)["generative"] if "val" in by_set else None
         for scheme in [chosen] if chosen else schemes:
             by_set["test"][scheme]["training_seeds"] = run_training_seeds(
-                run, scheme, dataset, features, pseudo_queries, config, timer, sets[0], by_set["test"][scheme])
+                run, scheme, dataset, artefacts[scheme], config, timer, sets[0], by_set["test"][scheme])
     provenance = run_provenance(config, pq_provenance, sets)
     tables = write_ablation(run, by_set, sets, config, provenance)
     print(tables, end="")

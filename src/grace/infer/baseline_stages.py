@@ -20,19 +20,28 @@ def index_name(split: str) -> str:
     return "index" if split == "test" else f"index-{split}"
 
 
+def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool) -> Path:
+    """RUN/baselines/clip_faiss/heads: LiT heads trained on the train pairs (once; reused when present)."""
+    from grace.retrieval_baselines.clip_faiss.configs import TrainHeadsConfig
+    from grace.retrieval_baselines.clip_faiss.heads import train_heads
+
+    heads = run / "baselines" / "clip_faiss" / "heads"
+    if not (heads / "train_config.json").is_file():  # written last
+        train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
+                                     cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
+    return heads
+
+
 def _clip_faiss_features(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool,
                          split: str) -> Path:
     """LiT heads on the train pairs (RUN/baselines/clip_faiss/heads) → LiT features of the ``split`` images;
     returns the features folder."""
-    from grace.retrieval_baselines.clip_faiss.configs import ExtractConfig, TrainHeadsConfig
+    from grace.retrieval_baselines.clip_faiss.configs import ExtractConfig
     from grace.retrieval_baselines.clip_faiss.extract import extract_chunk, merge_chunks
-    from grace.retrieval_baselines.clip_faiss.heads import train_heads
 
     root = run / "baselines" / "clip_faiss"
-    heads, features = root / "heads", root / ("features" if split == "test" else f"features-{split}")
-    if not (heads / "train_config.json").is_file():  # written last
-        train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
-                                     cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
+    heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress)
+    features = root / ("features" if split == "test" else f"features-{split}")
     if not (features / "meta.json").is_file():
         extract_chunk(ExtractConfig(source=dataset_json, out=features, model=f"lit:{heads}", split=split,
                                     progress=progress))
@@ -49,13 +58,9 @@ def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, e
     import torch
 
     from grace.data_process.features import FeatureSet
-    from grace.retrieval_baselines.clip_faiss.configs import TrainHeadsConfig
-    from grace.retrieval_baselines.clip_faiss.heads import LitHeads, train_heads
+    from grace.retrieval_baselines.clip_faiss.heads import LitHeads
 
-    heads = run / "baselines" / "clip_faiss" / "heads"
-    if not (heads / "train_config.json").is_file():  # written last
-        train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
-                                     cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
+    heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress)
     ids = [r.image_id for r in dataset.images]
     base = np.asarray(features.rows(ids), dtype=np.float32)
     if base.ndim == 3:  # token features: LiT's heads read the pooled vector

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from grace.config import IMAGE_ROOT_HELP
 from grace.data_process.protocol import DEFAULT_PROTOCOL
+from grace.identifiers.idmap import SCHEME_MODES
 
 #: every identifier scheme (GRACE's five, then rq); the five are what ``grace ablate`` runs by default
-SCHEMES = ("numeric", "string", "semantic", "structured", "atomic", "rq")
+SCHEMES = tuple(SCHEME_MODES)
 DEFAULT_SCHEMES = SCHEMES[:5]
 #: the baselines; each ``*_expanded`` one indexes every image with the run's pseudo-queries for it too
 #: (document expansion), so it is given what the generative rows are given: scored by default under a

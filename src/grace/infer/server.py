@@ -64,7 +64,9 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            return await _reply(send, 413, f"the body is {int(declared)} bytes; this route takes at most {limit}")
+            response = JSONResponse({"error": f"the body is {int(declared)} bytes; this route takes at most {limit}"},
+                                    status_code=413)
+            return await response(scope, receive, send)
         seen = 0
 
         async def limited() -> dict:
@@ -79,14 +81,12 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _BodyTooLarge:
-            await _reply(send, 413, f"the body is over {limit} bytes, the most this route takes")
+            response = JSONResponse({"error": f"the body is over {limit} bytes, the most this route takes"},
+                                    status_code=413)
+            await response(scope, receive, send)
 
 
-async def _reply(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+
 #: result files of a run the page links to
 RUN_FILES = (".md", ".png", ".json")
 
@@ -188,9 +188,7 @@ def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float 
 
     @app.post("/api/search/image")
     async def search_image(request: Request) -> Any:
-        length = int(request.headers.get("content-length") or 0)
-        if length > MAX_UPLOAD_BYTES + 64 * 1024:
-            return error(413, f"upload is {length} bytes; images up to {MAX_UPLOAD_BYTES} bytes are accepted")
+        # BodyLimit has refused a body over MAX_UPLOAD_BYTES + 64 KiB, declared or streamed
         form = await request.form(max_part_size=MAX_UPLOAD_BYTES + 1)
         upload = form.get("image")
         if upload is None or not hasattr(upload, "read"):
