@@ -1,5 +1,6 @@
 """CPU training benchmark: the same model, shards and batches under a plain torch loop, DeepSpeed ZeRO
-stage 0, and stage 3 with one and with two processes; samples/s of each, timed in one run (variants run
+stage 0 (with the full head and with the identifier head, ``output_head`` ids), and stage 3 with one and with
+two processes; samples/s of each, timed in one run (variants run
 one after another, never side by side: two torch processes on 2 cores slow each other 10x).
 
     python benchmarks/bench_train_cpu.py --run runs/emoji-quick --scheme structured --model tiny-effnet \\
@@ -24,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"plain": (1, None), "zero0": (1, 0), "zero3": (1, 3), "zero3-2proc": (2, 3)}
+# name: (processes, ZeRO stage or None for the plain loop, output head)
+VARIANTS = {"plain": (1, None, "full"), "zero0": (1, 0, "full"), "zero0-ids": (1, 0, "ids"), "zero3": (1, 3, "full"),
+            "zero3-2proc": (2, 3, "full")}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,14 +50,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _train_values(args: argparse.Namespace, out: Path, zero_stage: int) -> dict:
+def _train_values(args: argparse.Namespace, out: Path, zero_stage: int, output_head: str = "full") -> dict:
     from grace.infer.pipeline import train_config_values
 
     values = train_config_values(args.run, args.scheme, model=args.model, steps=args.steps, lr=args.lr,
                                  batch_size_i2id=args.batch_size_i2id, batch_size_t2id=args.batch_size_t2id,
                                  encoder=args.encoder, seed=0,
                                  overrides={"max_length": args.max_length, "warmup_steps": 5, "export": False,
-                                            "resume": False, "zero_stage": zero_stage, "log_every": args.steps})
+                                            "resume": False, "zero_stage": zero_stage, "log_every": args.steps,
+                                            "output_head": output_head})
     values["output_dir"] = str(out)
     return values
 
@@ -100,11 +104,11 @@ def plain_loop(args: argparse.Namespace, out: Path) -> dict:
     return {"seconds_per_step": sum(timed) / len(timed), "losses": [float(x) for x in losses]}
 
 
-def deepspeed_run(args: argparse.Namespace, out: Path, nproc: int, stage: int) -> dict:
+def deepspeed_run(args: argparse.Namespace, out: Path, nproc: int, stage: int, output_head: str) -> dict:
     """``grace train`` (1 process, or torchrun with ``nproc``) at ZeRO ``stage``; reads its metrics.json."""
     config = out.with_suffix(".json")
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(_train_values(args, out, stage)))
+    config.write_text(json.dumps(_train_values(args, out, stage, output_head)))
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     cmd = [sys.executable, "-m", "grace.cli", "train", "--config", str(config)]
     if nproc > 1:
@@ -115,11 +119,11 @@ def deepspeed_run(args: argparse.Namespace, out: Path, nproc: int, stage: int) -
 
 
 def run_variant(args: argparse.Namespace) -> dict:
-    nproc, stage = VARIANTS[args.variant]
+    nproc, stage, output_head = VARIANTS[args.variant]
     out = args.workdir / args.variant
     if args.variant == "plain":
         return plain_loop(args, out)
-    return deepspeed_run(args, out, nproc, stage)
+    return deepspeed_run(args, out, nproc, stage, output_head)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
               "repeats": args.repeats, "variants": results}
     if "plain" in results and "zero0" in results:
         report["zero0_over_plain_time"] = results["zero0"]["seconds_per_step"] / results["plain"]["seconds_per_step"]
+    if "zero0-ids" in results and "zero0" in results:  # the identifier head's training speed-up (same engine)
+        report["id_head_speedup"] = results["zero0"]["seconds_per_step"] / results["zero0-ids"]["seconds_per_step"]
     if "zero3" in results and "zero0" in results:
         report["zero3_over_zero0_time"] = results["zero3"]["seconds_per_step"] / results["zero0"]["seconds_per_step"]
     if args.out:
@@ -172,15 +178,17 @@ def _write(args: argparse.Namespace, report: dict) -> None:
     write_json(args.out.with_suffix(".json"), report)
     lines = [(f"# Training speed, {args.model}, {args.batch_size_i2id} i2id + {args.batch_size_t2id} t2id per "
               f"process and step, {args.steps} steps\n"),
-             "| variant | processes | ZeRO stage | s/step (median) | s/step range | samples/s | first loss | last loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | processes | ZeRO stage | output head | s/step (median) | s/step range | samples/s | first loss "
+             "| last loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, res in report["variants"].items():
-        nproc, stage = VARIANTS[name]
+        nproc, stage, head = VARIANTS[name]
         runs = res["runs_seconds_per_step"]
-        lines.append(f"| {name} | {nproc} | {'-' if stage is None else stage} | {res['seconds_per_step']:.3f} | "
+        lines.append(f"| {name} | {nproc} | {'-' if stage is None else stage} | {head} | {res['seconds_per_step']:.3f} | "
                      f"{min(runs):.3f}-{max(runs):.3f} | {res['samples_per_s']:.1f} | {res['losses'][0]:.4f} | "
                      f"{res['losses'][-1]:.4f} |")
-    ratios = [(k, report[k]) for k in ("zero0_over_plain_time", "zero3_over_zero0_time") if k in report]
+    ratios = [(k, report[k]) for k in ("zero0_over_plain_time", "zero3_over_zero0_time", "id_head_speedup")
+              if k in report]
     lines += ["", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
               (f"- s/step leaves out the first step; variants ran one after another in one invocation, "
                f"{report['repeats']} time(s) interleaved (median and range over those runs)."),

@@ -28,8 +28,10 @@ def test_bench_decode_writes_every_section(tmp_path):
         assert row["static_cache_speedup"] == pytest.approx(row["new_qps"] / row["new_dynamic_qps"])
         assert row["bf16_speedup"] == pytest.approx(row["new_bf16_qps"] / row["reference_qps"])
         assert row["new_top1_equal"] == 1.0 and row["new_max_score_diff"] < 1e-4  # same answers as the reference
+        assert row["id_head_speedup"] == pytest.approx(row["new_id_head_qps"] / row["new_qps"])
+        assert 0.0 <= row["id_head_top1_equal"] <= 1.0
     assert [r["ids"] for r in results["p2"]] == [1000, 3000]
     assert {r["index"] for r in results["dense"]} == {"Flat", "IVF1024_PQ32"}
     assert (tmp_path / "bench" / "latency_vs_corpus.png").stat().st_size > 1000
     text = (tmp_path / "bench" / "results.md").read_text()
-    assert "## Loop" in text and "latency_vs_corpus.png" in text
+    assert "## Loop" in text and "latency_vs_corpus.png" in text and "id_head_speedup" in text

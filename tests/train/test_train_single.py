@@ -57,6 +57,33 @@ def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, share
 
 
 
+def test_identifier_head_run_trains_exports_the_head_and_retrieves(tmp_path, shared_tiny_dataset):
+    """``output_head ids`` through ``grace train`` (ZeRO stage 3, one process): the loss falls, the export records
+    the head and its tokens (the digits and the end-of-chunk), and the retriever decodes with it."""
+    from grace.infer.retriever import GenerativeRetriever
+    from grace.retriever import Query
+    from train_helpers import train_tokenizer
+
+    values = build_tiny_run(tmp_path, shared_tiny_dataset)
+    values.update(output_head="ids", zero_stage=3, steps=8)
+    (tmp_path / "cfg.json").write_text(json.dumps(values))
+    proc = subprocess.run([sys.executable, "-m", "grace.cli", "train", "--config", str(tmp_path / "cfg.json")],
+                          env=subprocess_env(), capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads((tmp_path / "out" / "metrics.json").read_text())["losses"]
+    assert losses[-1] < losses[0]
+    exported = json.loads((tmp_path / "out" / "export" / "config.json").read_text())
+    exported = exported.get("model", exported)
+    assert exported["output_head"] == "ids"
+    assert exported["identifier_token_ids"] == train_tokenizer(values).identifier_token_ids()
+    retriever = GenerativeRetriever.load(tmp_path / "out" / "export", ids=tmp_path / "ids", trie=tmp_path / "trie",
+                                         device="cpu", num_beams=4)
+    assert retriever.model.identifier_head is not None
+    hits = retriever.search([Query(text="a red heart")], k=4)[0]
+    known = {r.image_id for r in shared_tiny_dataset.images}
+    assert len(hits) == 4 and {h.image_id for h in hits} <= known
+
+
 def test_lora_run_trains_only_adapters_and_exports_a_mergeable_model(tmp_path, shared_tiny_dataset):
     """``lm_training: lora`` through ``grace train`` (DeepSpeed): loss falls, the LM's base weights are the
     initial ones, and the export reloads (adapters merged) to the logits of the unmerged adapters."""

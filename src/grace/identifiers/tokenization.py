@@ -202,6 +202,15 @@ class IdentifierTokenizer:
             self._pieces = {p: i for p, i in zip(pieces, ids) if i is not None and (unk is None or i != unk)}
         return self._pieces
 
+    def identifier_token_ids(self) -> list[int]:
+        """Every token an identifier can contain, and the end-of-chunk that closes it (sorted): what the
+        identifier head scores. Text identifiers (string, semantic) may use any token: a one-line error."""
+        if self.mode == "text":
+            raise GraceError("the identifier head needs a scheme whose identifiers are their own tokens or digits "
+                             "(structured, atomic, rq, numeric); text identifiers (string, semantic) can use any "
+                             "token of the vocabulary: use output_head full")
+        return sorted({*self._piece_ids().values(), self.eoc_token_id})
+
     def decode_identifier(self, ids: Sequence[int]) -> str:
         """Exact inverse of :meth:`encode_identifier` on valid ids."""
         ids = [int(i) for i in ids]

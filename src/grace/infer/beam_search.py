@@ -23,13 +23,17 @@ import torch
 
 from grace.hf_compat import cache_kwarg, output_cache, takes_logits_to_keep
 from grace.infer.kv_cache import StaticBeamCache, reorder_cache, repeat_cache, static_cache_supported
+from grace.model.id_head import identifier_head
 
 NEG = -1.0e9
 log = logging.getLogger(__name__)
 
 
 class DecoderAdapter(Protocol):
-    """Incremental decoding interface the beam loop drives."""
+    """Incremental decoding interface the beam loop drives. Logits span the vocabulary, or, where ``columns``
+    is a tensor, those token ids only (the identifier head: :mod:`grace.model.id_head`)."""
+
+    columns: torch.Tensor | None
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
                 max_new_tokens: int | None = None) -> torch.Tensor:
@@ -60,6 +64,8 @@ class CausalLMAdapter:
         self.model = model
         self.step_model = step_model or model
         self.lm = getattr(model, "lang_encoder", model)
+        head = identifier_head(self.lm)
+        self.columns = head.token_ids if head is not None else None  # the logits' token ids (None: all)
         self.input_key = input_key
         self.use_position_ids = position_ids
         self.static_cache = static_cache
@@ -184,16 +190,36 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.gather(1, idx)
 
 
+def _column_lookup(columns: torch.Tensor) -> torch.Tensor:
+    """token id → its column in logits over ``columns`` (-1: not a column)."""
+    lookup = torch.full((int(columns.max()) + 1,), -1, dtype=torch.long, device=columns.device)
+    lookup[columns] = torch.arange(columns.numel(), device=columns.device)
+    return lookup
+
+
+def _to_vocabulary(log_probs: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Log-probs over ``columns`` → over token ids 0..max(columns) (-inf elsewhere), for the masking path."""
+    full = log_probs.new_full((log_probs.shape[0], int(columns.max()) + 1), float("-inf"))
+    return full.index_copy_(1, columns, log_probs)
+
+
 def _top_children(log_probs: torch.Tensor, cands: tuple[torch.Tensor, torch.Tensor], running_scores: torch.Tensor,
-                  keep: int, sink: int) -> tuple[torch.Tensor, ...]:
+                  keep: int, sink: int, column_of: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The ``keep`` best (beam, child) continuations per query among each beam's F trie children:
     scores, source beams, tokens (B, keep) and the child nodes (B * keep,) they lead to. Padding children
-    (and tokens beyond the LM's vocabulary) score -inf, as masked tokens do on the vocabulary-wide path."""
+    (and tokens beyond the LM's vocabulary) score -inf, as masked tokens do on the vocabulary-wide path.
+    ``column_of`` maps token ids to the columns of ``log_probs`` when they are the identifier head's."""
     tokens, children = cands  # (B*K, F)
     batch, num_beams = running_scores.shape
     vocab, width = log_probs.shape[-1], tokens.shape[-1]
-    child_lp = log_probs.gather(1, tokens.clamp_max(vocab - 1))
-    child_lp = child_lp.masked_fill((children == sink) | (tokens >= vocab), float("-inf"))
+    if column_of is None:
+        cols, outside = tokens, tokens >= vocab
+    else:
+        outside = tokens >= column_of.numel()
+        cols = column_of[tokens.clamp_max(column_of.numel() - 1)]
+        outside = outside | (cols < 0)
+    child_lp = log_probs.gather(1, cols.clamp(0, vocab - 1))
+    child_lp = child_lp.masked_fill((children == sink) | outside, float("-inf"))
     scores = (child_lp.view(batch, num_beams, width) + running_scores[:, :, None]).view(batch, -1)
     tokens, children = tokens.view(batch, -1), children.view(batch, -1)
     if scores.shape[1] < keep:  # fewer candidates than kept continuations: pad with dead ones
@@ -238,13 +264,18 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
     logits = adapter.prefill(input_ids, attention_mask, num_beams, max_new_tokens)
     prompt_rows = input_ids.repeat_interleave(num_beams, 0)
     fanout = getattr(constraint, "candidates", None)
+    columns = adapter.columns  # the identifier head's token ids: logits (and their softmax) over those only
+    columns = columns.to(device) if columns is not None else None
+    column_of = _column_lookup(columns) if columns is not None else None
     for cur in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
         cands = fanout(state) if fanout is not None else None
         if cands is not None:  # rank the K x F trie children only
             top_scores, top_beam, top_tokens, top_state = _top_children(log_probs, cands, running_scores, keep,
-                                                                         constraint.sink)
+                                                                         constraint.sink, column_of)
         else:
+            if columns is not None:
+                log_probs = _to_vocabulary(log_probs, columns)
             if constraint is not None:
                 flat_seqs = None  # only a sequence-reading constraint (the GENRE reference) needs the rows
                 if getattr(constraint, "needs_sequences", True):

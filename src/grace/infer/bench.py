@@ -195,6 +195,7 @@ def _run_bench(config: BenchConfig) -> dict:
     loop_cols = (["model", "batch", "beams", "reference_qps", "new_dynamic_qps", "new_qps", "speedup", "static_cache_speedup",
                   "new_top1_equal", "new_max_score_diff"]
                  + (["new_bf16_qps", "bf16_speedup", "bf16_top1_equal"] if config.bf16 else [])
+                 + (["new_id_head_qps", "id_head_speedup", "id_head_top1_equal"] if config.id_head else [])
                  + (["new_compiled_qps", "compiled_speedup", "compiled_top1_equal"] if config.compile else []))
     text = (f"# Decoding benchmarks\n\nEnvironment: {env}.\n\n## P1 (targets: ratio <= 1.10, speedup >= 10)\n\n"
             + markdown_table(p1_rows, ["metric"] + [f"batch {p['batch']}" for p in p1_all])

@@ -5,7 +5,9 @@ the new loop (fan-out table: top-k over K × F trie children; for a Flamingo mod
 every cross-attention K/V computed once per query, the null image once per search; the beams' KV in a
 preallocated static cache) over the reference loop (the vocabulary-wide mask over K × V, vision recomputed on
 every beam at every step, a growing DynamicCache), both fp32; the new loop on a DynamicCache (the static
-cache's share); and the new loop with the model in bfloat16, with how often its top-1 agrees with fp32.
+cache's share); the new loop with the model in bfloat16, with how often its top-1 agrees with fp32; and the
+new loop with the identifier head (logits and softmax over the identifier tokens only), with how often its
+top-1 agrees with the full head's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from grace.infer.beam_search import beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.model.id_head import install_identifier_head
 
 log = logging.getLogger(__name__)
 LM_MODELS = ("smollm2", "tiny-llama")
@@ -67,6 +70,10 @@ def bench_loop(name: str, config: Any) -> dict:
     variants = {"new": (model, True, True), "new_dynamic": (model, True, False), "reference": (model, False, False)}
     if config.bf16:
         variants["new_bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True, True)
+    if config.id_head:  # the new loop with the identifier head (ids normalisation): the ten digits and the eoc
+        id_model = copy.deepcopy(model)
+        install_identifier_head(getattr(id_model, "lang_encoder", id_model), [*digits, eoc])
+        variants["new_id_head"] = (id_model, True, True)
     step_models = {}
     if config.compile:  # the fastest variant (bf16 when timed), its steps compiled
         variants["new_compiled"] = variants["new_bf16" if config.bf16 else "new"]
@@ -100,6 +107,10 @@ def bench_loop(name: str, config: Any) -> dict:
     if "new_compiled" in outputs:
         row["compiled_speedup"] = row["new_compiled_qps"] / row["reference_qps"]
         row["compiled_top1_equal"] = float((outputs["new_compiled"].sequences[:, 0] == ref_top).all(-1).float().mean())
+    if "new_id_head" in outputs:  # against the same loop with the full head (full normalisation)
+        row["id_head_speedup"] = row["new_id_head_qps"] / row["new_qps"]
+        row["id_head_top1_equal"] = float((outputs["new_id_head"].sequences[:, 0] == outputs["new"].sequences[:, 0])
+                                          .all(-1).float().mean())
     if "new_bf16" in outputs:
         row["bf16_speedup"] = row["new_bf16_qps"] / row["reference_qps"]
         row["bf16_top1_equal"] = float((outputs["new_bf16"].sequences[:, 0] == ref_top).all(-1).float().mean())

@@ -156,6 +156,9 @@ class BenchConfig:
     loop_batch: int = field(default=32, metadata={"help": "queries per search in the loop benchmark (and a 2nd P1 batch)"})
     loop_repeats: int = field(default=3, metadata={"help": "timed repeats per loop variant"})
     bf16: bool = field(default=True, metadata={"help": "also time the new loop with the model in bfloat16"})
+    id_head: bool = field(default=True, metadata={
+        "help": "also time the new loop with the identifier head (grace.model.id_head: logits over the identifier "
+                "tokens only), against the same loop with the full head"})
     compile: bool = field(default=False, metadata={"help": "also time the new loop with its step compiled (CUDA only)"})
     dense: bool = field(default=True, metadata={"help": "time CLIP-FAISS Flat and IVF-PQ at the P2 sizes for the plot"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})

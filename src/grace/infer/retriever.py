@@ -20,6 +20,7 @@ import torch
 from grace.errors import GraceError, InputError
 from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.model.id_head import identifier_head
 from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
 
@@ -106,6 +107,9 @@ class GenerativeRetriever(Retriever):
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.processor = TrieLogitsProcessor(trie.transitions(), device=self.device)
+        head = identifier_head(getattr(self.model, "lang_encoder", self.model))
+        if head is not None:
+            head.check_covers(self.processor.tokens)
         self.max_new_tokens = trie_depth(trie)
         self._decode = decode or self._decode_with_tokenizer
         self._cache: dict[tuple[int, ...], str | None] = {}

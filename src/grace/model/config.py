@@ -52,6 +52,13 @@ class FlamingoConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = field(default="all-linear", metadata={
         "help": "peft target_modules: 'all-linear' (every linear layer but the output head) or names (q_proj, ...)"})
+    output_head: str = field(default="full", metadata={
+        "help": "full: the LM head over the whole vocabulary, log-softmax over it (masked by the trie); ids: the "
+                "identifier head (grace.model.id_head), which scores and normalises over the identifier tokens "
+                "only, in training and in decoding",
+        "choices": ["full", "ids"]})
+    identifier_token_ids: list[int] | None = field(default=None, metadata={
+        "help": "output_head ids: the tokens it scores (set from the identifier tokenizer when None)"})
     vocab_size: int | None = None
     image_token_id: int | None = None
     eoc_token_id: int | None = None
@@ -63,6 +70,8 @@ class FlamingoConfig:
         if self.lm_training not in LM_TRAINING:
             raise GraceError(f"model config {self.name!r}: lm_training must be one of {', '.join(LM_TRAINING)} "
                              f"(got {self.lm_training!r})")
+        if self.output_head not in ("full", "ids"):
+            raise GraceError(f"model config {self.name!r}: output_head must be full or ids (got {self.output_head!r})")
         if self.lm_training == "lora" and self.lora_rank < 1:
             raise GraceError(f"model config {self.name!r}: lora_rank must be >= 1 (got {self.lora_rank})")
 

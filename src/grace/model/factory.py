@@ -94,6 +94,11 @@ def create_model(name_or_config: "str | Path | dict | FlamingoConfig" = "tiny", 
     config = resolve_config(name_or_config, **overrides, **_token_fields(tokenizer, vocab_size))
     if config.image_token_id is None:
         raise GraceError("create_model needs tokenizer= (an IdentifierTokenizer) or image_token_id=")
+    if config.output_head == "ids" and not config.identifier_token_ids:
+        if tokenizer is None:
+            raise GraceError("output_head ids needs the identifier tokens: pass tokenizer= (an IdentifierTokenizer) "
+                             "or identifier_token_ids=")
+        config = dataclasses.replace(config, identifier_token_ids=tokenizer.identifier_token_ids())
     if vision_encoder is _KEEP:
         vision_encoder = None
         if config.vision_encoder:

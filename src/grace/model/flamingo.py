@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from grace.errors import GraceError
-from grace.model.config import FlamingoConfig
 from grace.hf_compat import cache_from_kwargs, cache_kwarg, output_cache, takes_logits_to_keep
+from grace.model.config import FlamingoConfig
+from grace.model.id_head import IdentifierHead, identifier_head, install_identifier_head
 from grace.model.modules import GatedCrossAttentionBlock, PerceiverResampler
 
 MEDIA_COUNT_ATTR = "_grace_media_count"
@@ -167,6 +168,10 @@ class FlamingoModel(nn.Module):
         self._state = _MediaState()
         self._checkpoint_perceiver = False
         self._wrap_layers()
+        if config.output_head == "ids":
+            if not config.identifier_token_ids:
+                raise GraceError("output_head ids needs identifier_token_ids (create_model sets them from the tokenizer)")
+            install_identifier_head(lang_encoder, config.identifier_token_ids)
         lang_encoder.register_forward_pre_hook(self._before_lm, with_kwargs=True)
         lang_encoder.register_forward_hook(self._after_lm, with_kwargs=True)
 
@@ -190,6 +195,11 @@ class FlamingoModel(nn.Module):
     @property
     def gated_cross_attn_layers(self) -> nn.ModuleList:
         return self.lang_encoder.gated_cross_attn_layers
+
+    @property
+    def identifier_head(self) -> IdentifierHead | None:
+        """The LM's identifier head (``output_head`` ids), or None: its logits span the whole vocabulary."""
+        return identifier_head(self.lang_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -289,15 +299,23 @@ class FlamingoModel(nn.Module):
         and the same vision inputs: they attend to the last ``<image>`` seen so far in their row. A decoder
         may pass the perceiver's output once computed (``media``, from :meth:`encode_vision`) and a
         :class:`CrossAttentionCache` that keeps every cross-attention layer's keys/values across calls.
+        With the identifier head (``output_head`` ids) the logits are its columns (``identifier_head.token_ids``)
+        and ``labels`` (token ids) must all be identifier tokens.
         """
         self._condition(vision_x, vision_features, lang_x.shape[0], media, xattn_cache)
         try:
             lm_kwargs[cache_kwarg(self.lang_encoder)] = past_key_values
+            head = self.identifier_head
+            if labels is not None and head is not None:  # the loss over the identifier columns
+                labels = head.columns(labels)
             keep = _labelled_tail(labels) if labels is not None and takes_logits_to_keep(self.lang_encoder) else 0
-            if keep:  # logits (and the vocabulary softmax) only where the loss needs them
+            if keep or (labels is not None and head is not None):
+                # logits (and the softmax) only where the loss needs them, and the loss computed here
+                if keep:
+                    lm_kwargs["logits_to_keep"] = keep
                 output = self.lang_encoder(input_ids=lang_x, attention_mask=attention_mask, use_cache=use_cache,
-                                           position_ids=position_ids, logits_to_keep=keep, **lm_kwargs)
-                output.loss = causal_lm_loss(output.logits, labels[:, -keep:])
+                                           position_ids=position_ids, **lm_kwargs)
+                output.loss = causal_lm_loss(output.logits, labels[:, -keep:] if keep else labels)
                 return output
             return self.lang_encoder(input_ids=lang_x, attention_mask=attention_mask, labels=labels,
                                      use_cache=use_cache, position_ids=position_ids, **lm_kwargs)
@@ -311,6 +329,9 @@ class FlamingoModel(nn.Module):
         """HF ``generate`` on the LM (greedy, beam search, logits processors, prefix_allowed_tokens_fn)."""
         from transformers import DynamicCache
 
+        if self.identifier_head is not None:
+            raise GraceError("generate() decodes over the whole vocabulary but this model has the identifier head "
+                             "(output_head ids): decode with grace.infer.beam_search")
         self._condition(vision_x, vision_features, lang_x.shape[0])
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         if generate_kwargs.get("use_cache", True):

@@ -29,6 +29,10 @@ class TrainConfig:
     trust_remote_code: bool = field(default=False, metadata=_help(
         "let a hub LM run its own modelling code (e.g. OpenFlamingo's MPT-1B); only this flag allows it, never a "
         "model config file"))
+    output_head: str | None = field(default=None, metadata=_help(
+        "the model's output head: full (the whole vocabulary) or ids (the identifier head: the loss and the beam "
+        "scores over the identifier tokens only; grace.model.id_head); None: the model config's",
+        choices=["full", "ids"]))
     output_dir: Path = field(default=Path("runs/train"), metadata=_help("checkpoints/ and export/ go here"))
     steps: int = field(default=100, metadata=_help("optimizer steps in total"))
     lr: float = field(default=1e-4, metadata=_help("peak learning rate"))

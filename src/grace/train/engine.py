@@ -143,10 +143,11 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world_size: int = 1, *,
-                 with_encoder: bool = True, trust_remote_code: bool = False) -> tuple[Any, Any]:
+                 with_encoder: bool = True, trust_remote_code: bool = False,
+                 output_head: str | None = None) -> tuple[Any, Any]:
     """``(model, frozen vision encoder or None)``: a grace.model Flamingo from a config name or JSON path,
     its encoder built apart so ZeRO neither partitions nor optimises it (and only ``with_encoder``: a run on
-    a features cache never calls it).
+    a features cache never calls it). ``output_head`` (full|ids) overrides the config's.
 
     Under ZeRO-3 across several processes the model is built inside ``deepspeed.zero.Init`` (transformers is
     told, so ``from_pretrained``/``from_config`` and the embedding resize work on partitions): no rank ever
@@ -157,7 +158,7 @@ def create_model(spec: str, tokenizer: Any, ds_config: dict | None = None, world
     from grace.model import create_model as build_model
     from grace.model.config import resolve_config
 
-    config = resolve_config(spec)
+    config = resolve_config(spec, **({"output_head": output_head} if output_head else {}))
     encoder = None
     if config.vision_encoder and with_encoder:
         from grace.model.vision import create_vision_encoder

@@ -87,7 +87,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     tokenizer = E.load_tokenizer(cfg)
     ds_config = E.deepspeed_config(cfg, device, world)
     model, encoder = E.create_model(cfg.model, tokenizer, ds_config, world,
-                                    with_encoder=cfg.features_cache is None, trust_remote_code=cfg.trust_remote_code)
+                                    with_encoder=cfg.features_cache is None, trust_remote_code=cfg.trust_remote_code,
+                                    output_head=cfg.output_head)
     if cfg.features_cache is None and encoder is None:
         from grace.data_process.encoders import create_image_encoder
 

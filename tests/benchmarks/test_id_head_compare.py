@@ -1,0 +1,49 @@
+"""benchmarks/id_head_compare.py: the two heads scored on the same val and test queries, timed in one run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import id_head_compare  # (benchmarks/ is a folder of scripts, not a package)
+
+
+def _run(root: Path, dataset, head: str) -> Path:
+    """A run folder as grace ablate lays it out: ids, the test and val tries, an export (untrained tiny model)."""
+    from grace.identifiers import IdentifierMap, build_trie
+    from grace.infer.pipeline import trie_dir
+    from grace.model import create_model, save_pretrained
+
+    idmap = IdentifierMap("numeric", {r.image_id: " ".join(str(i)) for i, r in enumerate(dataset.images)},
+                          {"tokenizer": "byte"})
+    idmap.save(root / "ids" / "structured")
+    tokenizer = idmap.tokenizer()
+    for split in ("test", "val"):
+        build_trie(idmap, tokenizer, [r.image_id for r in dataset.split(split)]).save(trie_dir(root, "structured", split))
+    model = create_model("tiny", tokenizer=tokenizer, output_head=head, seed=0)
+    save_pretrained(model, root / "ckpt" / "structured" / "export", tokenizer=tokenizer)
+    return root
+
+
+def test_both_heads_are_scored_on_the_same_queries_and_timed_together(tmp_path):
+    from grace.data_process.synthetic import build_synthetic
+
+    dataset = build_synthetic(tmp_path / "data", n_images=12, val_every=3)
+    full, ids = _run(tmp_path / "full", dataset, "full"), _run(tmp_path / "ids", dataset, "ids")
+    args = ["--full", str(full), "--ids", str(ids), "--dataset", str(tmp_path / "data" / "dataset.json"),
+            "--num-beams", "3", "--batch-size", "2", "--out", str(tmp_path / "out")]
+    report = id_head_compare.main(args)
+    assert list(report["sets"]) == ["val", "test"]
+    for res in report["sets"].values():
+        full_row, ids_row = res["rows"]["full"], res["rows"]["ids"]
+        assert full_row["num_queries"] == ids_row["num_queries"] == res["queries"]["count"] > 0
+        assert res["qps_ratio"] == pytest.approx(ids_row["queries_per_s"] / full_row["queries_per_s"])
+        paired = res["ids_vs_full"]["R@1"]
+        assert paired["diff"] == pytest.approx(ids_row["recall@1"] - full_row["recall@1"])
+        assert 0.0 <= res["top1_agreement"] <= 1.0
+    assert "top-1 agreement" in (tmp_path / "out.md").read_text()
+    with pytest.raises(SystemExit, match="output_head is ids, not full"):  # the runs given the wrong way round
+        id_head_compare.main(["--full", str(ids), "--ids", str(full), *args[4:]])
