@@ -144,3 +144,42 @@ def test_server_batches_concurrent_http_clients(client):
     sizes = list(batcher.batch_sizes)[before:]
     assert sum(sizes) == 16 and max(sizes) > 1
     assert json.loads(client.get("/healthz").text)["status"] == "ok"
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink"])
+def test_trust_image_paths_outside_the_image_root_are_refused(tmp_path, escape):
+    """A dataset.json naming a file outside its image root (``..``, an absolute path, a link out) is refused at
+    load, so neither ``grace search`` nor ``grace serve`` can be made to read it."""
+    from grace.errors import InputError
+    from grace.infer.search import corpus_files
+
+    root = tmp_path / "data" / "images"
+    root.mkdir(parents=True)
+    (root / "ok.png").write_bytes(_png())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    name = {"dotdot": "../../secret.txt", "absolute": str(secret), "symlink": "link.png"}[escape]
+    if escape == "symlink":
+        (root / "link.png").symlink_to(secret)
+    images = [{"filename": "ok.png", "imgid": 0, "split": "test", "sentences": [{"raw": "a red square"}]},
+              {"filename": name, "imgid": 1, "split": "test", "sentences": [{"raw": "a secret"}]}]
+    dataset_json = tmp_path / "data" / "dataset.json"
+    dataset_json.write_text(json.dumps({"dataset": "t", "images": images}))
+    with pytest.raises(InputError, match="outside the image root"):
+        corpus_files(dataset_json)
+    images.pop()
+    dataset_json.write_text(json.dumps({"dataset": "t", "images": images}))
+    files, _ = corpus_files(dataset_json)
+    assert list(files.values()) == [(root / "ok.png").resolve()]
+
+
+def test_trust_a_runs_dataset_copy_serves_images_from_its_source_root(shared_tiny_dataset, tmp_path):
+    """``grace ablate --dataset`` keeps the images where they are (absolute paths in RUN/data/dataset.json);
+    their source root, in RUN/data/source.json, is the one they may lie under."""
+    from grace.infer.pipeline import StageTimer, stage_dataset
+    from grace.infer.search import corpus_files
+
+    source = shared_tiny_dataset.root.parent / "dataset.json"
+    stage_dataset(tmp_path, StageTimer(), dataset=source)
+    files, _ = corpus_files(tmp_path / "data" / "dataset.json")
+    assert files and all(p.is_relative_to(shared_tiny_dataset.root.resolve()) for p in files.values())

@@ -97,6 +97,13 @@ def _entry_texts(sentences, json_path: Path, index: int) -> list[str]:
     return texts
 
 
+def default_image_root(json_path: str | Path) -> Path:
+    """Where a Karpathy JSON's images are looked up without ``--image-root``: ``<json dir>/images`` when that
+    folder exists, else the JSON's folder."""
+    folder = Path(json_path).parent
+    return folder / "images" if (folder / "images").is_dir() else folder
+
+
 def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *, check_files: bool = True) -> Dataset:
     """Load a Karpathy-split JSON; image paths are ``image_root/[filepath/]filename``.
 
@@ -108,9 +115,7 @@ def load_karpathy(json_path: str | Path, image_root: str | Path | None = None, *
     data = read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError("expected an object with an 'images' list (Karpathy form)", path=json_path)
-    if image_root is None:
-        image_root = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
-    image_root = Path(image_root)
+    image_root = Path(image_root) if image_root is not None else default_image_root(json_path)
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(data["images"]):

@@ -286,7 +286,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     timer = P.StageTimer()
     started = time.perf_counter()
     dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
-                              benchmark=config.benchmark, image_root=config.image_root)
+                              benchmark=config.benchmark, image_root=config.image_root, force=config.force)
     sets = query_sets(dataset, max_queries=config.max_queries, select_on=config.select_on,
                       natural_queries=config.natural_queries)
     features = P.stage_features(run, dataset, config.encoder, timer,

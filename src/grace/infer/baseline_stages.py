@@ -11,6 +11,7 @@ from typing import Callable
 from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
 from grace.infer.pipeline import features_dir, folder_bytes, result_path
+from grace.infer.stage_record import reusable, save_record, stage_record
 from grace.io_utils import read_json, write_json
 from grace.retriever import Retriever
 
@@ -178,11 +179,19 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
     for split in dict.fromkeys(query_set.split for query_set in sets):
         index_dir = Path(run) / "baselines" / kind / index_name(split)
 
-        def build(split=split) -> Retriever:  # each builder reuses what its folder already holds
-            return BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed, split=split)
+        inputs = {"dataset": dataset_json}
+        if kind.endswith("_expanded"):  # the index holds the run's pseudo-queries too
+            inputs["pseudo_queries"] = Path(run) / "data" / "pseudo_queries.json"
+        record = stage_record({"encoder": encoder, "seed": seed, "split": split}, inputs)
+
+        def build(split=split, index_dir=index_dir, record=record) -> Retriever:  # reuses what its folder holds
+            built = BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed, split=split)
+            save_record(index_dir, record)
+            return built
 
         stage = f"build/{kind}" if split == "test" else f"build/{kind}/{split}"
-        retriever = timer.run(stage, (index_dir / "config.json").is_file(), build, build)  # written last
+        done = reusable(index_dir, (index_dir / "config.json").is_file(), record, stage=stage)  # config: written last
+        retriever = timer.run(stage, done, build, build)
 
         def score(retriever=retriever, split=split, index_dir=index_dir) -> dict:
             scored = {}

@@ -1,8 +1,11 @@
 """Idempotent pipeline stages shared by ``grace ablate`` and ``grace demo`` (run layout of DESIGN.md).
 
 Each stage writes one folder under RUN/ next to the config that made it and is skipped when that
-folder is complete (``force`` rebuilds): RUN/data, RUN/features/<enc>, RUN/ids/<scheme>,
-RUN/trie/<scheme>, RUN/shards/<scheme>, RUN/ckpt/<scheme> (+ export/), RUN/results.
+folder is complete and its ``stage.json`` (settings and input digests: :mod:`grace.infer.stage_record`)
+matches what it would be built from now (``force`` rebuilds): RUN/data, RUN/features/<enc>, RUN/ids/<scheme>,
+RUN/trie/<scheme>, RUN/shards/<scheme>, RUN/ckpt/<scheme> (+ export/), RUN/results. A stale derived stage
+(ids, trie, shards, a baseline index) is rebuilt; stale data, or a trained model whose inputs changed, stops
+the run with a one-line error naming the difference.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grace.infer.stage_record import reusable, save_record, stage_record
 from grace.io_utils import read_json, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,7 @@ def _module(name: str):
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
-                  benchmark: str = "emoji", image_root: Path | None = None):
+                  benchmark: str = "emoji", image_root: Path | None = None, force: bool = False):
     """RUN/data/dataset.json: the offline ``benchmark`` (emoji or openclipart) built there when no dataset is
     given; else a copy of ``dataset`` whose image paths are resolved against ``image_root`` (absolute), so
     every later stage and command reads the run's copy without an image root (its source in
@@ -94,11 +98,16 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
 
         raise GraceError(f"unknown benchmark {benchmark!r}; offline benchmarks: {sorted(builders)}")
 
+    record = stage_record({"benchmark": benchmark, "limit": limit, "seed": seed}, {})
+
     def build():
         module, function = builders[benchmark]
-        return getattr(_module(module), function)(run / "data", seed=seed, limit=limit or None)
+        built = getattr(_module(module), function)(run / "data", seed=seed, limit=limit or None)
+        save_record(run / "data", record)
+        return built
 
-    return timer.run("data", target.is_file(), build, lambda: load_karpathy(target))
+    done = not force and reusable(run / "data", target.is_file(), record, stage="data", on_change="error")
+    return timer.run("data", done, build, lambda: load_karpathy(target))
 
 
 def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: bool = False, views: int = 1,
@@ -128,9 +137,12 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
     schemes = _module("grace.identifiers.schemes")
     out = run / "ids" / scheme
 
+    record = stage_record({}, {"dataset": run / "data" / "dataset.json"})
+
     def build():
         idmap = ids_mod.create_scheme(scheme, **cfg).build(dataset, features, pseudo_queries=pseudo_queries)
         idmap.save(out)
+        save_record(out, record)
         return idmap
 
     saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
@@ -139,8 +151,8 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
     if same and schemes.reads_held_out_texts(scheme, wanted["cluster_on"]):
         same = saved.get("pseudo_queries_digest") == \
             schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))
-    return timer.run(f"ids/{scheme}", (out / "ids.json").is_file() and same and not force, build,
-                     lambda: ids_mod.IdentifierMap.load(out))
+    done = not force and reusable(out, (out / "ids.json").is_file() and same, record, stage=f"ids/{scheme}")
+    return timer.run(f"ids/{scheme}", done, build, lambda: ids_mod.IdentifierMap.load(out))
 
 
 def load_tokenizer(ids_dir: Path):
@@ -161,13 +173,17 @@ def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTi
     out = trie_dir(run, scheme, split)
     image_ids = [r.image_id for r in dataset.split(split)]
 
+    record = stage_record({"split": split, "images": len(image_ids)},
+                          {"ids": run / "ids" / scheme / "ids.json", "dataset": run / "data" / "dataset.json"})
+
     def build():
         trie = trie_mod.build_trie(idmap, tokenizer, image_ids=image_ids)
         trie.save(out)
         save_config(out, {"scheme": scheme, "split": split, "images": len(image_ids)}, name="corpus.json")
+        save_record(out, record)
         return trie
 
-    done = (out / "corpus.json").is_file() and not force
+    done = not force and reusable(out, (out / "corpus.json").is_file(), record, stage=f"trie/{out.name}")
     return timer.run(f"trie/{out.name}", done, build, lambda: trie_mod.Trie.load(out))
 
 
@@ -220,8 +236,16 @@ def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: 
     """RUN/shards/<scheme>: i2id + t2id webdataset shards (write_shards resumes by itself)."""
     shards = _module("grace.data_process.shards")
     out = run / "shards" / scheme
-    return timer.run(f"shards/{scheme}", (out / "shards.json").is_file() and not force,
-                     lambda: shards.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries), lambda: out)
+    record = stage_record({}, {"dataset": run / "data" / "dataset.json", "ids": run / "ids" / scheme / "ids.json",
+                               "pseudo_queries": run / "data" / "pseudo_queries.json"})
+
+    def build():
+        written = shards.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries)
+        save_record(out, record)
+        return written
+
+    done = not force and reusable(out, (out / "shards.json").is_file(), record, stage=f"shards/{scheme}")
+    return timer.run(f"shards/{scheme}", done, build, lambda: out)
 
 
 def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
@@ -260,9 +284,14 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
     out = run / "ckpt" / name
     export = out / "export"
     config_path = out / "train_request.json"
+    inputs = {"shards": Path(values["shards_dir"]) / "shards.json", "ids": Path(values["ids_dir"]) / "ids.json"}
+    if values.get("features_cache"):
+        inputs["features"] = Path(values["features_cache"]) / "meta.json"
+    record = stage_record({}, inputs)
 
     def build():
         write_json(config_path, values)
+        save_record(out, record)  # before training: a resumed run continues from the same inputs
         if nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "grace.cli",
                    "train", "--config", str(config_path)]
@@ -277,6 +306,7 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
         return export
 
     done = export.is_dir() and config_path.is_file() and not force and json.loads(config_path.read_text()) == values
+    done = done and reusable(out, True, record, stage=f"train/{name}", on_change="error")
     return timer.run(f"train/{name}", done, build, lambda: export)
 
 

@@ -163,15 +163,30 @@ def response_entry(rows: list[Result], seconds: float) -> dict:
 def corpus_files(dataset_json: str | Path, split: str = "test", image_root: str | Path | None = None
                  ) -> tuple[dict[str, Path], dict[str, str]]:
     """image id → absolute image file, and image id → first caption, of the ``split`` images of a
-    Karpathy-form dataset (the retrieval corpus of a run: its tries and baseline indexes cover the test split)."""
+    Karpathy-form dataset (the retrieval corpus of a run: its tries and baseline indexes cover the test split).
+    A path that resolves (``..``, an absolute name, a symbolic link) outside the image root is an error (a run's
+    copy made by ``grace ablate --dataset`` keeps its images under the source's root, named in its source.json)."""
     from grace.data_process.dataset import load_karpathy
 
     dataset = load_karpathy(dataset_json, image_root, check_files=False)
     records = dataset.split(split) if split else dataset.images
     if not records:
         raise InputError(f"split {split!r} has no images", path=dataset_json)
-    return ({r.image_id: Path(r.path).resolve() for r in records},
-            {r.image_id: r.texts[0] for r in records if r.texts})
+    roots = [Path(dataset.root).resolve()]
+    source = Path(dataset_json).parent / "source.json"
+    if image_root is None and source.is_file():  # a run's copy (grace ablate --dataset): images stay at the source
+        from grace.data_process.dataset import default_image_root
+        from grace.io_utils import read_json
+
+        src = read_json(source)
+        roots.append(Path(src["image_root"] or default_image_root(src["dataset"])).resolve())
+    files = {r.image_id: Path(r.path).resolve() for r in records}  # links followed: where the bytes really are
+    outside = [i for i, path in files.items() if not any(path.is_relative_to(root) for root in roots)]
+    if outside:  # a dataset file never decides what the server reads: every image lies under its root
+        raise InputError(f"{len(outside)} image path(s) resolve outside the image root "
+                         f"{', '.join(map(str, roots))}, e.g. {outside[0]!r} -> {files[outside[0]]}; refused (copy the "
+                         "images under the root or pass --image-root)", path=dataset_json)
+    return files, {r.image_id: r.texts[0] for r in records if r.texts}
 
 
 def format_table(query: str, name: str, rows: list[Result]) -> str:
