@@ -15,7 +15,7 @@ from grace.infer.configs import BenchConfig
 def test_bench_decode_writes_every_section(tmp_path):
     config = BenchConfig(out=tmp_path / "bench", model="tiny-llama", num_beams=4, batch_size=2, id_digits=3,
                          p1_ids=200, p1_repeats=1, sizes=[1000, 3000], p2_queries=2, loop_models=["tiny-llama", "tiny"],
-                         loop_batch=3, loop_repeats=1)
+                         loop_batch=3, loop_repeats=1, compile=True)  # on a CPU: the eager fallback, labelled
     run_bench(config)
     assert torch.is_grad_enabled()  # the benchmark leaves the process's autograd as it found it
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
@@ -30,6 +30,8 @@ def test_bench_decode_writes_every_section(tmp_path):
         assert row["new_top1_equal"] == 1.0 and row["new_max_score_diff"] < 1e-4  # same answers as the reference
         assert row["id_head_speedup"] == pytest.approx(row["new_id_head_qps"] / row["new_qps"])
         assert 0.0 <= row["id_head_top1_equal"] <= 1.0
+        assert row["compiled_ran"] is False  # the row says the eager step was timed, not a compiled one
+    assert {(f["what"], f["used"]) for f in results["fallbacks"]} >= {("decode step", "eager")}
     assert [r["ids"] for r in results["p2"]] == [1000, 3000]
     assert {r["index"] for r in results["dense"]} == {"Flat", "IVF1024_PQ32"}
     assert (tmp_path / "bench" / "latency_vs_corpus.png").stat().st_size > 1000

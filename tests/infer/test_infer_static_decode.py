@@ -133,7 +133,7 @@ def test_retriever_decodes_statically_and_compile_falls_back_on_cpu(caplog):
     assert default.static_cache and default.early_stop and default.step_model is None
     dynamic = tiny_generative_retriever(seed=3)
     dynamic.static_cache = False
-    with caplog.at_level("WARNING", logger="grace.infer.beam_search"):
+    with caplog.at_level("WARNING", logger="grace.fallbacks"):
         compiled = tiny_generative_retriever(seed=3)
         compiled.step_model = compile_for_decoding(compiled.model, "cpu")
     assert compiled.step_model is compiled.model and "needs a CUDA device" in caplog.text
@@ -149,6 +149,6 @@ def test_compile_failure_falls_back_to_eager(caplog):
         raise RuntimeError("backend exploded\nlong trace")
 
     step = _CompiledOrEager(lambda **kw: kw["x"] + 1, broken)
-    with caplog.at_level("WARNING", logger="grace.infer.beam_search"):
+    with caplog.at_level("WARNING", logger="grace.fallbacks"):
         assert step(x=1) == 2 and step(x=2) == 3
     assert step.compiled is None and caplog.text.count("backend exploded") == 1

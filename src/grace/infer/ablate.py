@@ -16,7 +16,7 @@ from grace.infer import pipeline as P
 from grace.infer.baseline_stages import stage_baseline
 from grace.infer.hybrid import hybrid_name, stage_hybrid
 from grace.infer.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
-from grace.io_utils import save_config, seed_everything, write_json
+from grace.io_utils import read_json, save_config, seed_everything, write_json
 
 KS = (1, 5, 10)
 
@@ -159,7 +159,18 @@ def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> di
             "selected_on": config.select_on,
             "seeds": {"training": list(dict.fromkeys([config.seed, *config.training_seeds])), "data_split": config.seed,
                       "bootstrap": config.seed},
-            "git": git_state()}
+            "git": git_state(), "fallbacks": run_fallbacks(config)}
+
+
+def run_fallbacks(config: AblateConfig) -> list[dict]:
+    """What ran other than asked, in this process and in each scheme's training (its metrics.json), labelled."""
+    from grace.fallbacks import recorded_fallbacks
+
+    found = [{**f, "where": "evaluation"} for f in recorded_fallbacks()]
+    for metrics in sorted((Path(config.run) / "ckpt").glob("*/metrics.json")):
+        for fallback in read_json(metrics).get("fallbacks", []):
+            found.append({**fallback, "where": f"train/{metrics.parent.name}"})
+    return found
 
 
 def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, config,
@@ -223,6 +234,10 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     for name in schemes:
         if "training_seeds" in results[name]:
             rest += seeds_markdown(name, results[name]["training_seeds"], selection["split"] if selection else None)
+    if provenance and provenance.get("fallbacks"):
+        rest += "\nFallbacks (what ran other than asked):\n\n" + "\n".join(
+            f"- {f['where']}: {f['what']} ran as {f['used']}, not {f['wanted']} ({f['reason']})"
+            for f in provenance["fallbacks"]) + "\n"
     for query_set in sets[1:]:
         set_rows = recall_rows({k: v for k, v in others[query_set.name].items() if k != "comparisons"}, KS)
         rest += f"\nQuery set `{query_set.name}` ({query_set.source}):\n\n" + \

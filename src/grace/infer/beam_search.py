@@ -15,18 +15,17 @@ the beams, then ``step`` one token per beam with ``reorder`` between steps.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from grace.fallbacks import record_fallback
 from grace.hf_compat import cache_kwarg, output_cache, takes_logits_to_keep
 from grace.infer.kv_cache import StaticBeamCache, reorder_cache, repeat_cache, static_cache_supported
 from grace.model.id_head import identifier_head
 
 NEG = -1.0e9
-log = logging.getLogger(__name__)
 
 
 class DecoderAdapter(Protocol):
@@ -141,10 +140,15 @@ class _CompiledOrEager:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any compiler/backend failure: decode eagerly instead
-                log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                record_fallback("decode step", "compiled", "eager", f"torch.compile failed ({reason})")
                 self.compiled = None
         return self.eager(*args, **kwargs)
+
+
+def runs_compiled(step_model: Any) -> bool:
+    """Whether a decode step from :func:`compile_for_decoding` still runs compiled (not the eager fallback)."""
+    return isinstance(step_model, _CompiledOrEager) and step_model.compiled is not None
 
 
 def compile_for_decoding(model: Any, device: torch.device | str) -> Any:
@@ -152,7 +156,7 @@ def compile_for_decoding(model: Any, device: torch.device | str) -> Any:
     ``mode="reduce-overhead"``; use with ``static_cache`` so every step has the same shapes and addresses).
     On a CPU, or where compiling fails, the eager model: a warning, never an error."""
     if torch.device(device).type != "cuda":
-        log.warning("decode --compile needs a CUDA device (got %s); decoding eagerly", device)
+        record_fallback("decode step", "compiled", "eager", f"--compile needs a CUDA device (got {device})")
         return model
     return _CompiledOrEager(model, torch.compile(model, mode="reduce-overhead", dynamic=False))
 

@@ -184,7 +184,10 @@ def _run_bench(config: BenchConfig) -> dict:
 
         dense = latency_rows(config.sizes, dim=256, num_queries=config.p2_queries, batch_size=config.p2_queries,
                              seed=config.seed, use_gpu=config.device != "cpu", progress=False)
-    results = {"env": env, "p1": p1_all[0], "p1_batches": p1_all, "p2": p2, "loop": loop, "dense": dense}
+    from grace.fallbacks import recorded_fallbacks
+
+    results = {"env": env, "p1": p1_all[0], "p1_batches": p1_all, "p2": p2, "loop": loop, "dense": dense,
+               "fallbacks": recorded_fallbacks()}
     out = Path(config.out)
     write_json(out / "results.json", results)
     save_config(out, config)
@@ -196,7 +199,7 @@ def _run_bench(config: BenchConfig) -> dict:
                   "new_top1_equal", "new_max_score_diff"]
                  + (["new_bf16_qps", "bf16_speedup", "bf16_top1_equal"] if config.bf16 else [])
                  + (["new_id_head_qps", "id_head_speedup", "id_head_top1_equal"] if config.id_head else [])
-                 + (["new_compiled_qps", "compiled_speedup", "compiled_top1_equal"] if config.compile else []))
+                 + (["new_compiled_qps", "compiled_ran", "compiled_speedup", "compiled_top1_equal"] if config.compile else []))
     text = (f"# Decoding benchmarks\n\nEnvironment: {env}.\n\n## P1 (targets: ratio <= 1.10, speedup >= 10)\n\n"
             + markdown_table(p1_rows, ["metric"] + [f"batch {p['batch']}" for p in p1_all])
             + "\n## Loop: new vs reference loop, queries/s (target: speedup >= 2 at beam 10, batch 32)\n\n"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grace.infer.beam_search import beam_search, compile_for_decoding, early_stop_on
+from grace.infer.beam_search import beam_search, compile_for_decoding, early_stop_on, runs_compiled
 from grace.infer.constraint import TrieLogitsProcessor
 from grace.model.id_head import install_identifier_head
 
@@ -105,6 +105,7 @@ def bench_loop(name: str, config: Any) -> dict:
     row["new_top1_equal"] = float((outputs["new"].sequences[:, 0] == ref_top).all(-1).float().mean())
     row["new_max_score_diff"] = float((outputs["new"].scores[:, 0] - outputs["reference"].scores[:, 0]).abs().max())
     if "new_compiled" in outputs:
+        row["compiled_ran"] = runs_compiled(step_models["new_compiled"])  # False: the eager fallback was timed
         row["compiled_speedup"] = row["new_compiled_qps"] / row["reference_qps"]
         row["compiled_top1_equal"] = float((outputs["new_compiled"].sequences[:, 0] == ref_top).all(-1).float().mean())
     if "new_id_head" in outputs:  # against the same loop with the full head (full normalisation)

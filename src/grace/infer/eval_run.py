@@ -136,10 +136,12 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
         others = [name for name in results if name not in generative and not name.startswith("random")]
         comparisons = summarise(results, config.ks, candidates=generative, references=others, clusters=gold,
                                 seed=config.seed)
+        from grace.fallbacks import recorded_fallbacks
         from grace.provenance import git_state, query_provenance
 
         provenance = {"protocol": protocol, "queries": query_provenance(ids, gold, split, source),
-                      "seeds": {"random": config.seed, "bootstrap": config.seed}, "git": git_state()}
+                      "seeds": {"random": config.seed, "bootstrap": config.seed}, "git": git_state(),
+                      "fallbacks": recorded_fallbacks()}
         write_results(Path(config.out), results, config, list(config.ks), comparisons=comparisons,
                       provenance=provenance)
     return results

@@ -108,6 +108,10 @@ def deepspeed_config(cfg: Any, device: str, world_size: int = 1) -> dict:
     if leftover:
         raise InputError(f"unsupported 'auto' values {leftover}", path=path)
     if device == "cpu":
+        if config.get("bf16", {}).get("enabled") not in (None, False):
+            from grace.fallbacks import record_fallback
+
+            record_fallback("training precision", "bf16", "fp32", "bf16 is switched off on a CPU")
         config.setdefault("bf16", {})["enabled"] = False
         config.setdefault("fp16", {})["enabled"] = False
     return config
@@ -341,9 +345,11 @@ def gathered_state_dict(module: Any, rank: int) -> dict[str, torch.Tensor] | Non
 
 
 def write_metrics(path: Path, losses: list[float], steps: list[int], seconds_per_step: float) -> None:
-    """``metrics.json`` beside the checkpoints, appended across resumed runs."""
+    """``metrics.json`` beside the checkpoints, appended across resumed runs (with this run's fallbacks)."""
+    from grace.fallbacks import recorded_fallbacks
+
     old = json.loads(path.read_text()) if path.is_file() else {"steps": [], "losses": []}
     keep = [(s, l) for s, l in zip(old["steps"], old["losses"]) if s not in set(steps)]
     merged = sorted(keep + list(zip(steps, losses)))
     write_json(path, {"steps": [s for s, _ in merged], "losses": [l for _, l in merged],
-                      "seconds_per_step_last_run": seconds_per_step})
+                      "seconds_per_step_last_run": seconds_per_step, "fallbacks": recorded_fallbacks()})

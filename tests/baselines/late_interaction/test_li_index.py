@@ -57,6 +57,19 @@ def test_exact_retriever_beats_random(trained, shared_tiny_dataset, tmp_path):
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
+def test_fallback_plaid_asked_of_an_exact_index_searches_exactly_and_records_it(trained, shared_tiny_dataset,
+                                                                                  tmp_path):
+    from grace.fallbacks import clear_fallbacks, recorded_fallbacks
+    from grace.retrieval_baselines.late_interaction.index import Searcher
+
+    index = _index(trained, shared_tiny_dataset, tmp_path / "exact", "exact")
+    clear_fallbacks()
+    assert Searcher(index, backend="plaid").backend == "exact"
+    assert [(f["what"], f["wanted"], f["used"]) for f in recorded_fallbacks()] == [
+        ("late-interaction search", "plaid", "exact")]
+    clear_fallbacks()
+
+
 def test_plaid_matches_exact_top10(trained, shared_tiny_dataset, tmp_path):
     from grace.retrieval_baselines.late_interaction.index import Searcher, topk_overlap
     from grace.retrieval_baselines.late_interaction.plaid import plaid_available, unavailable_reason

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        from grace.fallbacks import record_fallback
+
+        record_fallback("dense encoder device", "auto (cuda when present)", "cpu", "no CUDA device")
+        return "cpu"
     return device
 
 

@@ -121,10 +121,12 @@ class Searcher:
                 unavailable_reason,
             )
 
+            from grace.fallbacks import record_fallback
+
             if not (index_dir / "plaid").is_dir():
-                log.warning("%s has no PLAID index: using exact MaxSim", index_dir)
+                record_fallback("late-interaction search", "plaid", "exact", f"{index_dir} has no PLAID index")
             elif not plaid_available():
-                log.warning("PLAID unavailable (%s): falling back to exact MaxSim search", unavailable_reason())
+                record_fallback("late-interaction search", "plaid", "exact", f"PLAID unavailable ({unavailable_reason()})")
             else:
                 self.impl = PlaidSearcher(index_dir / "plaid", **plaid_kw)
         if self.impl is None:
