@@ -154,8 +154,10 @@ def init_from(model: Any, source: str | Path, tokenizer: Any, *, rank: int = 0) 
     if not report["copied"] and not report["rows_copied"]:
         raise InputError("no tensor of the source matches this model's parameters", path=path)
     if report["unused"]:
-        log.warning("init-from %s: %d source tensors have no parameter here (%s, ...)", path, len(report["unused"]),
-                    report["unused"][0])
+        from grace.fallbacks import record_fallback
+
+        record_fallback("init-from", f"every tensor of {path}", f"{report['copied']} tensors copied",
+                        f"{len(report['unused'])} source tensors have no parameter here ({report['unused'][0]}, ...)")
     log.info("init-from %s (%s): %d tensors copied, embedding rows %d matched / %d new", path, kind,
              report["copied"], report["rows_copied"], report["rows_new"])
     return report

@@ -153,8 +153,10 @@ def _mapping_config(config: dict, text_config):
     try:
         mapping = BertConfig.from_pretrained(base)
     except OSError:
-        log.warning("cannot load transformer_mapping_config_base %r (offline?): using the text encoder's BERT "
-                    "config, which the published checkpoints share", base)
+        from grace.fallbacks import record_fallback
+
+        record_fallback("PreFLMR transformer-mapping config", base, "the text encoder's BERT config",
+                        "cannot load it (offline?); the published checkpoints share it")
         mapping = BertConfig(**text_config.to_dict())
     if mapping.hidden_size != text_config.hidden_size:
         raise InputError(f"transformer mapping hidden size {mapping.hidden_size} != text encoder "
@@ -329,8 +331,10 @@ class FLMRCheckpointModel(nn.Module):
                 self._image_processor = CLIPImageProcessor.from_pretrained(self.config.image_encoder)
             except (OSError, ValueError):
                 size = self.context_vision_encoder.vision_model.config.image_size if self.has_vision_encoder else 224
-                log.warning("no image processor for %s (offline?): CLIP defaults at %d px", self.config.image_encoder,
-                            size)
+                from grace.fallbacks import record_fallback
+
+                record_fallback("FLMR image processor", str(self.config.image_encoder), f"CLIP defaults at {size} px",
+                                "no image processor could be loaded (offline?)")
                 self._image_processor = CLIPImageProcessor(size={"shortest_edge": size},
                                                            crop_size={"height": size, "width": size})
         return self._image_processor
