@@ -106,3 +106,30 @@ def test_train_on_vid2r_triples_through_the_cli(shared_tiny_dataset, tmp_path, c
     capsys.readouterr()
     assert main(common[:6] + [str(out / "bad.json"), "--kb", str(out / "kb.jsonl"), "--out", str(tmp_path / "x")]) != 0
     assert "not in the knowledge base" in capsys.readouterr().err
+
+
+def test_real_kb_layouts_wiki6m_gzipped_and_m2kr_passages(tmp_path, caplog):
+    """The knowledge bases as published: Wiki6M_ver_1_0.jsonl(.gz) (wikidata_id, wikipedia_title,
+    wikipedia_content, with wikipedia_summary when the content is empty) and M2KR's passages (passage_id,
+    passage_content); the reader says which fields it read."""
+    import gzip
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    gz = tmp_path / "Wiki6M_ver_1_0.jsonl.gz"
+    with open(fixtures / "wiki6m_sample.jsonl", "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with caplog.at_level("INFO", logger="grace.retrieval_baselines.late_interaction.vid2r"):
+        ids, texts = read_passages(gz)
+    assert ids == ["Q146", "Q144", "Q7366"]
+    assert texts[0].startswith("Cat: A small domesticated carnivorous") and texts[2] == \
+        "Song: A musical composition meant to be sung."  # empty content: the summary
+    assert "2 passages with ids from 'wikidata_id', texts from 'wikipedia_content'" in caplog.text
+    assert "texts from 'wikipedia_summary'" in caplog.text
+    assert read_passages(fixtures / "wiki6m_sample.jsonl") == (ids, texts)
+    ids, texts = read_passages(fixtures / "m2kr_passages_sample.jsonl")
+    assert ids == ["WikiWeb_Cat_0", "WikiWeb_Dog_1"] and texts[1] == "Dog. A domesticated descendant of the wolf."
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match="cannot read the knowledge base"):
+        read_passages(tmp_path / "broken.jsonl.gz")

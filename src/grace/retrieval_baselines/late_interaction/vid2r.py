@@ -29,8 +29,12 @@ import numpy as np
 from grace.errors import InputError
 
 log = logging.getLogger(__name__)
-ID_KEYS, TEXT_KEYS, TITLE_KEYS = ("id", "passage_id", "wikipedia_id", "_id"), \
-    ("text", "passage_content", "contents", "passage"), ("title", "wikipedia_title")
+# the field names of the knowledge bases in use, first match wins: Wiki6M (OVEN / InfoSeek, Ret-XKnow's and
+# MIRe's KB: wikidata_id, wikipedia_title, wikipedia_content, wikipedia_summary), M2KR's passages (passage_id,
+# passage_content), pyserini/BEIR-style (id/_id, contents/text, title)
+ID_KEYS = ("id", "passage_id", "wikidata_id", "wikipedia_id", "_id")
+TEXT_KEYS = ("text", "passage_content", "wikipedia_content", "contents", "passage", "wikipedia_summary")
+TITLE_KEYS = ("title", "wikipedia_title")
 
 
 @dataclass
@@ -68,27 +72,45 @@ def read_dialogues(path: str | Path) -> list[Turn]:
 
 
 def read_passages(path: str | Path) -> tuple[list[str], list[str]]:
-    """(ids, texts) of a jsonl knowledge base; ``title: text`` when a title is given."""
+    """(ids, texts) of a jsonl knowledge base (``.jsonl`` or ``.jsonl.gz``, e.g. Wiki6M_ver_1_0.jsonl.gz as
+    published); ``title: text`` when a title is given. Which fields were read is logged (and counted when rows
+    differ)."""
+    import gzip
+    from collections import Counter
+
     path = Path(path)
     if not path.is_file():
         raise InputError("knowledge base not found", path=path)
     ids, texts = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError("not JSON", path=path, entry=line_no) from None
-            text = next((row[k] for k in TEXT_KEYS if row.get(k)), None)
-            if text is None:
-                raise InputError(f"a passage needs one of {TEXT_KEYS}", path=path, entry=line_no)
-            title = next((row[k] for k in TITLE_KEYS if row.get(k)), None)
-            ids.append(str(next((row[k] for k in ID_KEYS if k in row), line_no)))
-            texts.append(f"{title}: {text}" if title else str(text))
+    used: Counter = Counter()
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise InputError("not JSON", path=path, entry=line_no) from None
+                if not isinstance(row, dict):
+                    raise InputError("a passage must be a JSON object", path=path, entry=line_no)
+                text_key = next((k for k in TEXT_KEYS if row.get(k)), None)
+                if text_key is None:
+                    raise InputError(f"a passage needs one of {TEXT_KEYS}", path=path, entry=line_no)
+                title_key = next((k for k in TITLE_KEYS if row.get(k)), None)
+                id_key = next((k for k in ID_KEYS if k in row), None)
+                used[(id_key or "line number", text_key, title_key or "none")] += 1
+                ids.append(str(row[id_key] if id_key else line_no))
+                text = row[text_key]
+                texts.append(f"{row[title_key]}: {text}" if title_key else str(text))
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the knowledge base: {str(err).splitlines()[0]}", path=path) from None
     if not ids:
         raise InputError("the knowledge base is empty", path=path)
+    for (id_key, text_key, title_key), count in used.most_common():
+        log.info("%s: %d passages with ids from %r, texts from %r, titles from %r", path.name, count, id_key,
+                 text_key, title_key)
     return ids, texts
 
 
