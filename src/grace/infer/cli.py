@@ -23,6 +23,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(EvalConfig, args)
     results = run_eval(config)
+    if config.checkpoints:
+        if _world()[1] == 0:
+            print((config.out / "checkpoints.md").read_text(), end="")
+        return 0
     if _world()[1] == 0:
         pseudo = [f"PR@{k}" for k in config.ks] if config.m2kr and config.pseudo_recall else []
         columns = ["retriever"] + [f"R@{k}" for k in config.ks] + pseudo + ["latency_ms", "num_queries", "corpus_size"]

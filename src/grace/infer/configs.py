@@ -34,6 +34,10 @@ class EvalConfig:
     m2kr: str = field(default="", metadata={
         "help": "instead of --dataset: an M2KR source (the hub id BByrneLab/multi_task_multi_modal_knowledge_"
                 "retrieval_benchmark_M2KR or a folder in its layout); retrievers are passage indexes of --m2kr-task"})
+    checkpoints: Path | None = field(default=None, metadata={
+        "help": "instead of --retriever: RUN/ckpt/<scheme>, every saved checkpoint of that training scored on the "
+                "run's val and test queries (ZeRO-3 partitions consolidated into its export's model), the best step "
+                "chosen on val, a recall-vs-step plot (OUT/checkpoints.{json,md,png}); works under torchrun"})
     m2kr_task: str = field(default="EVQA", metadata={"help": "M2KR task (EVQA, OKVQA, Infoseek, OVEN, WIT, ...)"})
     pseudo_recall: bool = field(default=False, metadata={
         "help": "M2KR: also pseudo-recall (a top-K passage contains an answer), as PreFLMR reports for "

@@ -106,6 +106,10 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
         from grace.infer.m2kr_eval import run_m2kr_eval
 
         return run_m2kr_eval(config, rank)
+    if config.checkpoints:
+        from grace.infer.eval_checkpoints import run_checkpoint_eval
+
+        return run_checkpoint_eval(config, rank)
     seed_everything(config.seed)
     protocol = check_protocol(config.protocol, Path(config.dataset))
     dataset = load_karpathy(config.dataset, config.image_root, check_files=False)
