@@ -11,6 +11,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_fallbacks():
+    """Each test starts with no recorded fallbacks (they are per process and logged once)."""
+    from grace.fallbacks import clear_fallbacks
+
+    clear_fallbacks()
+    yield
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     """24 coloured-shape images (20 train, 4 test) in the Karpathy form under ``tmp_path/data``."""

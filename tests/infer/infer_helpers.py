@@ -112,6 +112,7 @@ class FlamingoLike:
 
     def __init__(self, lm):
         self.lm = lm
+        self.lang_encoder = lm
         self.seen_vision = []
 
     def eval(self):
@@ -126,9 +127,9 @@ class FlamingoLike:
         return torch.zeros(batch_size, 1, 4, 8)
 
     def forward(self, *, lang_x, attention_mask=None, vision_x=None, vision_features=None, labels=None,
-                past_key_values=None, use_cache=False):
+                past_key_values=None, use_cache=False, **lm_kwargs):
         self.seen_vision.append(tuple(vision_features.shape))
         return self.lm(input_ids=lang_x, attention_mask=attention_mask, past_key_values=past_key_values,
-                       use_cache=use_cache)
+                       use_cache=use_cache, **lm_kwargs)
 
     __call__ = forward
