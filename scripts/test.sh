@@ -9,4 +9,4 @@ if [ "${1:-}" = "--slow" ]; then
   shift
   exec python -m pytest -m slow -q "$@"
 fi
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=20 "$@"  # the slowest tests, to keep this run under 10 minutes
