@@ -49,7 +49,8 @@ def runs(tmp_path_factory, shared_tiny_dataset):
     stopped_metrics = json.loads((root / "resumed" / "metrics.json").read_text())
     exported_early = (root / "resumed" / "export").exists()
     _launch(root / "resumed.json", stopped)  # resume=True by default: picks up checkpoints/latest
-    return {"root": root, "values": values, "stopped_metrics": stopped_metrics, "exported_early": exported_early}
+    return {"root": root, "values": values, "stopped_metrics": stopped_metrics, "exported_early": exported_early,
+            "dataset": shared_tiny_dataset}
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -160,3 +161,43 @@ def test_two_process_stage_3_builds_the_model_already_partitioned(tmp_path, shar
     built = json.loads(proc.stdout.strip().splitlines()[-1])
     assert built["partitioned"] and built["local"] == 0 and built["full"] > 10_000
     assert built["held"] <= 0.55 * built["full"]  # half of every tensor (rounded up), not all of it
+
+
+@pytest.mark.slow
+def test_checkpoint_sweep_gathers_two_ranks_partitions_and_ends_at_the_export(runs, tmp_path):
+    """grace eval --checkpoints over a 2-process ZeRO-3 run: each step's two partition files consolidated; the
+    last checkpoint ranks the test queries exactly as the export does."""
+    import shutil
+
+    from grace.data_process.dataset import save_karpathy
+    from grace.identifiers import IdentifierMap, build_trie
+    from grace.infer.configs import EvalConfig
+    from grace.infer.eval_run import run_eval
+    from grace.infer.evaluate import evaluate
+    from grace.infer.pipeline import trie_dir
+    from grace.infer.query_sets import split_queries
+    from grace.infer.retriever import GenerativeRetriever
+
+    dataset = runs["dataset"]
+    run = tmp_path / "run"
+    save_karpathy(dataset, run / "data" / "dataset.json")
+    shutil.copytree(runs["root"] / "ids", run / "ids" / "numeric")
+    idmap = IdentifierMap.load(run / "ids" / "numeric")
+    for split in ("test", "val"):
+        if dataset.split(split):
+            build_trie(idmap, idmap.tokenizer(), [r.image_id for r in dataset.split(split)]).save(
+                trie_dir(run, "numeric", split))
+    (run / "ckpt").mkdir()
+    (run / "ckpt" / "numeric").symlink_to(runs["root"] / "full", target_is_directory=True)
+    last = runs["root"] / "full" / "checkpoints" / f"step{STEPS:08d}"
+    assert len(list(last.glob("zero_pp_rank_*_mp_rank_00_model_states.pt"))) == 2  # two ranks' partitions
+
+    report = run_eval(EvalConfig(checkpoints=run / "ckpt" / "numeric", out=tmp_path / "out", num_beams=4,
+                                 progress=False))
+    assert sorted({r["step"] for r in report["rows"]}) == [STOP, STEPS]
+    retriever = GenerativeRetriever.load(run / "ckpt" / "numeric" / "export", ids=run / "ids" / "numeric",
+                                         trie=trie_dir(run, "numeric", "test"), device="cpu", num_beams=4)
+    test = split_queries(dataset, "test")
+    exported = evaluate(retriever, test.texts, test.gold, progress=False)
+    swept = next(r for r in report["rows"] if r["step"] == STEPS and r["set"] == "test")
+    assert swept["gold_ranks"] == exported["gold_ranks"]
