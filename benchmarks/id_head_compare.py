@@ -141,11 +141,12 @@ def render(report: dict) -> str:
             else:
                 cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
-    train = report["train_s"]
+    train = {h: (f"{s:.0f} s" if s else "not recorded") for h, s in report["train_s"].items()}
+    ratio = report["train_s"]["full"] / report["train_s"]["ids"] if all(report["train_s"].values()) else None
     lines += ["", f"- training seconds (train/{report['scheme']} stage, each run alone): full {train['full']}, "
-              f"ids {train['ids']}" + (f" (ratio full/ids {train['full'] / train['ids']:.2f})"
-                                       if train["full"] and train["ids"] else ""),
-              f"- command: `{report['command']}`", f"- runs: {report['runs']}",
+              f"ids {train['ids']}" + (f" (ratio full/ids {ratio:.2f})" if ratio else ""),
+              f"- command: `{report['command']}`",
+              "- runs: " + ", ".join(f"{h} `{run}`" for h, run in report["runs"].items()),
               f"- commit: {report['git'].get('commit')} (dirty: {report['git'].get('dirty')})",
               f"- machine: {report['machine']}; wall {report['wall_s']:.0f} s",
               "- q/s: both models on the same batches, interleaved batch by batch after a warm-up batch each; "
