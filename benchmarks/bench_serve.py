@@ -80,16 +80,26 @@ def load(port: int, retriever: str, clients: int, requests: int, k: int) -> dict
                 latencies.append(time.perf_counter() - t0)
                 errors[0] += not ok
 
-    threads = [threading.Thread(target=client, args=(i, n)) for i, n in enumerate(per_client)]
+    wall = run_clients(client, list(enumerate(per_client)))
+    return {"retriever": retriever, "clients": clients, "requests": requests, "errors": errors[0],
+            "qps": requests / wall, **latency_percentiles(latencies)}
+
+
+def run_clients(client, args: list[tuple]) -> float:
+    """Run ``client(*a)`` for each ``a`` in ``args``, one thread each, all at once; return the wall seconds."""
+    threads = [threading.Thread(target=client, args=a) for a in args]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    lat = np.asarray(latencies) * 1000
-    return {"retriever": retriever, "clients": clients, "requests": requests, "errors": errors[0],
-            "qps": requests / wall, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return time.perf_counter() - t0
+
+
+def latency_percentiles(seconds: list[float]) -> dict:
+    """p50 and p99 in ms of request latencies given in seconds (0 when there are none)."""
+    ms = np.asarray(seconds or [0.0]) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
 def main() -> None:

@@ -21,10 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_serve import QUERIES, free_port, start_server  # noqa: E402 (a sibling script)
+from bench_serve import QUERIES, free_port, latency_percentiles, run_clients, start_server  # noqa: E402 (a sibling script)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -119,16 +117,9 @@ def soak(port: int, clients: int, duration: float, abuse_every: int, k: int) -> 
                     abusive[abuse][outcome] += 1
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat = np.asarray(latencies or [0.0]) * 1000
-    return {"wall_s": wall, "normal": dict(normal), "qps": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "abusive": {name: dict(c) for name, c in abusive.items()}}
+    wall = run_clients(client, [(i,) for i in range(clients)])
+    return {"wall_s": wall, "normal": dict(normal), "qps": len(latencies) / wall, **latency_percentiles(latencies),
+            "abusive": {name: dict(c) for name, c in abusive.items()}}
 
 
 def _healthy(port: int) -> bool:
