@@ -47,5 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script: :func:`main`, then an exit that a torchrun worker cannot turn into an abort."""
+    from grace.distributed import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -5,7 +5,7 @@ import sys
 
 from infer_helpers import tiny_generative_retriever
 
-from grace.distributed import close_distributed
+from grace.distributed import close_distributed, exit_process
 from grace.infer.evaluate import evaluate, init_distributed
 
 if __name__ == "__main__":
@@ -19,3 +19,4 @@ if __name__ == "__main__":
         print("RESULT " + json.dumps(res, sort_keys=True))
         sys.stdout.flush()
     close_distributed()
+    exit_process(0)

@@ -145,8 +145,9 @@ params = list(model.parameters())
 if rank == 0:
     print(json.dumps({"partitioned": E.partitioned(model), "held": sum(p.ds_tensor.numel() for p in params),
                       "local": sum(p.numel() for p in params), "full": sum(p.ds_numel for p in params)}))
-from grace.distributed import close_distributed
+from grace.distributed import close_distributed, exit_process
 close_distributed()  # a gloo group left open can abort the rank at interpreter shutdown
+exit_process(0)  # and so can a background thread still joinable then (the command line exits the same way)
 """
 
 
