@@ -1,9 +1,10 @@
-"""Small I/O helpers shared by every stage: atomic writes, JSON configs beside artefacts, seeding."""
+"""Small I/O helpers shared by every stage: atomic writes, JSON configs beside artefacts, file digests, seeding."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -76,6 +77,18 @@ def to_jsonable(obj: Any) -> Any:
 def save_config(directory: str | os.PathLike, config: Any, name: str = CONFIG_NAME) -> Path:
     """Save the config that produced the artefacts in ``directory`` beside them."""
     return write_json(Path(directory) / name, config)
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """sha1 (16 hex digits) of a file's bytes, read in blocks; None when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> None:

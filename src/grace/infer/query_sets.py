@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from grace.errors import GraceError, InputError
+from grace.io_utils import file_digest, read_json
 
 
 @dataclass
@@ -52,8 +52,6 @@ def split_queries(dataset, split: str = "test", max_queries: int = 0, name: str 
 def load_natural_queries(path: str | Path, dataset, *, name: str = "val-natural") -> QuerySet:
     """Hand-written queries of ``path`` whose gold image is in the dataset's split named by the file (a run on
     a subset keeps the queries of its images). Unknown fields, another split, or none left are errors."""
-    from grace.io_utils import read_json
-
     path = Path(path)
     data = read_json(path)
     rows = data.get("queries") if isinstance(data, dict) else None
@@ -69,7 +67,7 @@ def load_natural_queries(path: str | Path, dataset, *, name: str = "val-natural"
     if not kept:
         raise InputError(f"none of its {len(rows)} queries has its image in this dataset's {split} split "
                          f"({len(corpus)} images): another benchmark or split?", path=path)
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    digest = file_digest(path)
     return QuerySet(name, split, [str(r["text"]).strip() for r in kept], [r["image_id"] for r in kept],
                     [str(r["query_id"]) for r in kept],
                     f"{path.name} (sha1 {digest}; {len(kept)} of {len(rows)} queries have their image here)")

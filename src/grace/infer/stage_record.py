@@ -10,29 +10,16 @@ existed has none: it is treated as a difference.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from grace.errors import GraceError
-from grace.io_utils import read_json, write_json
+from grace.io_utils import file_digest, read_json, write_json
 
 RECORD = "stage.json"
 log = logging.getLogger(__name__)
-
-
-def file_digest(path: str | Path) -> str | None:
-    """sha1 (16 hex digits) of a file's bytes; None when it does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    digest = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def stage_record(settings: dict[str, Any], inputs: dict[str, str | Path]) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from grace.data_process.features import unit_rows
 from grace.errors import GraceError, InputError
-from grace.io_utils import atomic_path, read_json, save_config, write_json
+from grace.io_utils import atomic_path, file_digest, read_json, save_config, write_json
 
 log = logging.getLogger(__name__)
 IVFPQ_RE = re.compile(r"^IVF(\d+)_PQ(\d+)$")
@@ -186,8 +186,6 @@ def build_index(config) -> DenseIndex:
         keys["captions"].setdefault(meta["ids"][owner], []).append(text)
     expanded = None
     if expansion is not None:
-        import hashlib
-
         from grace.retrieval_baselines.clip_faiss.dual_encoder import load_dual_encoder
 
         texts = read_json(expansion)
@@ -195,7 +193,7 @@ def build_index(config) -> DenseIndex:
             raise InputError("expected an object {image_id: [texts]}", path=expansion)
         keys_x = expand_keys(keys_x, meta["ids"], texts, load_dual_encoder(meta["model"]).encode_texts,
                              config.expansion_weight)
-        expanded = {"file": str(expansion), "sha1": hashlib.sha1(Path(expansion).read_bytes()).hexdigest()[:16],
+        expanded = {"file": str(expansion), "sha1": file_digest(expansion),
                     "weight": config.expansion_weight, "images": sum(bool(texts.get(i)) for i in meta["ids"])}
     start = time.perf_counter()
     index = train_index(keys_x, config.index, train_size=config.train_size, add_batch_size=config.add_batch_size,
