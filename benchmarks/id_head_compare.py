@@ -5,16 +5,22 @@ training and decoding), each model scored on val, the natural val queries and te
 Reports per query set: Recall@K with 95% intervals (bootstrap over gold images), the paired difference
 ids − full with its interval and McNemar p, how often the two top-1 answers agree, and queries/s of both
 models timed in this run (interleaved batches, after a warm-up), with their ratio. Training seconds come from
-each run's table (``train_s``).
+each run's table (``train_s``). With ``--seeds``, both runs' retrainings under those training seeds
+(``grace ablate --training-seeds``: RUN/ckpt/<scheme>@seed<s>) are scored too: each head's recall per seed with
+mean and sd, the paired difference per seed, and top-1 agreement between heads next to the agreement between two
+seeds of the same head (the reference for "the same answers": two trainings of one head are separate models).
+The runs' protocol, query selection and seeds are copied from their provenance into the report.
 
     python benchmarks/id_head_compare.py --full runs/idhead-full --ids runs/idhead-ids --scheme structured \\
-        --natural-queries benchmarks/natural_queries/emoji-val.json --out docs/results/id-head-emoji
+        --natural-queries benchmarks/natural_queries/emoji-val.json --seeds 1 2 --out docs/results/id-head-emoji
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,30 +38,46 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--natural-queries", type=Path, default=None, help="hand-written val queries (JSON)")
     p.add_argument("--num-beams", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="*", default=[],
+                   help="training seeds retrained in both runs (RUN/ckpt/<scheme>@seed<s>), scored beside seed 0")
     p.add_argument("--out", type=Path, required=True, help="write OUT.md and OUT.json")
     return p.parse_args(argv)
 
 
-def _retrievers(args: argparse.Namespace, split: str) -> dict:
+def _model_names(args: argparse.Namespace) -> dict[int, str]:
+    """Checkpoint folder per training seed: the run's own (``args.base_seed``) and ``grace ablate``'s retrainings."""
+    from grace.infer.ablate import seed_name
+
+    return {args.base_seed: args.scheme, **{s: seed_name(args.scheme, s) for s in args.seeds if s != args.base_seed}}
+
+
+def _retrievers(args: argparse.Namespace, split: str) -> dict[tuple[str, int], object]:
+    """A generative retriever per (head, training seed), each checked to hold the head it is filed under."""
     from grace.identifiers import IdentifierMap, Trie
     from grace.infer.pipeline import trie_dir
     from grace.infer.retriever import GenerativeRetriever
     from grace.model import load_pretrained
 
     out = {}
-    for head in HEADS:
+    for head, (seed, name) in itertools.product(HEADS, _model_names(args).items()):
         run = getattr(args, head)
-        model, tokenizer = load_pretrained(run / "ckpt" / args.scheme / "export")
+        model, tokenizer = load_pretrained(run / "ckpt" / name / "export")
         if model.config.output_head != head:
-            raise SystemExit(f"{run}: its model's output_head is {model.config.output_head}, not {head}")
-        out[head] = GenerativeRetriever(model, tokenizer, IdentifierMap.load(run / "ids" / args.scheme),
-                                        Trie.load(trie_dir(run, args.scheme, split)), num_beams=args.num_beams,
-                                        batch_size=args.batch_size)
+            raise SystemExit(f"{run}/ckpt/{name}: its model's output_head is {model.config.output_head}, not {head}")
+        out[head, seed] = GenerativeRetriever(model, tokenizer, IdentifierMap.load(run / "ids" / args.scheme),
+                                              Trie.load(trie_dir(run, args.scheme, split)),
+                                              num_beams=args.num_beams, batch_size=args.batch_size)
     return out
 
 
+def _top1_agreement(a: list[list[str]], b: list[list[str]]) -> float:
+    same = [x[0] == y[0] for x, y in zip(a, b) if x and y]
+    return sum(same) / len(same)
+
+
 def score_set(args: argparse.Namespace, query_set) -> dict:
-    """Both heads on one query set: rankings, interleaved timing, recall with intervals, paired test, top-1."""
+    """Both heads on one query set: rankings, interleaved timing, recall with intervals, paired test, top-1;
+    then every training seed of both heads."""
     from grace.infer.evaluate import metrics
     from grace.retriever import Query
     from grace.stats import add_intervals, paired_comparison
@@ -63,27 +85,66 @@ def score_set(args: argparse.Namespace, query_set) -> dict:
     retrievers = _retrievers(args, query_set.split)
     queries = [Query(text=t) for t in query_set.texts]
     batches = [queries[i:i + args.batch_size] for i in range(0, len(queries), args.batch_size)]
-    for retriever in retrievers.values():  # warm-up
-        retriever.search(batches[0], max(KS))
-    rankings = {h: [] for h in HEADS}
+    for head in HEADS:  # warm-up
+        retrievers[head, args.base_seed].search(batches[0], max(KS))
+    rankings = {key: [] for key in retrievers}
     seconds = {h: 0.0 for h in HEADS}
-    for batch in batches:  # interleaved, so drift hits both heads alike
-        for head, retriever in retrievers.items():
+    base = args.base_seed
+    for batch in batches:  # the base seed of both heads timed batch by batch, interleaved: drift hits both alike
+        for head in HEADS:
             start = time.perf_counter()
-            hits = retriever.search(batch, max(KS))
+            hits = retrievers[head, base].search(batch, max(KS))
             seconds[head] += time.perf_counter() - start
-            rankings[head].extend([h.image_id for h in row] for row in hits)
-    rows = {}
-    for head in HEADS:
-        res = metrics(rankings[head], query_set.gold, [seconds[head] * 1000 / len(queries)] * len(queries), KS)
-        res["queries_per_s"] = len(queries) / seconds[head]
-        rows[head] = add_intervals(res, KS, clusters=query_set.gold)
-    paired = {f"R@{k}": paired_comparison(rows["ids"]["gold_ranks"], rows["full"]["gold_ranks"], k,
-                                          clusters=query_set.gold).as_dict() for k in KS}
-    top1 = [a[0] == b[0] for a, b in zip(rankings["ids"], rankings["full"]) if a and b]
-    return {"rows": rows, "ids_vs_full": paired, "top1_agreement": sum(top1) / len(top1),
-            "qps_ratio": rows["ids"]["queries_per_s"] / rows["full"]["queries_per_s"],
-            "queries": query_set.provenance()}
+            rankings[head, base].extend([h.image_id for h in row] for row in hits)
+    for key, retriever in retrievers.items():  # the other seeds, untimed
+        if key[1] != base:
+            rankings[key] = [[h.image_id for h in row] for row in retriever.search(queries, max(KS))]
+    scored = {}
+    for key, ranked in rankings.items():
+        res = metrics(ranked, query_set.gold, [0.0] * len(queries), KS)
+        scored[key] = add_intervals(res, KS, clusters=query_set.gold)
+    rows = {h: dict(scored[h, base], queries_per_s=len(queries) / seconds[h]) for h in HEADS}
+
+    def paired(seed: int) -> dict:
+        return {f"R@{k}": paired_comparison(scored["ids", seed]["gold_ranks"], scored["full", seed]["gold_ranks"],
+                                            k, clusters=query_set.gold).as_dict() for k in KS}
+
+    seeds = sorted({seed for _, seed in rankings})
+    out = {"rows": rows, "ids_vs_full": paired(base),
+           "top1_agreement": _top1_agreement(rankings["ids", base], rankings["full", base]),
+           "qps_ratio": rows["ids"]["queries_per_s"] / rows["full"]["queries_per_s"],
+           "queries": query_set.provenance()}
+    if len(seeds) > 1:
+        out["seeds"] = {
+            "seeds": seeds,
+            "recall": {h: {f"recall@{k}": {str(s): float(scored[h, s][f"recall@{k}"]) for s in seeds} for k in KS}
+                       for h in HEADS},
+            "ids_vs_full": {str(s): paired(s)["R@1"] for s in seeds},
+            "top1_agreement": {
+                "ids_vs_full": {str(s): _top1_agreement(rankings["ids", s], rankings["full", s]) for s in seeds},
+                **{f"{h}_vs_{h}": {f"{a}-{b}": _top1_agreement(rankings[h, a], rankings[h, b])
+                                   for a, b in itertools.combinations(seeds, 2)} for h in HEADS}}}
+    return out
+
+
+def _run_provenance(run: Path) -> dict:
+    """What the run's own table says about how it was made: protocol, query selection, seeds, commit."""
+    from grace.io_utils import read_json
+
+    path = run / "results" / "ablation.json"
+    prov = read_json(path).get("provenance", {}) if path.is_file() else {}
+    keep = {key: prov[key] for key in ("protocol", "selected_on", "seeds", "git") if key in prov}
+    if "pseudo_queries" in prov:
+        keep["pseudo_queries"] = {k: prov["pseudo_queries"].get(k) for k in ("generator", "digest")}
+    return keep
+
+
+def _base_seed(provenance: dict) -> int:
+    """The training seed of the runs' own checkpoints (``grace ablate --seed``); both runs must share it."""
+    seeds = {h: (p.get("seeds", {}).get("training") or [0])[0] for h, p in provenance.items()}
+    if len(set(seeds.values())) != 1:
+        raise SystemExit(f"the two runs were trained under different --seed: {seeds}")
+    return next(iter(seeds.values()))
 
 
 def _train_seconds(run: Path, scheme: str) -> float | None:
@@ -102,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     from grace.provenance import git_state
 
     args = _args(argv)
+    provenance = {h: _run_provenance(getattr(args, h)) for h in HEADS}
+    args.base_seed = _base_seed(provenance)
     dataset = load_karpathy(args.dataset or args.full / "data" / "dataset.json")
     sets = [split_queries(dataset, "val"), split_queries(dataset, "test")]
     if args.natural_queries:
@@ -112,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
               "git": git_state(), "machine": machine_description(),
               "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/id_head_compare.py",
                                                                        *(sys.argv[1:] if argv is None else argv)]),
-              "runs": {h: str(getattr(args, h)) for h in HEADS}}
+              "runs": {h: str(getattr(args, h)) for h in HEADS},
+              "run_provenance": provenance}
     report["wall_s"] = time.perf_counter() - started
     write_json(args.out.with_suffix(".json"), report)
     atomic_write_text(args.out.with_suffix(".md"), render(report))
@@ -126,8 +190,8 @@ def _pct(x: float) -> str:
 
 def render(report: dict) -> str:
     lines = [f"# Identifier head (output_head ids) vs full head: {report['scheme']} ids, {report['num_beams']} beams\n",
-             "| query set | head | R@1 [95% CI] | R@5 | R@10 | q/s | ids − full R@1 [95% CI] | p (McNemar) "
-             "| top-1 agreement | q/s ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             ("| query set | head | R@1 [95% CI] | R@5 | R@10 | q/s | ids − full R@1 [95% CI] | p (McNemar) "
+             "| top-1 agreement | q/s ratio |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in report["sets"].items():
         for head in HEADS:
             row = res["rows"][head]
@@ -141,6 +205,7 @@ def render(report: dict) -> str:
             else:
                 cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _seed_lines(report)
     train = {h: (f"{s:.0f} s" if s else "not recorded") for h, s in report["train_s"].items()}
     ratio = report["train_s"]["full"] / report["train_s"]["ids"] if all(report["train_s"].values()) else None
     lines += ["", f"- training seconds (train/{report['scheme']} stage, each run alone): full {train['full']}, "
@@ -148,10 +213,46 @@ def render(report: dict) -> str:
               f"- command: `{report['command']}`",
               "- runs: " + ", ".join(f"{h} `{run}`" for h, run in report["runs"].items()),
               f"- commit: {report['git'].get('commit')} (dirty: {report['git'].get('dirty')})",
+              *[f"- {h} run: protocol `{p.get('protocol')}`, chosen on `{p.get('selected_on')}`, training seeds "
+                f"{p.get('seeds', {}).get('training')}, trained at {p.get('git', {}).get('commit', '?')[:12]}"
+                for h, p in report.get("run_provenance", {}).items() if p],
               f"- machine: {report['machine']}; wall {report['wall_s']:.0f} s",
-              "- q/s: both models on the same batches, interleaved batch by batch after a warm-up batch each; "
-              "recall intervals: percentile bootstrap over gold images; paired test: same resamples for both heads."]
+              ("- q/s: both models on the same batches, interleaved batch by batch after a warm-up batch each; "
+              "recall intervals: percentile bootstrap over gold images; paired test: same resamples for both heads.")]
     return "\n".join(lines) + "\n"
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def _seed_lines(report: dict) -> list[str]:
+    """Per query set: each head's R@1 per training seed, mean ± sd, the paired difference per seed, and top-1
+    agreement between the heads beside the agreement between two seeds of one head."""
+    sets = {name: res["seeds"] for name, res in report["sets"].items() if "seeds" in res}
+    if not sets:
+        return []
+    seeds = next(iter(sets.values()))["seeds"]
+    lines = ["", f"Training seeds {', '.join(map(str, seeds))} of both heads (same ids, data and queries):", "",
+             ("| query set | head | R@1 per seed | R@1 mean ± sd | R@10 mean ± sd | ids − full R@1 per seed [95% CI] "
+             "| top-1 agreement: ids vs full (same seed) | same head, two seeds |"), "|---|---|---|---|---|---|---|---|"]
+    for name, res in sets.items():
+        for head in HEADS:
+            r1, r10 = res["recall"][head]["recall@1"], res["recall"][head]["recall@10"]
+            cells = [name, head, " / ".join(_pct(r1[str(s)]) for s in seeds), _mean_sd(list(r1.values())),
+                     _mean_sd(list(r10.values()))]
+            if head == "ids":
+                agree = res["top1_agreement"]
+                cells += ["; ".join(f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                                    for d in res["ids_vs_full"].values()),
+                          " / ".join(f"{100 * a:.1f}%" for a in agree["ids_vs_full"].values())]
+            else:
+                cells += ["", ""]
+            pairs = res["top1_agreement"][f"{head}_vs_{head}"]
+            cells.append(" / ".join(f"{100 * a:.1f}%" for a in pairs.values()) + f" (seed pairs {', '.join(pairs)})")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

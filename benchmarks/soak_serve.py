@@ -2,8 +2,10 @@
 ``--abuse-every``-th request of each client an abusive one (oversized, chunked, malformed, out of range, a path
 out of the corpus, a fake upload). Reports, for the normal searches, q/s and p50/p99 latency and errors by kind;
 for each abusive kind, what the server answered (every answer must be a 4xx with a one-line JSON error, never a
-5xx or a dropped connection); the server's RSS at start, at the end and its peak (it must not grow beyond noise);
-that it still answers /healthz; and that the run folder is byte-for-byte unchanged (nothing half-written).
+5xx or a dropped connection); the server's RSS sampled every 2 s (``--sample-every``) under the load (allocator pools grow while the
+first batches of every size arrive, so the first ``--warmup`` seconds of load are reported apart, and growth is
+judged on the rest: a least-squares slope and the change from the start to the end of that steady window, beside
+the samples' own noise); that it still answers /healthz; and that the run folder is byte-for-byte unchanged.
 
     python benchmarks/soak_serve.py --run runs/demo --clients 16 --duration 300 --out docs/results/serve-soak
 """
@@ -122,6 +124,26 @@ def soak(port: int, clients: int, duration: float, abuse_every: int, k: int) -> 
             "abusive": {name: dict(c) for name, c in abusive.items()}}
 
 
+def rss_trend(samples: list[tuple[float, float]], warmup_s: float) -> dict:
+    """RSS growth after the warm-up: the samples ``(seconds into the load, MB)`` at or after ``warmup_s``, their
+    least-squares slope (MB/min), the change between the means of the window's first and last tenth, and the
+    noise (sd of the residuals about the line). ``within_noise``: the change is under 3 noise sd or under 2% of
+    the RSS (a step of one allocator arena on a ~600 MB process)."""
+    import numpy as np
+
+    steady = [(t, mb) for t, mb in samples if t >= warmup_s]
+    if len(steady) < 10:
+        raise SystemExit(f"{len(steady)} RSS samples after a {warmup_s:.0f} s warm-up: run longer (--duration)")
+    t, mb = np.array(steady).T
+    slope, intercept = np.polyfit(t, mb, 1)
+    noise = float(np.std(mb - (slope * t + intercept), ddof=2))
+    tenth = max(1, len(mb) // 10)
+    change = float(mb[-tenth:].mean() - mb[:tenth].mean())
+    return {"warmup_s": warmup_s, "samples": len(steady), "start_mb": float(mb[:tenth].mean()),
+            "end_mb": float(mb[-tenth:].mean()), "change_mb": change, "slope_mb_per_min": float(slope * 60),
+            "noise_mb": noise, "within_noise": bool(abs(change) <= max(3 * noise, 0.02 * float(mb[:tenth].mean())))}
+
+
 def _healthy(port: int) -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -140,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of load (bounded)")
     parser.add_argument("--abuse-every", type=int, default=4, help="every N-th request of a client is abusive")
+    parser.add_argument("--warmup", type=float, default=60.0,
+                        help="seconds of load before RSS growth is judged (allocator pools fill)")
+    parser.add_argument("--sample-every", type=float, default=2.0, help="seconds between two RSS samples")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--num-beams", type=int, default=10)
     parser.add_argument("--max-batch", type=int, default=32)
@@ -148,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 3600 or not 0 < args.clients <= 64:
         raise SystemExit("--duration must be in (0, 3600] s and --clients in 1..64 (a bounded test)")
+    if not 0 <= args.warmup < args.duration:
+        raise SystemExit("--warmup must be shorter than --duration")
 
     before = folder_digest(args.run)
     port = free_port()
@@ -158,24 +185,28 @@ def main(argv: list[str] | None = None) -> dict:
             _send(http.client.HTTPConnection("127.0.0.1", port, timeout=300), "POST", "/api/search",
                   json.dumps({"query": query, "k": args.k}).encode(), JSON)
         rss_start = server.memory_info().rss
-        peak = [rss_start]
+        samples: list[tuple[float, float]] = []
         sampling = threading.Event()
+        began = time.perf_counter()
 
         def sample() -> None:
-            while not sampling.wait(1.0):
-                peak[0] = max(peak[0], server.memory_info().rss)
+            while not sampling.wait(args.sample_every):
+                samples.append((time.perf_counter() - began, server.memory_info().rss / 2**20))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         report = soak(port, args.clients, args.duration, args.abuse_every, args.k)
         sampling.set()
+        sampler.join()
         rss_end = server.memory_info().rss
         report["alive"] = proc.poll() is None and _healthy(port)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     report.update(clients=args.clients, duration_s=args.duration, abuse_every=args.abuse_every,
-                  rss_start_mb=rss_start / 2**20, rss_end_mb=rss_end / 2**20, rss_peak_mb=peak[0] / 2**20,
+                  rss_start_mb=rss_start / 2**20, rss_end_mb=rss_end / 2**20,
+                  rss_peak_mb=max([rss_start / 2**20, *(mb for _, mb in samples)]),
+                  rss_steady=rss_trend(samples, args.warmup), rss_samples=samples, sample_every_s=args.sample_every,
                   run_folder_unchanged=folder_digest(args.run) == before,
                   command="python " + " ".join(["benchmarks/soak_serve.py", *(sys.argv[1:] if argv is None else argv)]))
     from grace.infer.ablate import machine_description
@@ -199,10 +230,19 @@ def render(r: dict) -> str:
         lines.append(f"| {name} | {sum(outcomes.values())} | {answers} | {'yes' if ok else 'NO'} |")
     normal = ", ".join(f"{k} × {v}" for k, v in sorted(r["normal"].items()))
     growth = r["rss_end_mb"] - r["rss_start_mb"]
+    steady = r["rss_steady"]
+    minutes = [mb for t, mb in r["rss_samples"] if t % 60 < r["sample_every_s"]]
     lines += ["", f"- normal searches: {normal}; {r['qps']:.1f} q/s answered 200, p50 {r['p50_ms']:.0f} ms, "
               f"p99 {r['p99_ms']:.0f} ms",
               f"- server RSS: start {r['rss_start_mb']:.0f} MB, end {r['rss_end_mb']:.0f} MB ({growth:+.1f} MB, "
-              f"{100 * growth / r['rss_start_mb']:+.1f}%), peak {r['rss_peak_mb']:.0f} MB",
+              f"{100 * growth / r['rss_start_mb']:+.1f}%), peak {r['rss_peak_mb']:.0f} MB; about each minute: "
+              + ", ".join(f"{mb:.0f}" for mb in minutes),
+              f"- after the first {steady['warmup_s']:.0f} s of load ({steady['samples']} samples, every "
+              f"{r['sample_every_s']:g} s): "
+              f"{steady['start_mb']:.0f} → {steady['end_mb']:.0f} MB ({steady['change_mb']:+.1f} MB; slope "
+              f"{steady['slope_mb_per_min']:+.2f} MB/min; noise sd {steady['noise_mb']:.1f} MB): "
+              + ("no growth beyond noise" if steady["within_noise"] else "GROWS beyond noise")
+              + " (within noise: |change| under 3 noise sd or under 2% of the RSS)",
               f"- server alive at the end (/healthz 200): {'yes' if r['alive'] else 'NO'}; run folder byte-for-byte "
               f"unchanged: {'yes' if r['run_folder_unchanged'] else 'NO'}",
               f"- command: `{r['command']}`", f"- machine: {r['machine']}",

@@ -47,3 +47,40 @@ def test_both_heads_are_scored_on_the_same_queries_and_timed_together(tmp_path):
     assert "top-1 agreement" in (tmp_path / "out.md").read_text()
     with pytest.raises(SystemExit, match="output_head is ids, not full"):  # the runs given the wrong way round
         id_head_compare.main(["--full", str(ids), "--ids", str(full), *args[4:]])
+
+
+def test_training_seeds_are_scored_per_head_beside_the_agreement_of_two_seeds_of_one_head(tmp_path):
+    """--seeds: RUN/ckpt/<scheme>@seed<s> of both runs scored; a seed that is a copy of its run's own model agrees
+    with it on every top-1, and the runs' protocol and seeds are copied from their tables."""
+    import shutil
+
+    from grace.data_process.synthetic import build_synthetic
+    from grace.io_utils import write_json
+    from grace.model import create_model, load_pretrained, save_pretrained
+
+    dataset = build_synthetic(tmp_path / "data", n_images=12, val_every=3)
+    runs = {head: _run(tmp_path / head, dataset, head) for head in ("full", "ids")}
+    shutil.copytree(runs["ids"] / "ckpt" / "structured", runs["ids"] / "ckpt" / "structured@seed1")
+    _, tokenizer = load_pretrained(runs["full"] / "ckpt" / "structured" / "export")
+    other = create_model("tiny", tokenizer=tokenizer, output_head="full", seed=1)
+    save_pretrained(other, runs["full"] / "ckpt" / "structured@seed1" / "export", tokenizer=tokenizer)
+    for run in runs.values():
+        write_json(run / "results" / "ablation.json", {"provenance": {
+            "protocol": "image-only", "selected_on": "val", "seeds": {"training": [0, 1]}, "git": {"commit": "abc"}}})
+    args = ["--full", str(runs["full"]), "--ids", str(runs["ids"]), "--dataset", str(tmp_path / "data" / "dataset.json"),
+            "--num-beams", "3", "--batch-size", "2", "--seeds", "1", "--out", str(tmp_path / "out")]
+    report = id_head_compare.main(args)
+    for res in report["sets"].values():
+        seeds = res["seeds"]
+        assert seeds["seeds"] == [0, 1]
+        assert seeds["top1_agreement"]["ids_vs_ids"] == {"0-1": 1.0}  # the copy answers exactly as its original
+        ids_r1 = seeds["recall"]["ids"]["recall@1"]
+        assert ids_r1["0"] == ids_r1["1"] == res["rows"]["ids"]["recall@1"]
+        assert seeds["ids_vs_full"]["0"]["diff"] == pytest.approx(res["ids_vs_full"]["R@1"]["diff"])
+        assert set(seeds["top1_agreement"]["ids_vs_full"]) == {"0", "1"}
+    assert report["run_provenance"]["full"]["protocol"] == "image-only"
+    text = (tmp_path / "out.md").read_text()
+    assert "Training seeds 0, 1 of both heads" in text and "protocol `image-only`" in text
+    write_json(runs["ids"] / "results" / "ablation.json", {"provenance": {"seeds": {"training": [5, 1]}}})
+    with pytest.raises(SystemExit, match="different --seed"):
+        id_head_compare.main(args)
