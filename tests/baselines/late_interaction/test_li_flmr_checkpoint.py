@@ -89,6 +89,26 @@ def test_flmr_checkpoint_errors(tmp_path):
         FLMRCheckpointModel.from_pretrained(tmp_path / "notflmr")
 
 
+def test_flmr_checkpoint_saved_by_the_official_code_with_its_text_model_alias_loads(tmp_path):
+    """The official FLMRTextModel keeps ``text_model`` as an alias of ``bert_model``; a .bin save holds both
+    copies of every BERT weight. They load as one when equal, and two different copies are an error."""
+    ref = write_flmr_checkpoint(tmp_path / "flmr", fmt="bin")
+    path = tmp_path / "flmr" / "pytorch_model.bin"
+    state = torch.load(path)
+    alias = {k.replace("_text_encoder.bert_model.", "_text_encoder.text_model."): v.clone()
+             for k, v in state.items() if "_text_encoder.bert_model." in k}
+    assert alias
+    torch.save({**state, **alias}, path)
+    model = FLMRCheckpointModel.from_pretrained(tmp_path / "flmr")
+    with torch.no_grad():
+        q, _ = model.encode_queries(TEXTS, _pixels(2))
+        torch.testing.assert_close(q, ref.query(model.query_tokenizer, TEXTS, pixels=_pixels(2)), atol=1e-5, rtol=1e-4)
+    first = next(iter(alias))
+    torch.save({**state, **alias, first: alias[first] + 1}, path)
+    with pytest.raises(InputError, match="two different copies"):
+        FLMRCheckpointModel.from_pretrained(tmp_path / "flmr")
+
+
 def test_zero_shot_index_three_document_forms_and_search_cli(tmp_path, capsys):
     from grace.cli import main
     from grace.retrieval_baselines.late_interaction.retriever import LateInteractionRetriever

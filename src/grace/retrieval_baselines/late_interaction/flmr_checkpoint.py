@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILES = ["config.json", "*.safetensors", "*.bin", "*.index.json", "query_tokenizer/*",
                     "context_tokenizer/*"]
 TIED = ("text_encoder", "text_encoder_linear", "vision_encoder", "vision_projection")
+#: saved names → ours: older transformers' nested CLIP tower; the official text encoder's alias of its BERT
+ALIASES = ((".vision_model.vision_model.", ".vision_model."), ("_text_encoder.text_model.", "_text_encoder.bert_model."))
 
 
 @dataclass
@@ -252,17 +254,22 @@ class FLMRCheckpointModel(nn.Module):
         return model.eval()
 
     def load_published_state(self, state: dict[str, torch.Tensor], source: str | Path = "") -> None:
-        """Copy published weights by name: tied query/context copies may be saved once, and the
-        ``vision_model.vision_model.`` nesting of older transformers maps onto the current CLIP tower."""
+        """Copy published weights by name: tied query/context copies may be saved once, the
+        ``vision_model.vision_model.`` nesting of older transformers maps onto the current CLIP tower, and the
+        official ``FLMRTextModel``'s alias ``text_model`` (the same module as ``bert_model``, saved twice by
+        ``save_pretrained(safe_serialization=False)``) is read as ``bert_model`` when the two copies agree."""
         own = self.state_dict()
         renamed: dict[str, torch.Tensor] = {}
         for key, value in state.items():
             if key.endswith("position_ids") or key.startswith("cls."):
                 continue
-            key = key.replace(".vision_model.vision_model.", ".vision_model.") \
-                if key not in own and ".vision_model.vision_model." in key else key
+            for old, new in ALIASES:
+                key = key.replace(old, new) if key not in own and old in key else key
             if key not in own:
                 raise InputError(f"checkpoint weight {key!r} has no place in this FLMR architecture", path=source)
+            if key in renamed and not torch.equal(renamed[key], value):
+                raise InputError(f"checkpoint holds two different copies of {key!r} (text_model and bert_model?)",
+                                 path=source)
             renamed[key] = value
         for key in own:
             if key in renamed:
