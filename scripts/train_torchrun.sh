@@ -6,10 +6,11 @@
 #                               scripts/train_torchrun.sh --config run.yaml
 # NPROC defaults to the number of visible GPUs (1 without GPUs). A killed job resumes from
 # OUTPUT_DIR/checkpoints/latest when re-run with the same config and the same number of processes.
+# Environment: grace-train (envs/train.yml), or the active venv / .venv when it has DeepSpeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. "${VENV:-.venv}/bin/activate"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+. scripts/stage_env.sh
+use_env grace-train grace deepspeed
 if [[ -z "${NPROC:-}" ]]; then
   NPROC=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
