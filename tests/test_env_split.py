@@ -30,6 +30,14 @@ def test_env_split_requirements_are_the_env_files_pip_lists_with_conda_names_map
     assert {"torch", "transformers", "peft", "faiss-cpu", "numpy", "safetensors"} <= pins
 
 
+def test_env_split_gpu_env_files_are_the_cpu_ones_with_faiss_gpu():
+    for stage in ("train", "infer"):
+        cpu = venv_from_conda_env.pip_requirements(ROOT / "envs" / f"{stage}.yml")
+        gpu = venv_from_conda_env.pip_requirements(ROOT / "envs" / f"{stage}-gpu.yml")
+        assert any("[cpu," in line for line in cpu) and not any("gpu" in line for line in cpu)
+        assert gpu == [line.replace("[cpu,", "[gpu,") for line in cpu]
+
+
 def test_env_split_unknown_conda_package_is_a_one_line_error(tmp_path):
     env = tmp_path / "env.yml"
     env.write_text("name: x\ndependencies:\n  - python=3.11\n  - cudatoolkit=12\n")

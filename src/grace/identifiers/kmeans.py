@@ -26,9 +26,11 @@ def _fit(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> tuple
     """``(centroids (k, D), labels (n,))`` of k-means on ``x`` with ``backend``, seeded."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if backend == "faiss":
-        import faiss
+        from grace.faiss_device import faiss_device, import_faiss
 
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1)
+        faiss = import_faiss()
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
+                          gpu=faiss_device("k-means") == "gpu")
         km.train(x)
         return np.asarray(km.centroids, dtype=np.float32), km.index.search(x, 1)[1][:, 0].astype(np.int64)
     if backend == "sklearn":
@@ -37,6 +39,15 @@ def _fit(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> tuple
         km = KMeans(k, n_init=1, max_iter=niter, random_state=seed).fit(x)
         return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
     raise GraceError(f"unknown k-means backend {backend!r}; expected one of {BACKENDS}")
+
+
+def kmeans_device(backend: str) -> str:
+    """Where ``backend``'s k-means runs (``"gpu"`` or ``"cpu"``), for the identifiers' config."""
+    if backend != "faiss":
+        return "cpu"
+    from grace.faiss_device import faiss_device
+
+    return faiss_device("k-means")
 
 
 def _split(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> list[np.ndarray]:

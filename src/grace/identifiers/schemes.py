@@ -16,7 +16,7 @@ from grace.data_process.features import unit_rows
 from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
-from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans, residual_kmeans
+from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans, kmeans_device, residual_kmeans
 
 log = logging.getLogger(__name__)
 SCHEMES = tuple(SCHEME_MODES)
@@ -151,6 +151,8 @@ class Scheme:
         self.pseudo_queries = held_out_texts(dataset, pseudo_queries) if self.uses_texts else {}
         ids, aliases = self.assign(dataset, features)
         config = dataclasses.asdict(self.config) | {"images": len(dataset), "dataset": dataset.name}
+        if self.name in ("structured", "rq"):
+            config["kmeans_device"] = kmeans_device(self.config.kmeans)
         if self.uses_texts:
             config["pseudo_queries_digest"] = pseudo_queries_digest(self.pseudo_queries)
         return IdentifierMap(self.name, dict(zip(dataset.image_ids(), ids)), config, aliases=aliases)

@@ -28,6 +28,7 @@ def test_trained_retriever_beats_random(shared_tiny_dataset, lit_features, lit_e
     for mode in ("image", "text"):
         build_index(BuildIndexConfig(features=lit_features[0], out=tmp_path / mode, feature_mode=mode, use_gpu=False))
     retriever = ClipFaissRetriever.load(tmp_path / "image", encoder=lit_encoder, use_gpu=False)
+    assert json.loads((tmp_path / "image" / "index_config.json").read_text())["built_on"] == "cpu"
     texts, gold = test_queries(shared_tiny_dataset, "train")
     rand = RandomRetriever(shared_tiny_dataset.image_ids(), seed=0)
     assert _recall1(retriever, texts, gold) >= 0.5 > _recall1(rand, texts, gold)

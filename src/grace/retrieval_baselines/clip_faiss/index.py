@@ -1,7 +1,8 @@
 """FAISS inner-product indexes over joint-space features: ``Flat`` (exact) and ``IVF{n}_PQ{m}``.
 
-IVF-PQ is trained on a random sample of the keys, then populated in batches. GPU FAISS is used when
-``faiss.get_num_gpus() > 0`` (the saved index is always the CPU form). An index folder holds
+IVF-PQ is trained on a random sample of the keys, then populated in batches. GPU FAISS (``grace[gpu]``) is
+used when it sees a device (``grace.faiss_device``; the saved index is always the CPU form, and
+``index_config.json`` says where it was built). An index folder holds
 ``index.faiss``, ``keys.json`` (what each row is: image id, text, owner image id) and ``config.json``.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from grace.data_process.features import unit_rows
 from grace.errors import GraceError, InputError
+from grace.faiss_device import faiss_device, import_faiss
 from grace.io_utils import atomic_path, file_digest, read_json, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,19 @@ def _as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-def _maybe_gpu(index, use_gpu: bool):
-    import faiss
+def _maybe_gpu(index, use_gpu: bool, what: str = "dense index search"):
+    """``(index on every faiss GPU, True)`` when faiss-gpu sees one and ``use_gpu``; else ``(index, False)``."""
+    from grace.faiss_device import faiss_device, import_faiss
 
-    if use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index), True
+    if faiss_device(what, use_gpu) == "gpu":
+        return import_faiss().index_cpu_to_all_gpus(index), True
     return index, False
 
 
 def train_index(keys: np.ndarray, name: str = "Flat", *, train_size: int = 100_000, add_batch_size: int = 65_536,
                 nprobe: int = 16, use_gpu: bool = True, seed: int = 0, progress: bool = False):
     """A populated FAISS index (CPU form) over ``keys`` (N, D), inner-product metric."""
-    import faiss
+    faiss = import_faiss()
     from tqdm import tqdm
 
     keys = _as_float32(keys)
@@ -62,7 +65,7 @@ def train_index(keys: np.ndarray, name: str = "Flat", *, train_size: int = 100_0
         raise InputError(f"need a non-empty (N, D) key matrix, got shape {keys.shape}")
     n, dim = keys.shape
     index = faiss.index_factory(dim, faiss_factory(name, dim), faiss.METRIC_INNER_PRODUCT)
-    index, on_gpu = _maybe_gpu(index, use_gpu)
+    index, on_gpu = _maybe_gpu(index, use_gpu, "dense index build")
     if not index.is_trained:
         nlist = int(IVFPQ_RE.match(name).group(1))
         if n < nlist:
@@ -78,7 +81,7 @@ def train_index(keys: np.ndarray, name: str = "Flat", *, train_size: int = 100_0
 
 
 def set_nprobe(index, nprobe: int) -> None:
-    import faiss
+    faiss = import_faiss()
 
     ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
     if ivf is not None:
@@ -110,7 +113,7 @@ class DenseIndex:
 
     def vectors(self, rows: list[int]) -> np.ndarray:
         """(len(rows), dim) stored vectors of index ``rows`` (decoded codes for a compressed index)."""
-        import faiss
+        faiss = import_faiss()
 
         if not rows:
             return np.zeros((0, self.dim), np.float32)
@@ -121,7 +124,7 @@ class DenseIndex:
             return self.cpu_index.reconstruct_batch(np.asarray(rows, np.int64))
 
     def save(self, out: str | Path) -> Path:
-        import faiss
+        faiss = import_faiss()
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,7 @@ class DenseIndex:
 
     @classmethod
     def load(cls, folder: str | Path, use_gpu: bool = True) -> DenseIndex:
-        import faiss
+        faiss = import_faiss()
 
         folder = Path(folder)
         path = folder / "index.faiss"
@@ -201,7 +204,8 @@ def build_index(config) -> DenseIndex:
     build_s = time.perf_counter() - start
     index_config = {"index": config.index, "feature_mode": config.feature_mode, "model": meta["model"],
                     "dim": int(meta["dim"]), "ntotal": int(index.ntotal), "nprobe": config.nprobe,
-                    "build_s": build_s, "features": str(config.features), "expansion": expanded}
+                    "build_s": build_s, "features": str(config.features), "expansion": expanded,
+                    "built_on": faiss_device("dense index build", config.use_gpu)}
     dense = DenseIndex(index, keys, index_config, use_gpu=config.use_gpu)
     dense.save(config.out)
     save_config(config.out, config)

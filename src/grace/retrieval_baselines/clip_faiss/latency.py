@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grace.faiss_device import import_faiss
+
 log = logging.getLogger(__name__)
 
 
@@ -80,9 +82,7 @@ def latency_rows(sizes=(1_000, 10_000, 100_000, 1_000_000), indexes=("Flat", "IV
             index, on_gpu = _maybe_gpu(index, use_gpu)
             ms, found = time_search(index, queries, k, batch_size)
             if exact is None:
-                import faiss
-
-                flat = faiss.IndexFlatIP(dim)
+                flat = import_faiss().IndexFlatIP(dim)
                 flat.add(corpus)
                 exact = flat.search(queries, k)[1]
             row = {"index": name, "faiss": spec, "corpus_size": n, "dim": dim, "build_s": round(build_s, 4),

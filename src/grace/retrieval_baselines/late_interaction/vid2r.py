@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from grace.errors import InputError
+from grace.faiss_device import import_faiss
 
 log = logging.getLogger(__name__)
 # the field names of the knowledge bases in use, first match wins: Wiki6M (OVEN / InfoSeek, Ret-XKnow's and
@@ -118,10 +119,9 @@ class TextRetriever:
     """Dense text retrieval over the knowledge base (a sentence encoder + an exact inner-product FAISS index)."""
 
     def __init__(self, passages: Sequence[str], encoder: str = "minilm", batch_size: int = 256):
-        import faiss
-
         from grace.data_process.encoders import create_text_encoder
 
+        faiss = import_faiss()
         self.encoder, self.batch_size = create_text_encoder(encoder), batch_size
         vectors = self._encode(passages)
         self.index = faiss.IndexFlatIP(vectors.shape[1])
