@@ -1,0 +1,193 @@
+"""Beam sweep: Recall@1/5/10 and latency of a run's generative row and of its hybrid (the generated candidates
+re-scored by the dense retriever and fused with the weight the run chose on val), at each number of beams.
+
+At ``b`` beams the generative retriever returns its ``b`` beams (R@K for K > b counts only those, so R@10 at one
+beam is R@1), and the hybrid re-ranks exactly those ``b`` candidates: the beam's recall bounds the hybrid's.
+Both are scored on val and test from the same generated candidates; latency is per query over the whole set
+(the generation, and the generation plus the dense re-scoring). Nothing is chosen on test: the table marks the
+beam count with the best val R@1 of each row, and the plot shows both sets.
+
+    python benchmarks/beam_sweep.py --run runs/emoji --scheme structured --hybrid structured+clip_faiss \\
+        --beams 1 5 10 20 50 --out docs/results/beam-sweep-emoji
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+KS = (1, 5, 10)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True, help="a grace ablate run folder")
+    p.add_argument("--scheme", default="structured", help="the generative row (RUN/ckpt/<scheme>/export)")
+    p.add_argument("--hybrid", default=None, help="the hybrid row: RUN/hybrid/<name> (e.g. structured+clip_faiss)")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+    p.add_argument("--sets", nargs="+", default=["val", "test"], help="query sets: the splits' own texts")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", type=Path, required=True, help="write OUT.md, OUT.json and OUT.png")
+    args = p.parse_args(argv)
+    if min(args.beams) < 1:
+        raise SystemExit("--beams must be at least 1")
+    return args
+
+
+def _retrievers(args: argparse.Namespace, split: str):
+    """The generative retriever over ``split``'s trie, and the hybrid's config and second retriever (or None)."""
+    from grace.config import dataclass_from_dict
+    from grace.fusion import HybridConfig
+    from grace.infer.pipeline import trie_dir
+    from grace.infer.retriever import GenerativeRetriever
+    from grace.io_utils import read_json
+    from grace.retriever import load_retriever
+
+    run = args.run
+    generative = GenerativeRetriever.load(run / "ckpt" / args.scheme / "export", ids=run / "ids" / args.scheme,
+                                          trie=trie_dir(run, args.scheme, split), batch_size=args.batch_size)
+    if not args.hybrid:
+        return generative, None, None
+    path = run / "hybrid" / args.hybrid / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")
+    config = dataclass_from_dict(HybridConfig, read_json(path), source=str(path))
+    first_export = config.first.partition(":")[2]
+    if Path(first_export).resolve() != (run / "ckpt" / args.scheme / "export").resolve():
+        raise SystemExit(f"{path}: its first retriever is {config.first}, not the {args.scheme} row")
+    return generative, config, load_retriever(config.second)
+
+
+def sweep_set(args: argparse.Namespace, query_set) -> dict:
+    """Every beam count on one query set: both rows' recall (with intervals) and per-query latency."""
+    from grace.fusion import Candidates, fuse
+    from grace.infer.evaluate import metrics
+    from grace.retriever import Query
+    from grace.stats import add_intervals
+
+    generative, config, second = _retrievers(args, query_set.split)
+    queries = [Query(text=t) for t in query_set.texts]
+    generative.num_beams = min(args.beams)
+    generative.search(queries[:args.batch_size], min(args.beams))  # warm-up
+    rows = {}
+    for beams in args.beams:
+        generative.num_beams = beams
+        start = time.perf_counter()
+        hits = generative.search(queries, beams)
+        generated_s = time.perf_counter() - start
+        ranked = [[h.image_id for h in row] for row in hits]
+        row = {"generative": metrics(ranked, query_set.gold, [1000 * generated_s / len(queries)], KS)}
+        if config is not None:
+            start = time.perf_counter()
+            rescored = second.score(queries, ranked)
+            rescore_s = time.perf_counter() - start
+            fused = fuse(Candidates(ranked, [[h.score for h in r] for r in hits], rescored), config.weight,
+                         config.fusion)
+            row["hybrid"] = metrics([[h.image_id for h in r] for r in fused], query_set.gold,
+                                    [1000 * (generated_s + rescore_s) / len(queries)], KS)
+        for result in row.values():
+            add_intervals(result, KS, clusters=query_set.gold)
+        rows[str(beams)] = row
+        print(f"{query_set.name} beams {beams}: " + ", ".join(
+            f"{name} R@1 {100 * r['recall@1']:.1f} R@10 {100 * r['recall@10']:.1f} {r['latency_ms']:.1f} ms/q"
+            for name, r in row.items()), flush=True)
+    return {"beams": rows, "queries": query_set.provenance(),
+            "hybrid": None if config is None else {"name": args.hybrid, "weight": config.weight,
+                                                   "fusion": config.fusion, "second": config.second}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from grace.data_process.dataset import load_karpathy
+    from grace.infer.ablate import machine_description
+    from grace.infer.query_sets import split_queries
+    from grace.io_utils import atomic_write_text, write_json
+    from grace.provenance import git_state
+
+    args = _args(argv)
+    dataset = load_karpathy(args.run / "data" / "dataset.json")
+    started = time.perf_counter()
+    report = {"run": str(args.run), "scheme": args.scheme, "hybrid": args.hybrid, "beams": args.beams,
+              "sets": {s: sweep_set(args, split_queries(dataset, s)) for s in args.sets},
+              "git": git_state(), "machine": machine_description(),
+              "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/beam_sweep.py",
+                                                                       *(sys.argv[1:] if argv is None else argv)])}
+    report["wall_s"] = time.perf_counter() - started
+    for res in report["sets"].values():  # per-query ranks are for the intervals above, not for the file
+        for row in res["beams"].values():
+            for result in row.values():
+                result.pop("gold_ranks", None)
+    write_json(args.out.with_suffix(".json"), report)
+    atomic_write_text(args.out.with_suffix(".md"), render(report))
+    plot(report, args.out.with_suffix(".png"))
+    print(render(report))
+    return report
+
+
+def _best_on_val(report: dict, name: str) -> str | None:
+    val = report["sets"].get("val")
+    if not val:
+        return None
+    scored = [(row[name]["recall@1"], row[name]["recall@10"], -int(b)) for b, row in val["beams"].items() if name in row]
+    return str(-max(scored)[2]) if scored else None
+
+
+def render(report: dict) -> str:
+    names = ["generative"] + (["hybrid"] if report["hybrid"] else [])
+    label = {"generative": report["scheme"], "hybrid": report["hybrid"]}
+    lines = [f"# Beam sweep: {report['scheme']}" + (f" and {report['hybrid']}" if report["hybrid"] else "") + "\n",
+             "| set | row | beams | R@1 [95% CI] | R@5 | R@10 | ms/query |", "|---|---|---|---|---|---|---|"]
+    best = {name: _best_on_val(report, name) for name in names}
+    for set_name, res in report["sets"].items():
+        for name in names:
+            for beams, row in res["beams"].items():
+                r = row[name]
+                lo, hi = r["recall@1_ci"]
+                mark = " (best on val)" if beams == best[name] else ""
+                lines.append(f"| {set_name} | {label[name]} | {beams}{mark} | {100 * r['recall@1']:.1f} "
+                             f"[{100 * lo:.1f}, {100 * hi:.1f}] | {100 * r['recall@5']:.1f} | "
+                             f"{100 * r['recall@10']:.1f} | {r['latency_ms']:.1f} |")
+    hybrid = next(iter(report["sets"].values()))["hybrid"]
+    lines += [""]
+    if hybrid:
+        lines.append(f"- hybrid: the {report['scheme']} beam's candidates re-scored by `{hybrid['second']}`, "
+                     f"{hybrid['fusion']} fusion with weight {hybrid['weight']} (chosen on val by the run)")
+    lines += ["- at b beams a row returns b candidates: R@K for K > b counts only those",
+              f"- command: `{report['command']}`", f"- run: `{report['run']}`",
+              f"- commit: {report['git'].get('commit')} (dirty: {report['git'].get('dirty')})",
+              f"- machine: {report['machine']}; wall {report['wall_s']:.0f} s"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
+    for set_name, res in report["sets"].items():
+        beams = [int(b) for b in res["beams"]]
+        for name, row_style in (("generative", "-"), ("hybrid", "--")):
+            if name not in next(iter(res["beams"].values())):
+                continue
+            label = report["scheme"] if name == "generative" else report["hybrid"]
+            for k, marker in ((1, "o"), (10, "s")):
+                ax_r.plot(beams, [100 * r[name][f"recall@{k}"] for r in res["beams"].values()], row_style,
+                          marker=marker, label=f"{set_name} {label} R@{k}")
+            if set_name == "test":
+                ax_t.plot(beams, [r[name]["latency_ms"] for r in res["beams"].values()], row_style, marker="o",
+                          label=label)
+    for ax, ylabel in ((ax_r, "recall (%)"), (ax_t, "ms / query (test)")):
+        ax.set_xscale("log")
+        ax.set_xticks(report["beams"], [str(b) for b in report["beams"]])
+        ax.set_xlabel("beams")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
