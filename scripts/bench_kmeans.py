@@ -4,6 +4,8 @@
     python scripts/bench_kmeans.py kmeans --n 1000000 --dim 512 --k 30 --c 30   # structured ids
     python scripts/bench_kmeans.py trie --sizes 1000 10000 100000 1000000      # numeric-id tries
     python scripts/bench_kmeans.py schemes [--dataset /tmp/emoji/dataset.json]  # each scheme's build time
+    python scripts/bench_kmeans.py at-scale --file /tmp/x10m.npy --n 10000000 --dim 512   # out of core:
+        # structured and rq ids from a float16 features file (written first if absent: clustered vectors)
 
 Each measurement runs in a fresh subprocess so peak RSS (ru_maxrss) is that of the measured step alone.
 """
@@ -102,6 +104,62 @@ def one_scheme(name: str, dataset_json: str | None) -> dict:
             "data": dataset_json or "3000 synthetic records + random 1280-d features"}
 
 
+def make_file(path: str, n: int, dim: int, clusters: int = 4096, chunk: int = 250_000) -> dict:
+    """A float16 ``.npy`` of ``n`` unit-normalised clustered vectors, written chunk by chunk."""
+    import numpy as np
+
+    from grace.identifiers.out_of_core import write_vectors
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+
+    def blocks():
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            x = centres[rng.integers(0, clusters, m)] + 0.5 * rng.standard_normal((m, dim), dtype=np.float32)
+            yield x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    start = time.perf_counter()
+    write_vectors(path, blocks(), n, dim, "float16")
+    return {"file": path, "n": n, "dim": dim, "write_s": round(time.perf_counter() - start, 1),
+            "gb": round(os.path.getsize(path) / 2**30, 2)}
+
+
+def _unique_rows(a) -> bool:
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    return len(np.unique(a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel())) == len(a)
+
+
+def one_at_scale(path: str, scheme: str, k: int, c: int, levels: int, codebook: int, in_memory_rows: int) -> dict:
+    """Structured paths or rq codes (+ the position that makes each id unique) of every row of ``path``."""
+    import numpy as np
+
+    from grace.identifiers.out_of_core import VectorFile, hierarchical_kmeans, residual_kmeans
+
+    features = VectorFile(path)
+    base = _peak_mb()
+    start = time.perf_counter()
+    if scheme == "structured":
+        ids = hierarchical_kmeans(features, k=k, c=c, seed=0, in_memory_rows=in_memory_rows,
+                                  workdir=os.path.dirname(path))
+        extra = {"k": k, "c": c, "in_memory_rows": in_memory_rows, "depth": int(ids.shape[1])}
+    else:
+        codes = residual_kmeans(features, levels=levels, codebook=codebook, seed=0)
+        order = np.lexsort(codes.T[::-1])  # rows sharing codes are adjacent; their rank among them is the position
+        same = np.r_[False, (np.diff(codes[order], axis=0) == 0).all(axis=1)]
+        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(codes))))
+        position = np.empty(len(codes), np.int32)
+        position[order] = np.arange(len(codes)) - run_start
+        ids = np.column_stack([codes, position])
+        extra = {"levels": levels, "codebook": codebook, "largest_cell": int(position.max()) + 1}
+    seconds = time.perf_counter() - start
+    return {"scheme": scheme, "n": len(features), "dim": features.shape[1], "dtype": features.dtype.name,
+            "seconds": round(seconds, 1), "unique": _unique_rows(ids), "peak_rss_mb": round(_peak_mb()),
+            "rss_before_mb": round(base), **extra}
+
+
 def _child(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "_one", kind, json.dumps(kw)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -121,16 +179,33 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
     p = sub.add_parser("schemes")
     p.add_argument("--dataset", default="/tmp/emoji/dataset.json")
+    p = sub.add_parser("at-scale")
+    p.add_argument("--file", required=True, help="float16 .npy features (written here first when absent)")
+    p.add_argument("--n", type=int, default=10_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--schemes", nargs="+", default=["structured", "rq"])
+    p.add_argument("--k", type=int, default=30)
+    p.add_argument("--c", type=int, default=30)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--codebook", type=int, default=256)
+    p.add_argument("--in-memory-rows", type=int, default=1_000_000)
     p = sub.add_parser("_one")
     p.add_argument("kind")
     p.add_argument("kw")
     args = parser.parse_args()
     if args.cmd == "_one":
-        fn = {"kmeans": one_kmeans, "trie": one_trie, "scheme": one_scheme}[args.kind]
+        fn = {"kmeans": one_kmeans, "trie": one_trie, "scheme": one_scheme, "make": make_file,
+              "at_scale": one_at_scale}[args.kind]
         print(json.dumps(fn(**json.loads(args.kw))))
         return
     if args.cmd == "kmeans":
         print(json.dumps(_child("kmeans", n=args.n, dim=args.dim, k=args.k, c=args.c, backend=args.backend)))
+    elif args.cmd == "at-scale":
+        if not os.path.isfile(args.file):
+            print(json.dumps(_child("make", path=args.file, n=args.n, dim=args.dim)), flush=True)
+        for scheme in args.schemes:
+            print(json.dumps(_child("at_scale", path=args.file, scheme=scheme, k=args.k, c=args.c, levels=args.levels,
+                                    codebook=args.codebook, in_memory_rows=args.in_memory_rows)), flush=True)
     elif args.cmd == "trie":
         for n in args.sizes:
             print(json.dumps(_child("trie", n=n)), flush=True)

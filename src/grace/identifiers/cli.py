@@ -23,6 +23,9 @@ class IdsBuildConfig:
     out: Optional[Path] = field(default=None, metadata={"help": "output folder (ids.json, config.json, tokenizer/)"})
     features_cache: Optional[Path] = field(default=None, metadata={
         "help": "structured / rq: image feature cache folder (rq quantises it: any embedding cache in that layout)"})
+    features_file: Optional[Path] = field(default=None, metadata={
+        "help": "structured (--cluster-on image) / rq: an (N, D) float16 or float32 .npy, one row per image in the "
+                "dataset's order, read in chunks: for corpora whose features do not fit in memory"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "structured: image encoder"})
     k: int = field(default=30, metadata={"help": "structured: clusters per level"})
     c: int = field(default=30, metadata={"help": "structured: max images per leaf"})
@@ -77,9 +80,15 @@ def _ids_build(args: argparse.Namespace) -> int:
     require(cfg, "dataset", "out")
     start = time.perf_counter()
     needs_images = (cfg.scheme == "structured" and cfg.cluster_on != "text") or cfg.scheme == "rq"
-    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=needs_images)
+    dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=needs_images and cfg.features_file is None)
     features = None
-    if needs_images:
+    if cfg.features_file is not None:
+        from grace.identifiers.out_of_core import VectorFile
+
+        if not needs_images:
+            raise GraceError(f"--features-file is read by structured (--cluster-on image) and rq ids, not {cfg.scheme}")
+        features = VectorFile(cfg.features_file)
+    elif needs_images:
         from grace.data_process.features import image_features
 
         cache = cfg.features_cache or Path(cfg.out) / "features"

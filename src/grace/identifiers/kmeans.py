@@ -19,10 +19,10 @@ def kmeans_assign(x: np.ndarray, k: int, *, seed: int, niter: int = 20, backend:
     k = min(k, len(x))
     if k <= 1:
         return np.zeros(len(x), dtype=np.int64)
-    return _fit(x, k, seed=seed, niter=niter, backend=backend)[1]
+    return fit_kmeans(x, k, seed=seed, niter=niter, backend=backend)[1]
 
 
-def _fit(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+def fit_kmeans(x: np.ndarray, k: int, *, seed: int, niter: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
     """``(centroids (k, D), labels (n,))`` of k-means on ``x`` with ``backend``, seeded."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if backend == "faiss":
@@ -102,13 +102,13 @@ def residual_kmeans(features: np.ndarray, *, levels: int = 3, codebook: int = 64
     for level in range(levels):
         k = min(codebook, n)
         rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-        centroids = _fit(residual[rows], k, seed=seed + level, niter=niter, backend=backend)[0]
-        codes[:, level] = _nearest(residual, centroids)
+        centroids = fit_kmeans(residual[rows], k, seed=seed + level, niter=niter, backend=backend)[0]
+        codes[:, level] = nearest_centroid(residual, centroids)
         residual -= centroids[codes[:, level]]
     return codes
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     """Index of each row's nearest centroid (L2), in chunks."""
     out = np.empty(len(x), dtype=np.int64)
     norms = (centroids ** 2).sum(axis=1)

@@ -16,7 +16,9 @@ from grace.data_process.features import unit_rows
 from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
+from grace.identifiers import out_of_core
 from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans, kmeans_device, residual_kmeans
+from grace.identifiers.out_of_core import VectorFile
 
 log = logging.getLogger(__name__)
 SCHEMES = tuple(SCHEME_MODES)
@@ -54,6 +56,12 @@ class SchemeConfig:
 def _check_dataset(dataset) -> None:
     if dataset is None or len(dataset) == 0:
         raise InputError("the dataset has no images", path=getattr(dataset, "name", None))
+
+
+def _check_rows(features: VectorFile, dataset) -> None:
+    if len(features) != len(dataset):
+        raise InputError(f"{len(features)} feature rows for {len(dataset)} images (a features file holds one row per "
+                         "image, in the dataset's order)", path=features.path)
 
 
 def _feature_matrix(dataset, features) -> np.ndarray:
@@ -236,6 +244,13 @@ class StructuredScheme(Scheme):
         cfg = self.config
         if cfg.cluster_on not in CLUSTER_ON:
             raise GraceError(f"cluster_on must be one of {list(CLUSTER_ON)}, got {cfg.cluster_on!r}")
+        if isinstance(features, VectorFile):  # a features file too large for memory: split out of core
+            if cfg.cluster_on != "image":
+                raise GraceError("a features file (--features-file) clusters image features only: --cluster-on image")
+            _check_rows(features, dataset)
+            paths = out_of_core.hierarchical_kmeans(features, k=cfg.k, c=cfg.c, seed=cfg.seed, niter=cfg.niter,
+                                                    backend=cfg.kmeans)
+            return ["".join(f"<L{level}_{j}>" for level, j in enumerate(row[row >= 0].tolist())) for row in paths], {}
         parts = []
         if cfg.cluster_on in ("image", "both"):
             parts.append(unit_rows(_feature_matrix(dataset, features)) if cfg.cluster_on == "both"
@@ -257,8 +272,13 @@ class RqScheme(Scheme):
 
     def assign(self, dataset, features):
         cfg = self.config
-        codes = residual_kmeans(unit_rows(_feature_matrix(dataset, features)), levels=cfg.levels,
-                                codebook=cfg.codebook, seed=cfg.seed, niter=cfg.niter, backend=cfg.kmeans)
+        if isinstance(features, VectorFile):  # read in chunks: the same codes as in memory
+            _check_rows(features, dataset)
+            codes = out_of_core.residual_kmeans(features, levels=cfg.levels, codebook=cfg.codebook, seed=cfg.seed,
+                                                niter=cfg.niter, backend=cfg.kmeans)
+        else:
+            codes = residual_kmeans(unit_rows(_feature_matrix(dataset, features)), levels=cfg.levels,
+                                    codebook=cfg.codebook, seed=cfg.seed, niter=cfg.niter, backend=cfg.kmeans)
         groups: dict[tuple, int] = {}
         positions = []
         for row in map(tuple, codes.tolist()):
