@@ -17,3 +17,12 @@ def torchrun_prefix(nproc: int) -> list[str]:
     """``torchrun --nproc_per_node N --master_port <free>``; append a script (or ``-m module``) and its args."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
             str(free_port())]
+
+
+#: what an in-process run of this pytest process may have set in os.environ (its MASTER_PORT stays bound here)
+PROCESS_GROUP_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def without_process_group(env: dict) -> dict:
+    """``env`` for a child process, without this process's process-group variables."""
+    return {k: v for k, v in env.items() if k not in PROCESS_GROUP_VARIABLES}

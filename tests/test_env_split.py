@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import venv_from_conda_env  # (scripts/ is a folder of scripts, not a package)
+from launch_helpers import without_process_group
 
 
 def test_env_split_requirements_are_the_env_files_pip_lists_with_conda_names_mapped():
@@ -46,7 +47,9 @@ def test_env_split_unknown_conda_package_is_a_one_line_error(tmp_path):
 
 
 def _env(python: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX")}
+    # not this pytest process's venv, nor the process group an in-process training here left in os.environ
+    env = {k: v for k, v in without_process_group(dict(os.environ)).items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX")}
     return {**env, "PATH": f"{python.parent}{os.pathsep}{env['PATH']}", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from launch_helpers import torchrun_prefix
+from launch_helpers import torchrun_prefix, without_process_group
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -53,10 +53,8 @@ def train_tokenizer(values: dict) -> Any:
 def subprocess_env() -> dict:
     """The environment of a child ``grace train``: offline, one thread, and none of the process-group variables
     an in-process run of this pytest process may have set (its MASTER_PORT is still bound here)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
+    env = without_process_group(dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                                     TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
     return env
 
