@@ -40,11 +40,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def _retrievers(args: argparse.Namespace, split: str):
     """The generative retriever over ``split``'s trie, and the hybrid's config and second retriever (or None)."""
     from grace.config import dataclass_from_dict
+    from grace.experiments.pipeline import trie_dir
+    from grace.experiments.retrievers import load_retriever
     from grace.fusion import HybridConfig
-    from grace.infer.pipeline import trie_dir
     from grace.infer.retriever import GenerativeRetriever
     from grace.io_utils import read_json
-    from grace.retriever import load_retriever
 
     run = args.run
     generative = GenerativeRetriever.load(run / "ckpt" / args.scheme / "export", ids=run / "ids" / args.scheme,
@@ -99,8 +99,8 @@ def sweep_set(args: argparse.Namespace, query_set) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.infer.ablate import machine_description
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.ablate import machine_description
+    from grace.experiments.query_sets import split_queries
     from grace.io_utils import atomic_write_text, write_json
     from grace.provenance import git_state
 

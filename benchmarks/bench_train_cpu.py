@@ -51,7 +51,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _train_values(args: argparse.Namespace, out: Path, zero_stage: int, output_head: str = "full") -> dict:
-    from grace.infer.pipeline import train_config_values
+    from grace.experiments.pipeline import train_config_values
 
     values = train_config_values(args.run, args.scheme, model=args.model, steps=args.steps, lr=args.lr,
                                  batch_size_i2id=args.batch_size_i2id, batch_size_t2id=args.batch_size_t2id,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(args: argparse.Namespace, report: dict) -> None:
-    from grace.infer.ablate import machine_description
+    from grace.experiments.ablate import machine_description
     from grace.io_utils import atomic_write_text, write_json
 
     report["machine"] = machine_description()

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = _args(argv)
     device = E.resolve_device(args.device)
-    rank, world, local_rank = E.init_distributed(device)
+    rank, world, local_rank = E.init_deepspeed(device)
     dev = f"cuda:{local_rank}" if device == "cuda" else "cpu"
     torch.manual_seed(0)
     config = resolve_config(args.model)

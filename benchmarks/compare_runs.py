@@ -42,7 +42,7 @@ def _labelled(arg: str) -> tuple[str | None, Path]:
 def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str, dict]]:
     """``(rows, provenance)``: ``label/scheme`` → result (plus the baseline once), and each input's provenance.
     Every input must have been scored on the same query ids and gold images as the first (checked by id)."""
-    from grace.infer.configs import SCHEMES
+    from grace.experiments.configs import SCHEMES
     from grace.provenance import same_queries
 
     rows, provenance, first = {}, {}, None
@@ -66,9 +66,9 @@ def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.infer.ablate import machine_description
-    from grace.infer.query_sets import split_queries
-    from grace.infer.report import markdown_table, paired_markdown, recall_rows
+    from grace.experiments.ablate import machine_description
+    from grace.experiments.query_sets import split_queries
+    from grace.experiments.report import markdown_table, paired_markdown, recall_rows
     from grace.io_utils import atomic_write_text, write_json
     from grace.stats import summarise
 

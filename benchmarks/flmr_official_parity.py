@@ -38,7 +38,10 @@ def official_side(folder: Path, vocab: Path, preflmr: bool, seed: int) -> None:
     """(Runs on the official code's path.) Build, save and encode one checkpoint into ``folder``."""
     import torch
     from flmr.models.flmr import FLMRConfig, FLMRModelForRetrieval
-    from flmr.models.flmr.tokenization_flmr import FLMRBertContextEncoderTokenizer, FLMRBertQueryEncoderTokenizer
+    from flmr.models.flmr.tokenization_flmr import (
+        FLMRBertContextEncoderTokenizer,
+        FLMRBertQueryEncoderTokenizer,
+    )
     from transformers import BertConfig
 
     n_vocab = len(vocab.read_text(encoding="utf-8").splitlines())
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     from grace.data_process.encoders import minilm_dir
-    from grace.infer.ablate import machine_description
+    from grace.experiments.ablate import machine_description
     from grace.io_utils import atomic_write_text, write_json
     from grace.provenance import git_state
 

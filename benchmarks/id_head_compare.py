@@ -46,15 +46,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def _model_names(args: argparse.Namespace) -> dict[int, str]:
     """Checkpoint folder per training seed: the run's own (``args.base_seed``) and ``grace ablate``'s retrainings."""
-    from grace.infer.ablate import seed_name
+    from grace.experiments.ablate import seed_name
 
     return {args.base_seed: args.scheme, **{s: seed_name(args.scheme, s) for s in args.seeds if s != args.base_seed}}
 
 
 def _retrievers(args: argparse.Namespace, split: str) -> dict[tuple[str, int], object]:
     """A generative retriever per (head, training seed), each checked to hold the head it is filed under."""
+    from grace.experiments.pipeline import trie_dir
     from grace.identifiers import IdentifierMap, Trie
-    from grace.infer.pipeline import trie_dir
     from grace.infer.retriever import GenerativeRetriever
     from grace.model import load_pretrained
 
@@ -157,8 +157,8 @@ def _train_seconds(run: Path, scheme: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.infer.ablate import machine_description
-    from grace.infer.query_sets import load_natural_queries, split_queries
+    from grace.experiments.ablate import machine_description
+    from grace.experiments.query_sets import load_natural_queries, split_queries
     from grace.io_utils import atomic_write_text, write_json
     from grace.provenance import git_state
 

@@ -1,6 +1,6 @@
 """Where one trie-constrained beam search spends its time: torch.profiler's top operators, for the static beam
 KV cache (the default) and transformers' DynamicCache, on the same model, prompts and trie as the loop
-benchmark of ``grace bench decode``.
+benchmark of ``benchmarks/bench_decode.py``.
 
     python benchmarks/profile_decode.py --model smollm2 --batch 32 --beams 10
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_decode_loop import _prompts, load_loop_model  # (run as a script: benchmarks/ is on sys.path)
+from decode_fixtures import numeric_sequences, timed_trie
 from torch.profiler import ProfilerActivity, profile
 
 from grace.infer.beam_search import beam_search
-from grace.infer.bench import build_trie, numeric_sequences
-from grace.infer.bench_loop import _prompts, load_loop_model
 from grace.infer.constraint import TrieLogitsProcessor
 from grace.infer.retriever import make_adapter
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     model, digits, eoc, image_token = load_loop_model(args.model, "cpu")
     seqs = numeric_sequences(args.ids, 6, digits, eoc, 0)
-    _, table, _ = build_trie(seqs)
+    _, table, _ = timed_trie(seqs)
     ids, mask = _prompts(args.batch, image_token, "cpu", 0)
     constraint = TrieLogitsProcessor(table)
     for static in (True, False):

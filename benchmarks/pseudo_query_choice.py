@@ -83,8 +83,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from grace.data_process.dataset import load_karpathy
-    from grace.infer.query_sets import load_natural_queries, split_queries
-    from grace.infer.selection import best_on
+    from grace.experiments.query_sets import load_natural_queries, split_queries
+    from grace.experiments.selection import best_on
     from grace.provenance import git_state, query_provenance
 
     args = _args(argv)

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     from compare_runs import _labelled
 
     from grace.data_process.dataset import load_karpathy
-    from grace.infer.ablate import machine_description
-    from grace.infer.query_sets import split_queries
-    from grace.infer.report import markdown_table
+    from grace.experiments.ablate import machine_description
+    from grace.experiments.query_sets import split_queries
+    from grace.experiments.report import markdown_table
     from grace.io_utils import atomic_write_text, read_json, write_json
     from grace.stats import recall_ci
 

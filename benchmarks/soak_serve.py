@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                   rss_steady=rss_trend(samples, args.warmup), rss_samples=samples, sample_every_s=args.sample_every,
                   run_folder_unchanged=folder_digest(args.run) == before,
                   command="python " + " ".join(["benchmarks/soak_serve.py", *(sys.argv[1:] if argv is None else argv)]))
-    from grace.infer.ablate import machine_description
+    from grace.experiments.ablate import machine_description
     from grace.provenance import git_state
 
     report.update(machine=machine_description(), git=git_state())

@@ -6,9 +6,10 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 #: modules of optional extras this machine cannot install, and their distributions

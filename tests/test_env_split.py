@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import venv_from_conda_env  # (scripts/ is a folder of scripts, not a package)
+
 from launch_helpers import without_process_group
 
 

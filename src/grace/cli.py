@@ -17,13 +17,15 @@ STAGE_CLIS = (
     "grace.data_process.cli",
     "grace.identifiers.cli",
     "grace.train.cli",
-    "grace.infer.cli",
+    "grace.experiments.cli",
     "grace.retrieval_baselines.cli",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grace", description="Generative cross-modal retrieval.")
+    from grace.config import CommandParser  # every subcommand's parser is one (grace.config.add_command)
+
+    parser = CommandParser(prog="grace", description="Generative cross-modal retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in STAGE_CLIS:

@@ -1,7 +1,9 @@
 """Dataclass configs driven from the command line: ``--config file.{json,yaml}`` plus one flag per field.
 
-Every subcommand is a thin driver over one dataclass (as in tevatron): ``add_dataclass_args`` adds the
-flags, ``dataclass_from_args`` builds the config (file values first, explicit flags override).
+Every subcommand is a thin driver over one dataclass (as in tevatron): transformers' ``HfArgumentParser``
+adds the flags (``add_dataclass_args``), ``dataclass_from_args`` builds the config (file values first,
+explicit flags override). Settings passed through to another dataclass are ``KEY=VALUE`` pairs
+(:func:`key_values`), typed by that dataclass.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from transformers import HfArgumentParser
+
 from grace.errors import InputError
 
 T = TypeVar("T")
-_UNSET = object()
 
 
 #: metadata of the ``--image-root`` option of every command that reads the image files a Karpathy JSON names
@@ -37,31 +40,39 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, config_flag: bool = True) -> None:
-    """Add ``--config`` and one ``--field-name`` flag per dataclass field (defaults stay in the class)."""
-    if config_flag:
-        parser.add_argument("--config", type=Path, default=None, help="JSON or YAML file with config values")
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if not field.init:
+class CommandParser(HfArgumentParser):
+    """``HfArgumentParser`` whose boolean fields are switches (``--flag`` / ``--no-flag``, no value), so a flag
+    never takes the next word of the command line as its value (``grace search --json "red heart"``)."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+        if field.type is not bool:
+            HfArgumentParser._parse_dataclass_field(parser, field)
+            return
+        flags = dict.fromkeys([f"--{field.name}", _flag(field.name)])
+        default = False if field.default is dataclasses.MISSING else field.default
+        parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
+                            help=field.metadata.get("help"))
+
+
+def _flags_over_file(parser: HfArgumentParser, cls: type) -> HfArgumentParser:
+    """Add ``--config``, show each field's default in its help, and suppress the flags' parser defaults, so the
+    namespace holds only what the user typed (:func:`dataclass_from_args` puts it over the config file; the
+    dataclass supplies the rest)."""
+    parser.add_argument("--config", type=Path, default=None, help="JSON or YAML file with config values")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for action in parser._actions:  # argparse keeps no public list of a parser's arguments
+        if action.dest not in fields or action.default is argparse.SUPPRESS:
             continue
-        tp = _base_type(hints[field.name])
-        help_text = field.metadata.get("help", "")
-        default = field.default if field.default is not dataclasses.MISSING else None
-        kwargs: dict[str, Any] = {"dest": field.name, "default": _UNSET, "help": f"{help_text} (default: {default})"}
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin in (list, tuple):
-            (inner, *_) = typing.get_args(tp) or (str,)
-            kwargs.update(nargs="+", type=inner if inner is not Ellipsis else str)
-        elif tp in (int, float, str, Path):
-            kwargs["type"] = tp
-        else:
-            kwargs["type"] = str
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(_flag(field.name), **kwargs)
+        action.help = f"{action.help or ''} (default: {action.default})".strip()
+        action.default = argparse.SUPPRESS  # (not set_defaults: a subparser copies those into the namespace)
+    return parser
+
+
+def command_line(cls: type, description: str | None = None) -> HfArgumentParser:
+    """A script's parser over dataclass ``cls`` (:class:`CommandParser`: ``--field-name`` / ``--field_name``,
+    ``--flag`` / ``--no-flag`` for booleans, several values for a list field) with ``--config``."""
+    return _flags_over_file(CommandParser([cls], description=description), cls)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -108,20 +119,18 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
     config_path = getattr(args, "config", None)
     if config_path is not None:
         values.update(load_config_file(config_path))
-    for field in dataclasses.fields(cls):
-        value = getattr(args, field.name, _UNSET)
-        if value is not _UNSET:
-            values[field.name] = value
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
     return dataclass_from_dict(cls, values, source=str(config_path or "command line"))
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type, func: Any,
-                help: str | None = None, **parser_kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand that is a thin driver over dataclass ``cls``: its flags, and ``func(args)`` to run it.
-    ``help`` defaults to the first line of the dataclass docstring."""
+                help: str | None = None, **parser_kwargs: Any) -> HfArgumentParser:
+    """A subcommand that is a thin driver over dataclass ``cls``: its flags (as :func:`command_line`), and
+    ``func(args)`` to run it. ``help`` defaults to the first line of the dataclass docstring. ``subparsers``
+    must make :class:`CommandParser`s (the ``grace`` parser's do)."""
     text = help if help is not None else (cls.__doc__ or "").strip().splitlines()[0]
-    parser = subparsers.add_parser(name, help=text, **parser_kwargs)
-    add_dataclass_args(parser, cls)
+    parser_kwargs.setdefault("description", text)
+    parser = _flags_over_file(subparsers.add_parser(name, help=text, dataclass_types=[cls], **parser_kwargs), cls)
     parser.set_defaults(func=func)
     return parser
 
@@ -145,14 +154,37 @@ def add_command_group(subparsers: argparse._SubParsersAction, name: str, help: s
     return sub
 
 
-def json_options(text: str, option: str) -> dict:
-    """A JSON-object option (``""`` = none); anything else is a one-line error naming the option."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{option} must be a JSON object like '{{\"key\": value}}', got {text!r}")
-    return value
+def key_values(items: list[str], option: str, types: type | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (``--train-overrides max_length=96 warmup_steps=30``) as a dict. With ``types`` (a
+    dataclass), each key must be one of its fields and each value is converted to the field's type; without,
+    a value is read as a YAML scalar or list (``3``, ``0.5``, ``true``, ``[1, 2]``, else the text itself).
+    Anything else is a one-line error naming the option."""
+    import yaml
+
+    hints = typing.get_type_hints(types) if types is not None else {}
+    fields = {f.name for f in dataclasses.fields(types) if f.init} if types is not None else set()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"{option} takes KEY=VALUE settings, got {item!r}")
+        if types is not None and key not in fields:
+            raise InputError(f"{option}: {key!r} is not a {types.__name__} field; known: {sorted(fields)}")
+        tp = _base_type(hints[key]) if key in hints else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if tp is str or tp is Path:
+            value = tp(text)
+        elif tp is bool and not isinstance(value, bool):
+            raise InputError(f"{option}: {key} takes true or false, got {text!r}")
+        elif tp in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"{option}: {key} takes a number, got {text!r}")
+        elif tp is float:
+            value = float(value)
+        elif tp is int and isinstance(value, float):
+            raise InputError(f"{option}: {key} takes an integer, got {text!r}")
+        out[key] = value
+    return out

@@ -1,4 +1,5 @@
-"""Process-group teardown shared by every stage that may run under ``torchrun`` (train, eval)."""
+"""The process group of a ``torchrun`` launch, shared by every stage that may run under it (train, eval):
+joining it, this process's rank, its teardown and the process exit."""
 
 from __future__ import annotations
 
@@ -6,6 +7,30 @@ import logging
 import os
 import sys
 from typing import NoReturn
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when ``torchrun`` launched several processes (gloo on CPU, nccl on a GPU) and
+    return ``(rank, world size)``; one process stays without a group. (Training joins through DeepSpeed:
+    ``grace.train.engine.init_deepspeed``.)"""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return rank_and_world()
 
 
 def close_distributed() -> None:

@@ -2,18 +2,20 @@
 
 As GENIUS-R and WIDE do for generative retrieval: the generative beam proposes candidates (every one a real
 image), a dense or late-interaction retriever scores exactly those, and the two scores are fused with a weight
-chosen on val (``grace.infer.hybrid.choose_weight``). ``weight`` 0 is the first retriever alone, 1 the second one's order of the
+chosen on val (``grace.experiments.hybrid.choose_weight``). ``weight`` 0 is the first retriever alone, 1 the second one's order of the
 first one's candidates. Saved as a folder holding ``hybrid.json`` (the two retriever specs and the settings),
 so ``grace eval / search / serve --retriever hybrid:DIR`` load it like any retriever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from grace.config import dataclass_from_dict
 from grace.errors import GraceError, InputError
+from grace.io_utils import read_json, write_json
 from grace.retriever import Hit, Query, Rescorer, Retriever
 
 FUSIONS = ("interpolate", "rrf")
@@ -112,19 +114,14 @@ class HybridRetriever(Retriever):
 
     def save(self, out: str | Path) -> Path:
         """``out/hybrid.json``: the config that rebuilds this retriever."""
-        from grace.io_utils import write_json
-
         return write_json(Path(out) / "hybrid.json", asdict(self.config))
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs) -> HybridRetriever:
-        """``path`` = a folder holding ``hybrid.json``; ``kwargs`` go to the first (generative) retriever."""
-        from grace.config import dataclass_from_dict
-        from grace.io_utils import read_json
-        from grace.retriever import load_retriever
-
+    def load(cls, path: str | Path, *, load_part: Callable[..., Retriever], **kwargs) -> HybridRetriever:
+        """``path`` = a folder holding ``hybrid.json``; ``load_part(spec, **kw)`` opens its two ``KIND:PATH``
+        retrievers (``grace.experiments.retrievers.load_retriever``); ``kwargs`` go to the first (generative)."""
         config_path = Path(path) / "hybrid.json"
         if not config_path.is_file():
             raise InputError("no hybrid.json: not a hybrid retriever folder", path=path)
         config = dataclass_from_dict(HybridConfig, read_json(config_path), source=str(config_path))
-        return cls(load_retriever(config.first, **kwargs), load_retriever(config.second), config)
+        return cls(load_part(config.first, **kwargs), load_part(config.second), config)

@@ -91,6 +91,12 @@ def file_digest(path: str | os.PathLike) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def folder_bytes(path: str | os.PathLike) -> int:
+    """Total bytes of every file under ``path``, recursively (0 when ``path`` does not exist)."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (when installed) for deterministic runs."""
     random.seed(seed)

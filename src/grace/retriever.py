@@ -1,16 +1,17 @@
 """The one retriever interface that the evaluation harness scores.
 
-The generative retriever (``grace.infer``), CLIP+FAISS (``grace.retrieval_baselines.clip_faiss``) and
-late interaction (``grace.retrieval_baselines.late_interaction``) all subclass :class:`Retriever`, and
-``grace eval --retriever KIND:PATH`` loads any of them through :func:`load_retriever`.
+The generative retriever (``grace.infer``), CLIP+FAISS (``grace.retrieval_baselines.clip_faiss``), late
+interaction (``grace.retrieval_baselines.late_interaction``), BM25, random and the hybrid all subclass
+:class:`Retriever`; ``grace.experiments.retrievers.load_retriever`` loads any of them from ``KIND:PATH``.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+
+from grace.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,6 @@ class Query:
 
     def __post_init__(self) -> None:
         if (self.text is None or not self.text.strip()) and self.image is None:
-            from grace.errors import InputError
-
             raise InputError("empty query: give a non-empty text or an image")
 
 
@@ -46,9 +45,14 @@ class Retriever(ABC):
     def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
         """Top-``k`` distinct hits per query, best first."""
 
+    def search_explained(self, queries: list[Query], k: int) -> list[list[Hit]]:
+        """:meth:`search`, with whatever explains each hit (the generative retriever's hits carry the identifier
+        generated and its trie path); by default the plain hits."""
+        return self.search(queries, k)
+
     @classmethod
     @abstractmethod
-    def load(cls, path: str | Path, **kwargs) -> "Retriever":
+    def load(cls, path: str | Path, **kwargs) -> Retriever:
         """Load a retriever from the artefact folder its builder wrote."""
 
 
@@ -60,54 +64,3 @@ class Rescorer(Retriever):
     def score(self, queries: list[Query], candidates: list[list[str]]) -> list[list[float]]:
         """The score (higher is better, on :meth:`search`'s scale) of each query's candidate images; an image
         outside this retriever's corpus is an :class:`~grace.errors.InputError`."""
-
-
-#: kind → "module:Class"; each class implements :meth:`Retriever.load`.
-RETRIEVERS: dict[str, str] = {
-    "generative": "grace.infer.retriever:GenerativeRetriever",
-    "clip_faiss": "grace.retrieval_baselines.clip_faiss.retriever:ClipFaissRetriever",
-    "late_interaction": "grace.retrieval_baselines.late_interaction.retriever:LateInteractionRetriever",
-    "bm25": "grace.retrieval_baselines.lexical.bm25:BM25Retriever",
-    "random": "grace.retriever:RandomRetriever",
-    "hybrid": "grace.fusion:HybridRetriever",
-}
-
-
-def load_retriever(spec: str, **kwargs) -> Retriever:
-    """Load ``KIND:PATH`` (e.g. ``generative:runs/emoji/ckpt/structured/export``)."""
-    from grace.errors import GraceError
-
-    kind, _, path = spec.partition(":")
-    if kind not in RETRIEVERS:
-        raise GraceError(f"unknown retriever kind {kind!r} in {spec!r}; known: {sorted(RETRIEVERS)}")
-    module_name, _, class_name = RETRIEVERS[kind].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls.load(path, **kwargs)
-
-
-class RandomRetriever(Retriever):
-    """Uniformly random ranking of a dataset's images: the chance baseline of every results table."""
-
-    name = "random"
-
-    def __init__(self, image_ids: list[str], seed: int = 0):
-        import numpy as np
-
-        self.image_ids = list(image_ids)
-        self._rng = np.random.default_rng(seed)
-
-    def search(self, queries: list[Query], k: int) -> list[list[Hit]]:
-        k = min(k, len(self.image_ids))
-        out = []
-        for _ in queries:
-            picks = self._rng.choice(len(self.image_ids), size=k, replace=False)
-            out.append([Hit(self.image_ids[i], float(k - r)) for r, i in enumerate(picks)])
-        return out
-
-    @classmethod
-    def load(cls, path: str | Path, split: str = "test", seed: int = 0, **_) -> "RandomRetriever":
-        """``path`` is a dataset.json; the corpus is the images of ``split``."""
-        from grace.data_process.dataset import load_karpathy
-
-        dataset = load_karpathy(path, check_files=False)
-        return cls([r.image_id for r in dataset.split(split)], seed=seed)

@@ -13,7 +13,7 @@ import compare_runs  # (benchmarks/ is a folder of scripts, not a package)
 
 
 def _result(ranks: list[int], model: str, dataset, ids: list[str] | None = None) -> dict:
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.query_sets import split_queries
     from grace.provenance import query_provenance
 
     recall = {f"recall@{k}": sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
@@ -26,7 +26,7 @@ def _result(ranks: list[int], model: str, dataset, ids: list[str] | None = None)
 
 
 def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_dataset, tmp_path):
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     n = len(split_queries(shared_tiny_dataset).texts)
@@ -49,7 +49,7 @@ def test_rows_are_paired_against_the_best_or_the_chosen_reference(shared_tiny_da
 
 def test_runs_are_paired_by_query_id_not_by_count(shared_tiny_dataset, tmp_path):
     """Two runs with as many queries but other query ids (another split, another order) are refused."""
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     test = split_queries(shared_tiny_dataset)

@@ -13,8 +13,8 @@ import id_head_compare  # (benchmarks/ is a folder of scripts, not a package)
 
 def _run(root: Path, dataset, head: str) -> Path:
     """A run folder as grace ablate lays it out: ids, the test and val tries, an export (untrained tiny model)."""
+    from grace.experiments.pipeline import trie_dir
     from grace.identifiers import IdentifierMap, build_trie
-    from grace.infer.pipeline import trie_dir
     from grace.model import create_model, save_pretrained
 
     idmap = IdentifierMap("numeric", {r.image_id: " ".join(str(i)) for i, r in enumerate(dataset.images)},

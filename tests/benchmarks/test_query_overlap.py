@@ -20,7 +20,7 @@ def test_content_words_drop_stop_words_and_stem():
 
 
 def test_recall_is_split_by_overlap(shared_tiny_dataset, tmp_path):
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     test = split_queries(shared_tiny_dataset)

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-from data_packages import EMOJI, OPENCLIPART, needs, require
 
+from data_packages import EMOJI, OPENCLIPART, needs, require
 from grace.data_process.dataset import load_karpathy
 from grace.data_process.emoji import (
     CLDR_DIR,

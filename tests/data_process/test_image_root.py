@@ -95,7 +95,7 @@ def test_stage_commands_take_image_root(tmp_path, capsys):
 
 
 def test_ablate_keeps_a_resolved_copy_of_the_dataset(tmp_path):
-    from grace.infer.pipeline import StageTimer, stage_dataset
+    from grace.experiments.pipeline import StageTimer, stage_dataset
 
     json_path, root = _write_karpathy(tmp_path, coco=True)
     run = tmp_path / "run"

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from data_packages import CLDR, needs
 
+from data_packages import CLDR, needs
 from grace.data_process.dataset import Dataset, ImageRecord
 from grace.data_process.emoji import CLDR_DIR
 from grace.data_process.features import FeatureSet

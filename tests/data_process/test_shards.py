@@ -7,7 +7,12 @@ import json
 import pytest
 
 from grace.data_process.dataset import load_karpathy, test_queries
-from grace.data_process.pseudo_queries import KeywordPseudoQueries, build_pseudo_queries, leak_filter, normalise
+from grace.data_process.pseudo_queries import (
+    KeywordPseudoQueries,
+    build_pseudo_queries,
+    leak_filter,
+    normalise,
+)
 from grace.data_process.shards import read_shards, write_shards
 from grace.errors import InputError
 

@@ -11,8 +11,8 @@ def small_run(tmp_path_factory):
     ``tiny-effnet`` trained a few steps, the LiT CLIP-FAISS baseline and their hybrid, built by the real ablation
     stages."""
     from grace.data_process.synthetic import build_synthetic
-    from grace.infer.ablate import run_ablation
-    from grace.infer.configs import AblateConfig
+    from grace.experiments.ablate import run_ablation
+    from grace.experiments.configs import AblateConfig
 
     root = tmp_path_factory.mktemp("small_run")
     build_synthetic(root / "data", n_images=48, test_every=3, val_every=5)

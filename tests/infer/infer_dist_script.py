@@ -5,11 +5,11 @@ import sys
 
 from infer_helpers import tiny_generative_retriever
 
-from grace.distributed import close_distributed, exit_process
-from grace.infer.evaluate import evaluate, init_distributed
+from grace.distributed import close_distributed, exit_process, init_distributed
+from grace.infer.evaluate import evaluate
 
 if __name__ == "__main__":
-    world, rank = init_distributed()
+    rank, world = init_distributed()
     retriever = tiny_generative_retriever()
     queries = [f"query number {i} about a {['red', 'blue', 'odd'][i % 3]} thing" for i in range(23)]
     gold = [{f"img{(i * 7 + j) % 40}" for j in range(6)} for i in range(23)]

@@ -1,16 +1,17 @@
 """Stand-ins for the other stages (same interfaces as docs/DESIGN.md) to test the pipeline's orchestration
-without them: each fake writes the marker file the real stage writes, and counts its calls."""
+without them: each fake writes the marker file the real stage writes, and counts its calls. They reach the
+pipeline as a :class:`~grace.experiments.pipeline.StageFunctions` (:func:`fake_stages`)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import types
 from pathlib import Path
 
 from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
 
-from grace.data_process.features import FeatureSet, encoder_folder, view_cache_dir  # the real type and layout
+from grace.data_process.features import FeatureSet, view_cache_dir  # the real type and layout
+from grace.experiments.pipeline import StageFunctions
 
 CALLS: dict[str, int] = {}
 
@@ -99,27 +100,11 @@ def write_shards(dataset, idmap, out_dir, *, pseudo_queries, max_per_shard=1000)
     (Path(out_dir) / "shards.json").write_text("{}")
 
 
-def install(monkeypatch):
-    """Put the fakes in sys.modules under the real module names (pseudo-queries stay real: they are cheap)."""
-    from grace.identifiers.schemes import SchemeConfig  # the real settings dataclass (stage_ids compares them)
-
+def fake_stages() -> StageFunctions:
+    """The pipeline's lower stages as stand-ins (pseudo-queries, scheme settings and the train config stay real:
+    they are cheap); ``run_ablation(config, stages=fake_stages())``."""
     CALLS.clear()
-    mods = {
-        "grace.data_process.features": {"image_features": image_features, "view_cache_dir": view_cache_dir,
-                                        "encoder_folder": encoder_folder},
-        "grace.data_process.shards": {"write_shards": write_shards},
-        "grace.identifiers": {"create_scheme": FakeScheme, "SchemeConfig": SchemeConfig, "IdentifierMap": FakeIdMap,
-                              "Trie": FakeTrie},
-        "grace.identifiers.trie": {"Trie": FakeTrie, "build_trie": build_trie},
-        "grace.identifiers.tokenization": {"IdentifierTokenizer": types.SimpleNamespace(load=lambda d: FakeTokenizer())},
-        "grace.model": {"load_pretrained": lambda d: (tiny_llama(48, 0), FakeTokenizer())},
-    }
-    import grace.model.config  # noqa: F401  (the ablation reads a model config's n_visual_tokens)
-    import grace.model.prompt  # noqa: F401  (inference builds its prompts with the real definition)
-    import grace.train as real_train  # the real TrainConfig checks the ablation's train config; training is faked
-
-    monkeypatch.setattr(real_train, "train", train)
-    for name, attrs in mods.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, module)
+    return StageFunctions(image_features=image_features, create_scheme=FakeScheme, load_idmap=FakeIdMap.load,
+                          build_trie=build_trie, load_trie=FakeTrie.load, write_shards=write_shards,
+                          load_tokenizer=lambda folder: FakeTokenizer(), train=train,
+                          load_pretrained=lambda folder: (tiny_llama(48, 0), FakeTokenizer()))

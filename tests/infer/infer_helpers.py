@@ -9,7 +9,7 @@ import numpy as np
 
 
 class DictTrie:
-    """A plain nested-dict trie with ``get`` and a CSR ``transitions()`` (the identifiers Trie's API)."""
+    """A plain nested-dict trie implementing :class:`grace.identifiers.trie.TrieIndex` (no stored values)."""
 
     def __init__(self, sequences):
         self.root: dict = {}
@@ -29,6 +29,13 @@ class DictTrie:
 
     def __len__(self):
         return len(self.sequences)
+
+    @property
+    def max_length(self):
+        return max(len(seq) for seq in self.sequences)
+
+    def map_sequence(self, token_ids):
+        return None  # no values: the retriever reads the image from the identifier map
 
     def __iter__(self):
         return iter(self.sequences)
@@ -104,32 +111,3 @@ def tiny_generative_retriever(n_images=40, seed=0, num_beams=5, batch_size=8):
     ids = {f"img{i}": tok.decode_identifier(s[:-1]) for i, s in enumerate(seqs)}
     return GenerativeRetriever(tiny_llama(48, seed), tok, MapIds(ids), DictTrie(seqs), num_beams=num_beams,
                                batch_size=batch_size)
-
-
-class FlamingoLike:
-    """The FlamingoModel interface (lang_x, vision_features, null_vision_features) around a tiny Llama;
-    records the vision features it was given."""
-
-    def __init__(self, lm):
-        self.lm = lm
-        self.lang_encoder = lm
-        self.seen_vision = []
-
-    def eval(self):
-        return self
-
-    def to(self, device):
-        return self
-
-    def null_vision_features(self, batch_size):
-        import torch
-
-        return torch.zeros(batch_size, 1, 4, 8)
-
-    def forward(self, *, lang_x, attention_mask=None, vision_x=None, vision_features=None, labels=None,
-                past_key_values=None, use_cache=False, **lm_kwargs):
-        self.seen_vision.append(tuple(vision_features.shape))
-        return self.lm(input_ids=lang_x, attention_mask=attention_mask, past_key_values=past_key_values,
-                       use_cache=use_cache, **lm_kwargs)
-
-    __call__ = forward

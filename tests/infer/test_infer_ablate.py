@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
-from infer_fakes import CALLS, install
+from infer_fakes import CALLS, fake_stages
 
 from grace.errors import GraceError
-from grace.infer.ablate import run_ablation
-from grace.infer.configs import AblateConfig, DemoConfig
-from grace.infer.demo import demo_ablate_config
+from grace.experiments.ablate import run_ablation
+from grace.experiments.configs import AblateConfig, DemoConfig
+from grace.experiments.demo import demo_ablate_config
 
 
-def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, monkeypatch, capsys):
-    install(monkeypatch)
+def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, capsys):
+    ablate = partial(run_ablation, stages=fake_stages())
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
                           num_beams=4, baselines=["none"])
-    results = run_ablation(config)
+    results = ablate(config)
     assert set(results) == {"numeric", "structured", "bm25", "random"}  # the controls are in every table
     saved = json.loads((tmp_path / "run" / "results" / "ablation.json").read_text())
     val = tiny_with_val.split("val")
@@ -53,20 +54,20 @@ def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, monkeypatc
     first = dict(CALLS)
     assert first["train"] == 2 and first["trie"] == 2 * 2 and first["shards"] == 2  # a test and a val trie each
     # second run: every stage reused, nothing rebuilt or retrained
-    run_ablation(config)
+    ablate(config)
     again = dict(CALLS)
     # tiny reads 4 visual tokens: the first run caches tokens and pooled features; the second reads the cache
     assert first["features"] == 2 and again.pop("features") == first.pop("features") + 1
     assert again == first
     assert "reused" in capsys.readouterr().out
     # changing the training config retrains (only) that stage
-    run_ablation(AblateConfig(**{**config.__dict__, "steps": 2, "schemes": ["numeric"]}))
+    ablate(AblateConfig(**{**config.__dict__, "steps": 2, "schemes": ["numeric"]}))
     assert CALLS["train"] == 3 and CALLS["trie"] == 4
     # changing an identifier setting rebuilds that scheme's ids and everything built on them
-    settings = {**config.__dict__, "steps": 2, "schemes": ["structured"], "scheme_overrides": '{"k": 5}'}
-    run_ablation(AblateConfig(**settings))
+    settings = {**config.__dict__, "steps": 2, "schemes": ["structured"], "scheme_overrides": ["k=5"]}
+    ablate(AblateConfig(**settings))
     assert CALLS["ids:structured"] == 2 and CALLS["shards"] == 3 and CALLS["trie"] == 6 and CALLS["train"] == 4
-    run_ablation(AblateConfig(**settings))  # the same settings again: reused
+    ablate(AblateConfig(**settings))  # the same settings again: reused
     assert CALLS["ids:structured"] == 2 and CALLS["train"] == 4
 
 
@@ -93,11 +94,11 @@ def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):
 
 def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, tmp_path):
     """The dense baseline stage: LiT heads on train pairs, index over the test images, same queries."""
-    from grace.infer.baseline_stages import stage_baseline
-    from grace.infer.pipeline import StageTimer
+    from grace.experiments.baseline_stages import stage_baseline
+    from grace.experiments.pipeline import StageTimer
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.query_sets import split_queries
 
     result = stage_baseline(tmp_path, "clip_faiss", dataset_json, shared_tiny_dataset, StageTimer(),
                             encoder="efficientnet-lite0", sets=[split_queries(shared_tiny_dataset)])["test"]
@@ -112,7 +113,7 @@ def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, t
 def test_demo_presets_and_overrides(tmp_path):
     quick = demo_ablate_config(DemoConfig(out=tmp_path, quick=True))
     assert "structured" in quick.schemes and quick.limit > 0 and quick.run == tmp_path
-    assert quick.tokenizer == "smollm2" and "clip_faiss" in quick.baselines and json.loads(quick.train_overrides)["max_length"] >= 64
+    assert quick.tokenizer == "smollm2" and "clip_faiss" in quick.baselines and quick.train_overrides[0] == "max_length=96"
     from grace.model.config import resolve_config
 
     model = resolve_config(quick.model)  # a packaged config: `grace ablate --model tiny-effnet` runs the same model
@@ -122,7 +123,7 @@ def test_demo_presets_and_overrides(tmp_path):
 
 
 def test_train_overrides_must_be_train_config_fields(tmp_path):
-    from grace.infer.pipeline import train_config_values
+    from grace.experiments.pipeline import train_config_values
 
     kw = dict(model="tiny", steps=3, lr=1e-3, batch_size_i2id=2, batch_size_t2id=2, encoder="efficientnet-lite0", seed=0)
     values = train_config_values(tmp_path, "numeric", overrides={"max_length": 80}, **kw)
@@ -142,11 +143,11 @@ def test_an_export_without_its_trie_is_an_error(tmp_path):
 
 def test_pseudo_query_settings_are_saved_beside_and_a_change_is_an_error(tiny_with_val, tmp_path,
                                                                        monkeypatch):
-    install(monkeypatch)
+    ablate = partial(run_ablation, stages=fake_stages())
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
-                          baselines=["none"], protocol="tagged", pseudo_queries='{"pairs": true, "max_queries": 20}')
-    run_ablation(config)
+                          baselines=["none"], protocol="tagged", pseudo_queries=["pairs=true", "max_queries=20"])
+    ablate(config)
     data = tmp_path / "run" / "data"
     saved = json.loads((data / "pseudo_queries.config.json").read_text())
     assert {k: saved[k] for k in ("protocol", "generator", "options")} == \
@@ -156,11 +157,11 @@ def test_pseudo_query_settings_are_saved_beside_and_a_change_is_an_error(tiny_wi
     record = tiny_with_val.split("test")[0]
     words = " ".join(record.meta["keywords"]).split()
     assert f"{words[1]} {words[0]}" in with_pairs[record.image_id]  # a reversed pair: only pairs=True makes it
-    run_ablation(config)  # the same settings: reused
+    ablate(config)  # the same settings: reused
     with pytest.raises(GraceError, match="was made with"):
-        run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": ""}))
+        ablate(AblateConfig(**{**config.__dict__, "pseudo_queries": []}))
     with pytest.raises(GraceError, match="was made with"):  # the default protocol: another generator
-        run_ablation(AblateConfig(**{**config.__dict__, "protocol": "image-only", "pseudo_queries": ""}))
+        ablate(AblateConfig(**{**config.__dict__, "protocol": "image-only", "pseudo_queries": []}))
     # a pseudo-query file for another dataset (a run folder copied over) is refused by its digest
     other = tmp_path / "other"
     (other / "data").mkdir(parents=True)
@@ -171,30 +172,30 @@ def test_pseudo_query_settings_are_saved_beside_and_a_change_is_an_error(tiny_wi
 
     save_karpathy(smaller, other / "dataset.json")
     with pytest.raises(GraceError, match="made for another dataset"):
-        run_ablation(AblateConfig(**{**config.__dict__, "run": other, "dataset": other / "dataset.json"}))
+        ablate(AblateConfig(**{**config.__dict__, "run": other, "dataset": other / "dataset.json"}))
     with pytest.raises(GraceError, match="bad pseudo-query options .* knn-captions"):
-        run_ablation(AblateConfig(**{**config.__dict__, "run": tmp_path / "knn", "protocol": "image-only"}))
-    with pytest.raises(GraceError, match="--pseudo-queries is not valid JSON"):
-        run_ablation(AblateConfig(**{**config.__dict__, "pseudo_queries": "{pairs: true}"}))
-    with pytest.raises(GraceError, match="--train-overrides must be a JSON object"):
-        run_ablation(AblateConfig(**{**config.__dict__, "train_overrides": "[1]"}))
+        ablate(AblateConfig(**{**config.__dict__, "run": tmp_path / "knn", "protocol": "image-only"}))
+    with pytest.raises(GraceError, match="--pseudo-queries takes KEY=VALUE"):
+        ablate(AblateConfig(**{**config.__dict__, "pseudo_queries": ["pairs"]}))
+    with pytest.raises(GraceError, match="--train-overrides: max_length takes an integer"):
+        ablate(AblateConfig(**{**config.__dict__, "train_overrides": ["max_length=9.5"]}))
 
 
-def test_i2id_views_build_view_caches_and_reach_training(tiny_with_val, tmp_path, monkeypatch):
-    install(monkeypatch)
+def test_i2id_views_build_view_caches_and_reach_training(tiny_with_val, tmp_path):
+    ablate = partial(run_ablation, stages=fake_stages())
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
                           baselines=["none"], i2id_views=3)
-    run_ablation(config)
+    ablate(config)
     assert CALLS["features:view1"] == 1 and CALLS["features:view2"] == 1 and "features:view3" not in CALLS
     request = json.loads((tmp_path / "run" / "ckpt" / "numeric" / "train_request.json").read_text())
     assert request["i2id_views"] == 3
-    run_ablation(config)  # reused: no view is encoded again
+    ablate(config)  # reused: no view is encoded again
     assert CALLS["features:view1"] == 1
 
 
 def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tiny_dataset, tmp_path):
-    from grace.infer.pipeline import StageTimer, stage_ids
+    from grace.experiments.pipeline import StageTimer, stage_ids
 
     test_ids = [r.image_id for r in shared_tiny_dataset.split("test")]
     first = {i: [f"first text {n}"] for n, i in enumerate(test_ids)}
@@ -216,7 +217,7 @@ def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tin
 
 def test_tagged_protocol_adds_the_expanded_baselines():
     from grace.data_process.protocol import get_protocol
-    from grace.infer.ablate import baselines_to_score
+    from grace.experiments.ablate import baselines_to_score
 
     asked = ["clip_faiss", "late_interaction"]
     assert baselines_to_score(asked, get_protocol("image-only")) == asked
@@ -234,9 +235,9 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
         build_pseudo_queries,
         save_pseudo_queries,
     )
-    from grace.infer.baseline_stages import stage_baseline
-    from grace.infer.pipeline import StageTimer
-    from grace.infer.query_sets import split_queries
+    from grace.experiments.baseline_stages import stage_baseline
+    from grace.experiments.pipeline import StageTimer
+    from grace.experiments.query_sets import split_queries
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     sets = [split_queries(shared_tiny_dataset)]
@@ -260,12 +261,12 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
     assert saved_again["digest"] != saved["digest"] and again["expansion"]["source"]["digest"] == saved_again["digest"]
 
 
-def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_path, monkeypatch, capsys):
-    install(monkeypatch)
+def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_path, capsys):
+    ablate = partial(run_ablation, stages=fake_stages())
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
                           num_beams=4, baselines=["none"], training_seeds=[1, 0, 2])
-    results = run_ablation(config)
+    results = ablate(config)
     saved = json.loads((tmp_path / "run" / "results" / "ablation.json").read_text())
     chosen = saved["selection"]["generative"]
     other = ({"numeric", "structured"} - {chosen}).pop()
@@ -285,7 +286,7 @@ def test_training_seeds_retrain_only_the_row_selected_on_val(tiny_with_val, tmp_
     table = (tmp_path / "run" / "results" / "ablation.md").read_text()
     assert f"Training seeds of `{chosen}` (selected on val" in table and "per seed:" in table
     before = CALLS["train"]
-    run_ablation(config)  # the seed runs are reused too
+    ablate(config)  # the seed runs are reused too
     assert CALLS["train"] == before
 
 
@@ -295,9 +296,9 @@ def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_datase
     import numpy as np
 
     from grace.data_process.dataset import save_karpathy
+    from grace.experiments.ablate import rq_embedding
+    from grace.experiments.pipeline import StageTimer, stage_features
     from grace.identifiers import create_scheme
-    from grace.infer.ablate import rq_embedding
-    from grace.infer.pipeline import StageTimer, stage_features
 
     run = tmp_path / "run"
     save_karpathy(shared_tiny_dataset, run / "data" / "dataset.json")  # absolute paths to the shared images

@@ -8,9 +8,9 @@ import types
 import pytest
 
 from grace.errors import GraceError
+from grace.experiments.hybrid import choose_weight, stage_hybrid
+from grace.experiments.pipeline import StageTimer
 from grace.fusion import Candidates, HybridConfig, HybridRetriever, fuse, minmax
-from grace.infer.hybrid import choose_weight, stage_hybrid
-from grace.infer.pipeline import StageTimer
 from grace.retriever import Hit, Query, Rescorer, Retriever
 
 CORPUS = ["a", "b", "c", "d", "e"]

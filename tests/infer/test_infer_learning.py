@@ -10,9 +10,9 @@ import pytest
 from scipy.stats import binom
 
 from data_packages import EMOJI, needs
-from grace.infer.ablate import run_ablation
-from grace.infer.configs import DemoConfig
-from grace.infer.demo import demo_ablate_config
+from grace.experiments.ablate import run_ablation
+from grace.experiments.configs import DemoConfig
+from grace.experiments.demo import demo_ablate_config
 
 
 @pytest.mark.slow  # ~12 min: in CI's slow step (`.ci/run`), outside the 10-minute default run

@@ -9,24 +9,28 @@ import math
 import pytest
 
 from grace.errors import InputError
-from grace.infer.search import SearchService, retriever_name, run_retriever_specs
+from grace.experiments.retrievers import load_service
 from grace.retriever import Query
+from grace.run_layout import RunLayout, retriever_name
 
 
 @pytest.fixture(scope="module")
 def service(small_run):
     run, dataset_json = small_run
-    return SearchService.load(run=run, dataset=dataset_json, num_beams=5)
+    return load_service(run=run, dataset=dataset_json, num_beams=5)
 
 
 def test_a_run_names_its_generative_and_baseline_retrievers(small_run, tmp_path):
     run, _ = small_run
-    specs = run_retriever_specs(run)
+    built = RunLayout(run).retrievers()
+    specs = list(built.values())
     # bm25: the lexical control; the hybrid: the generative candidates re-scored by CLIP-FAISS
     assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss", "hybrid"]
+    assert list(built) == [retriever_name(spec) for spec in specs]  # one naming, whoever names
     assert retriever_name(specs[-1]) == "hybrid/structured+clip_faiss"
+    assert RunLayout(tmp_path).retrievers() == {}
     with pytest.raises(InputError, match="no trained retriever"):
-        run_retriever_specs(tmp_path)
+        load_service(run=tmp_path)
 
 
 def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
@@ -69,7 +73,7 @@ def test_image_queries_reach_the_retrievers_that_take_them(service):
 
 
 def test_search_cli_loads_each_retriever_once_for_many_queries(small_run, tmp_path, capsys, monkeypatch):
-    import grace.retriever as retriever_module
+    import grace.experiments.retrievers as retriever_module
     from grace.cli import main
 
     run, dataset_json = small_run

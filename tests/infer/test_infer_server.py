@@ -13,15 +13,15 @@ import pytest
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
+from grace.experiments.retrievers import load_service
 from grace.infer.batching import DynamicBatcher
-from grace.infer.search import SearchService
 from grace.infer.server import MAX_UPLOAD_BYTES, create_app
 
 
 @pytest.fixture(scope="module")
 def client(small_run):
     run, dataset_json = small_run
-    service = SearchService.load(run=run, dataset=dataset_json, num_beams=5)
+    service = load_service(run=run, dataset=dataset_json, num_beams=5)
     with TestClient(create_app(service, window_ms=2)) as client:
         yield client
 
@@ -176,7 +176,7 @@ def test_trust_image_paths_outside_the_image_root_are_refused(tmp_path, escape):
 def test_trust_a_runs_dataset_copy_serves_images_from_its_source_root(shared_tiny_dataset, tmp_path):
     """``grace ablate --dataset`` keeps the images where they are (absolute paths in RUN/data/dataset.json);
     their source root, in RUN/data/source.json, is the one they may lie under."""
-    from grace.infer.pipeline import StageTimer, stage_dataset
+    from grace.experiments.pipeline import StageTimer, stage_dataset
     from grace.infer.search import corpus_files
 
     source = shared_tiny_dataset.root.parent / "dataset.json"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_packages import EMOJI, needs
 
+from data_packages import EMOJI, needs
 from grace.errors import GraceError
-from grace.infer.stage_record import differences, reusable, save_record, stage_record
+from grace.experiments.stage_record import differences, reusable, save_record, stage_record
 
 
 def test_digest_differences_name_the_setting_or_input(tmp_path):
@@ -32,13 +32,15 @@ def test_digest_differences_name_the_setting_or_input(tmp_path):
 
 def test_stale_trie_and_shards_are_rebuilt_when_the_ids_change(shared_tiny_dataset, tmp_path):
     from grace.data_process.dataset import save_karpathy
-    from grace.infer.pipeline import StageTimer, load_tokenizer, stage_ids, stage_shards, stage_trie
+    from grace.experiments.pipeline import StageTimer, stage_ids, stage_shards, stage_trie
+    from grace.identifiers.tokenization import IdentifierTokenizer
+    from grace.run_layout import RunLayout
 
     save_karpathy(shared_tiny_dataset, tmp_path / "data" / "dataset.json")
     first = stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, StageTimer(), tokenizer="byte", seed=0)
 
     def derived(idmap, timer):
-        tok = load_tokenizer(tmp_path / "ids" / "numeric")
+        tok = IdentifierTokenizer.load(RunLayout(tmp_path).ids("numeric") / "tokenizer")
         trie = stage_trie(tmp_path, "numeric", shared_tiny_dataset, idmap, tok, timer)
         stage_shards(tmp_path, "numeric", shared_tiny_dataset, idmap, {}, timer)
         return trie
@@ -53,13 +55,13 @@ def test_stale_trie_and_shards_are_rebuilt_when_the_ids_change(shared_tiny_datas
     assert not {"ids/numeric", "trie/numeric", "shards/numeric"} & timer.skipped  # the stale ones: rebuilt
     image = shared_tiny_dataset.split("test")[0].image_id
     assert other.to_id(image) != first.to_id(image)
-    tok = load_tokenizer(tmp_path / "ids" / "numeric")
+    tok = IdentifierTokenizer.load(RunLayout(tmp_path).ids("numeric") / "tokenizer")
     assert trie.map_sequence(tok.encode_identifier(other.to_id(image)) + [tok.eoc_token_id]) == image
 
 
 def test_stale_training_inputs_are_an_error(shared_tiny_dataset, tmp_path):
     """A model trained on other shards is never reused as if it were trained on these (nor resumed from)."""
-    from grace.infer.pipeline import StageTimer, stage_train, train_config_values
+    from grace.experiments.pipeline import StageTimer, stage_train, train_config_values
 
     values = train_config_values(tmp_path, "numeric", model="tiny", steps=2, lr=1e-3, batch_size_i2id=2,
                                  batch_size_t2id=2, encoder="random", seed=0)
@@ -80,7 +82,7 @@ def test_stale_training_inputs_are_an_error(shared_tiny_dataset, tmp_path):
 
 @needs(EMOJI)
 def test_stale_data_built_with_other_settings_is_an_error(tmp_path):
-    from grace.infer.pipeline import StageTimer, stage_dataset
+    from grace.experiments.pipeline import StageTimer, stage_dataset
 
     built = stage_dataset(tmp_path, StageTimer(), benchmark="emoji", limit=12)
     timer = StageTimer()

@@ -8,8 +8,8 @@ import torch
 from model_helpers import EOC, IMAGE, PAD, VOCAB, prompt, tiny_model
 
 from grace.errors import GraceError
-from grace.infer.beam_search import CausalLMAdapter, beam_search
 from grace.identifiers.trie import Trie
+from grace.infer.beam_search import CausalLMAdapter, beam_search
 from grace.infer.constraint import TrieLogitsProcessor
 from grace.model import load_pretrained, save_pretrained
 from grace.model.flamingo import causal_lm_loss

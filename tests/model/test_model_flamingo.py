@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import EOC, IMAGE, PAD, VOCAB, PatchVisual, activate_gates, features, prompt, tiny_model
 
 from grace.errors import GraceError
-from model_helpers import EOC, IMAGE, PAD, VOCAB, PatchVisual, activate_gates, features, prompt, tiny_model
 
 
 @pytest.fixture(scope="module")

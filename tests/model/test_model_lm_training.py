@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import features, prompt, tiny_model
 
 from grace.errors import GraceError
-from model_helpers import features, prompt, tiny_model
 
 
 def _trainable(model) -> set[str]:

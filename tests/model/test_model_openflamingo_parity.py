@@ -7,8 +7,7 @@ import types
 
 import pytest
 import torch
-
-from model_helpers import IMAGE, EOC, PatchVisual, prompt
+from model_helpers import EOC, IMAGE, PatchVisual, prompt
 
 
 def _import_open_flamingo():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from model_helpers import EOC, IMAGE, PAD, VOCAB
 
-from grace.infer.demo import PRESETS
+from grace.experiments.demo import PRESETS
 
 CLASSES = 8
 

@@ -15,12 +15,12 @@ from train_helpers import build_tiny_run, subprocess_env
 def test_eval_checkpoints_scores_every_step_and_the_last_equals_the_export(tmp_path, stage):
     from grace.data_process.dataset import save_karpathy
     from grace.data_process.synthetic import build_synthetic
+    from grace.experiments.configs import EvalConfig
+    from grace.experiments.eval_run import run_eval
+    from grace.experiments.pipeline import trie_dir
+    from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, build_trie
-    from grace.infer.configs import EvalConfig
-    from grace.infer.eval_run import run_eval
     from grace.infer.evaluate import evaluate
-    from grace.infer.pipeline import trie_dir
-    from grace.infer.query_sets import split_queries
     from grace.infer.retriever import GenerativeRetriever
 
     dataset = build_synthetic(tmp_path / "source", n_images=20, val_every=4)

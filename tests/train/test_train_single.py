@@ -60,9 +60,10 @@ def test_one_process_zero_stage_0_and_3_give_the_same_loss_curve(tmp_path, share
 def test_identifier_head_run_trains_exports_the_head_and_retrieves(tmp_path, shared_tiny_dataset):
     """``output_head ids`` through ``grace train`` (ZeRO stage 3, one process): the loss falls, the export records
     the head and its tokens (the digits and the end-of-chunk), and the retriever decodes with it."""
+    from train_helpers import train_tokenizer
+
     from grace.infer.retriever import GenerativeRetriever
     from grace.retriever import Query
-    from train_helpers import train_tokenizer
 
     values = build_tiny_run(tmp_path, shared_tiny_dataset)
     values.update(output_head="ids", zero_stage=3, steps=8)
@@ -140,7 +141,7 @@ def test_init_from_an_export_starts_where_it_left_off(tmp_path, shared_tiny_data
 LONE_ALLREDUCE = """
 import json, torch, deepspeed
 from grace.train import engine as E
-E.init_distributed("cpu")
+E.init_deepspeed("cpu")
 out = {}
 for skip in (False, True):
     torch.manual_seed(0)

@@ -139,7 +139,7 @@ from grace.config import dataclass_from_dict
 from grace.train import engine as E
 from grace.train.config import TrainConfig
 cfg = dataclass_from_dict(TrainConfig, json.loads(open(sys.argv[1]).read()))
-rank, world, _ = E.init_distributed("cpu")
+rank, world, _ = E.init_deepspeed("cpu")
 model, _ = E.create_model(cfg.model, E.load_tokenizer(cfg), E.deepspeed_config(cfg, "cpu", world), world)
 params = list(model.parameters())
 if rank == 0:
@@ -171,12 +171,12 @@ def test_checkpoint_sweep_gathers_two_ranks_partitions_and_ends_at_the_export(ru
     import shutil
 
     from grace.data_process.dataset import save_karpathy
+    from grace.experiments.configs import EvalConfig
+    from grace.experiments.eval_run import run_eval
+    from grace.experiments.pipeline import trie_dir
+    from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, build_trie
-    from grace.infer.configs import EvalConfig
-    from grace.infer.eval_run import run_eval
     from grace.infer.evaluate import evaluate
-    from grace.infer.pipeline import trie_dir
-    from grace.infer.query_sets import split_queries
     from grace.infer.retriever import GenerativeRetriever
 
     dataset = runs["dataset"]

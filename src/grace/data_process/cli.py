@@ -1,4 +1,5 @@
-"""``grace data build|features|pseudo-queries`` and ``grace shards build``: thin drivers over dataclasses."""
+"""``grace data build|check|features|pseudo-queries``: thin drivers over dataclasses
+(``grace shards build`` reads identifiers, so it lives in :mod:`grace.identifiers.cli`)."""
 
 from __future__ import annotations
 
@@ -82,22 +83,9 @@ class PseudoQueriesConfig:
     prompt: Optional[str] = field(default=None, metadata={
         "help": "captioner: instruction for a chat VLM (e.g. 'Describe this image in one sentence.')"})
     device: Optional[str] = field(default=None, metadata={"help": "captioner: cpu | cuda (default: cuda if available)"})
-    options: str = field(default="", metadata={
-        "help": "more generator options as a JSON object, e.g. '{\"steps\": 600, \"lr\": 0.002}' for self-caption "
-                "(its model is trained and kept in OUT's folder, OUT_STEM.self-caption/)"})
-
-
-@dataclass
-class ShardsBuildConfig:
-    """Write i2id + t2id webdataset shards for one identifier scheme."""
-
-    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
-    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
-    ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
-    out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
-    pseudo_queries: Optional[Path] = field(default=None, metadata={
-        "help": "JSON from `grace data pseudo-queries` (the held-out images' t2id texts; none without it)"})
-    max_per_shard: int = field(default=1000, metadata={"help": "samples per shard"})
+    options: list[str] = field(default_factory=list, metadata={
+        "help": "more generator options as KEY=VALUE (each value read as YAML), e.g. steps=600 lr=0.002 for "
+                "self-caption (its model is trained and kept in OUT's folder, OUT_STEM.self-caption/)"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,9 +100,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="report missing / corrupt images of a Karpathy JSON (--image-root) before any stage reads it")
     add_command(sub, "features", FeaturesConfig, _features)
     add_command(sub, "pseudo-queries", PseudoQueriesConfig, _pseudo_queries)
-    shards = subparsers.add_parser("shards", help="i2id / t2id webdataset shards")
-    add_command(shards.add_subparsers(dest="shards_command", required=True, metavar="VERB"), "build",
-                ShardsBuildConfig, _shards_build)
 
 
 def _data_build(args: argparse.Namespace) -> int:
@@ -193,7 +178,7 @@ FEATURE_GENERATORS = ("knn-captions", "self-caption")
 
 def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
     """The keyword arguments of ``generator``: from the command's flags, then ``--options`` on top."""
-    from grace.config import json_options
+    from grace.config import key_values
 
     if generator == "keywords":
         options = {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates}
@@ -205,7 +190,7 @@ def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
                    "cache": str(Path(cfg.out).with_suffix(".captions.jsonl"))}
     else:
         options = {"num_captions": cfg.num_captions}
-    return options | json_options(cfg.options, "--options")
+    return options | key_values(cfg.options, "--options")
 
 
 def _pseudo_queries(args: argparse.Namespace) -> int:
@@ -238,27 +223,4 @@ def _pseudo_queries(args: argparse.Namespace) -> int:
     saved = save_pseudo_queries(cfg.out, made, dataset, protocol=protocol.name, options=options)
     print(made.summary())
     print(f"-> {cfg.out} (provenance, digest {saved['digest']}: {Path(cfg.out).stem}.config.json)")
-    return 0
-
-
-def _shards_build(args: argparse.Namespace) -> int:
-    import time
-
-    from grace.config import dataclass_from_args, require
-    from grace.data_process.dataset import load_karpathy
-    from grace.data_process.pseudo_queries import load_pseudo_queries
-    from grace.data_process.shards import write_shards
-    from grace.identifiers import IdentifierMap
-    from grace.io_utils import save_config
-
-    cfg = dataclass_from_args(ShardsBuildConfig, args)
-    require(cfg, "dataset", "ids", "out")
-    start = time.perf_counter()
-    dataset = load_karpathy(cfg.dataset, cfg.image_root)
-    idmap = IdentifierMap.load(cfg.ids)
-    queries = load_pseudo_queries(cfg.pseudo_queries, dataset)[0] if cfg.pseudo_queries is not None else {}
-    save_config(cfg.out, cfg)
-    summary = write_shards(dataset, idmap, cfg.out, pseudo_queries=queries, max_per_shard=cfg.max_per_shard)
-    counts = ", ".join(f"{t} {v['samples']} samples in {len(v['shards'])} shards" for t, v in summary["tasks"].items())
-    print(f"shards: {counts}; {time.perf_counter() - start:.1f} s -> {cfg.out}")
     return 0

@@ -25,9 +25,8 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from grace.data_process.dataset import TRAIN_SPLITS, Dataset, ImageRecord, dataset_digest
 from grace.data_process.features import unit_rows

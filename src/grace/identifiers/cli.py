@@ -1,4 +1,5 @@
-"""``grace ids build`` and ``grace trie build``: thin drivers over :class:`IdsBuildConfig` / :class:`TrieBuildConfig`."""
+"""``grace ids build``, ``grace trie build`` and ``grace shards build``: thin drivers over :class:`IdsBuildConfig`,
+:class:`TrieBuildConfig` and :class:`ShardsBuildConfig`."""
 
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ class TrieBuildConfig:
     out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
 
 
+@dataclass
+class ShardsBuildConfig:
+    """Write i2id + t2id webdataset shards for one identifier scheme."""
+
+    dataset: Optional[Path] = field(default=None, metadata={"help": "Karpathy-form dataset JSON"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
+    ids: Optional[Path] = field(default=None, metadata={"help": "folder written by `grace ids build`"})
+    out: Optional[Path] = field(default=None, metadata={"help": "output folder"})
+    pseudo_queries: Optional[Path] = field(default=None, metadata={
+        "help": "JSON from `grace data pseudo-queries` (the held-out images' t2id texts; none without it)"})
+    max_per_shard: int = field(default=1000, metadata={"help": "samples per shard"})
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from grace.config import add_command
 
@@ -62,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="give every image an identifier (numeric|string|semantic|structured|atomic)")
     trie = subparsers.add_parser("trie", help="constraint tries").add_subparsers(dest="trie_command", required=True)
     add_command(trie, "build", TrieBuildConfig, _trie_build, help="trie over the identifiers of a split")
+    shards = subparsers.add_parser("shards", help="i2id / t2id webdataset shards")
+    add_command(shards.add_subparsers(dest="shards_command", required=True, metavar="VERB"), "build",
+                ShardsBuildConfig, _shards_build)
 
 
 def _ids_build(args: argparse.Namespace) -> int:
@@ -136,4 +153,27 @@ def _trie_build(args: argparse.Namespace) -> int:
     table = trie.transitions()
     print(f"trie over {len(trie)} identifiers ({cfg.split}): {table.num_nodes} nodes, {table.num_edges} edges, "
           f"{time.perf_counter() - start:.1f} s -> {cfg.out}")
+    return 0
+
+
+def _shards_build(args: argparse.Namespace) -> int:
+    import time
+
+    from grace.config import dataclass_from_args, require
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.pseudo_queries import load_pseudo_queries
+    from grace.data_process.shards import write_shards
+    from grace.identifiers.idmap import IdentifierMap
+    from grace.io_utils import save_config
+
+    cfg = dataclass_from_args(ShardsBuildConfig, args)
+    require(cfg, "dataset", "ids", "out")
+    start = time.perf_counter()
+    dataset = load_karpathy(cfg.dataset, cfg.image_root)
+    idmap = IdentifierMap.load(cfg.ids)
+    queries = load_pseudo_queries(cfg.pseudo_queries, dataset)[0] if cfg.pseudo_queries is not None else {}
+    save_config(cfg.out, cfg)
+    summary = write_shards(dataset, idmap, cfg.out, pseudo_queries=queries, max_per_shard=cfg.max_per_shard)
+    counts = ", ".join(f"{t} {v['samples']} samples in {len(v['shards'])} shards" for t, v in summary["tasks"].items())
+    print(f"shards: {counts}; {time.perf_counter() - start:.1f} s -> {cfg.out}")
     return 0

@@ -80,10 +80,6 @@ class IdentifierMap:
                                                          mode=self.mode, new_tokens=new, hf=hf)
         return self._tokenizer
 
-    def set_tokenizer(self, tokenizer) -> None:
-        """Use an existing IdentifierTokenizer (e.g. one just loaded) for :meth:`save`."""
-        self._tokenizer = tokenizer
-
     # ---- persistence -------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, *, with_tokenizer: bool = True) -> Path:
         """Write ``ids.json`` + ``config.json`` (+ ``tokenizer/``) atomically into ``directory``."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import grace.identifiers.kmeans as in_memory
 from grace.errors import GraceError, InputError
-from grace.identifiers import kmeans as in_memory
 
 
 class VectorFile:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import grace.identifiers.out_of_core as on_disk
 from grace.data_process.dataset import TRAIN_SPLITS
 from grace.data_process.features import unit_rows
 from grace.data_process.pseudo_queries import held_out_queries, leak_filter, normalise, pseudo_queries_digest
 from grace.errors import GraceError, InputError
 from grace.identifiers.idmap import SCHEME_MODES, IdentifierMap
-from grace.identifiers import out_of_core
 from grace.identifiers.kmeans import BACKENDS, hierarchical_kmeans, kmeans_device, residual_kmeans
 from grace.identifiers.out_of_core import VectorFile
 
@@ -248,7 +248,7 @@ class StructuredScheme(Scheme):
             if cfg.cluster_on != "image":
                 raise GraceError("a features file (--features-file) clusters image features only: --cluster-on image")
             _check_rows(features, dataset)
-            paths = out_of_core.hierarchical_kmeans(features, k=cfg.k, c=cfg.c, seed=cfg.seed, niter=cfg.niter,
+            paths = on_disk.hierarchical_kmeans(features, k=cfg.k, c=cfg.c, seed=cfg.seed, niter=cfg.niter,
                                                     backend=cfg.kmeans)
             return ["".join(f"<L{level}_{j}>" for level, j in enumerate(row[row >= 0].tolist())) for row in paths], {}
         parts = []
@@ -274,7 +274,7 @@ class RqScheme(Scheme):
         cfg = self.config
         if isinstance(features, VectorFile):  # read in chunks: the same codes as in memory
             _check_rows(features, dataset)
-            codes = out_of_core.residual_kmeans(features, levels=cfg.levels, codebook=cfg.codebook, seed=cfg.seed,
+            codes = on_disk.residual_kmeans(features, levels=cfg.levels, codebook=cfg.codebook, seed=cfg.seed,
                                                 niter=cfg.niter, backend=cfg.kmeans)
         else:
             codes = residual_kmeans(unit_rows(_feature_matrix(dataset, features)), levels=cfg.levels,

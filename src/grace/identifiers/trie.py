@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -47,12 +48,11 @@ class TransitionTable:
         return int(self.children[j]) if j < hi and self.tokens[j] == token else -1
 
     def save(self, path: str | os.PathLike) -> None:
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, offsets=self.offsets, tokens=self.tokens, children=self.children)
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, offsets=self.offsets, tokens=self.tokens, children=self.children)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TransitionTable":
+    def load(cls, path: str | os.PathLike) -> TransitionTable:
         with np.load(path) as data:
             return cls(data["offsets"], data["tokens"], data["children"])
 
@@ -120,6 +120,24 @@ def build_transitions(sequences: Sequence[Sequence[int]] | tuple[np.ndarray, np.
     return TransitionTable(offsets, tokens.astype(np.int64), np.arange(1, next_id, dtype=np.int64))
 
 
+class TrieIndex(Protocol):
+    """What decoding needs from a trie over a corpus's identifier token sequences; :class:`Trie` implements
+    it (and so do the tests' stand-ins)."""
+
+    def get(self, prefix: Sequence[int]) -> list[int]:
+        """Allowed next tokens after ``prefix`` (ascending); [] at a leaf or off the trie."""
+
+    def transitions(self) -> TransitionTable:
+        """The CSR transition table (root = node 0) that the vectorised constraint reads."""
+
+    def map_sequence(self, token_ids: Sequence[int]) -> str | None:
+        """The value (image id) stored for a complete sequence, or None (not in the trie, or no values)."""
+
+    @property
+    def max_length(self) -> int:
+        """Tokens in the longest sequence: the most steps a constrained decoder takes."""
+
+
 class Trie:
     """Constraint trie over token-id sequences; ``values`` (e.g. image ids) are attached per sequence."""
 
@@ -183,6 +201,20 @@ class Trie:
     def transitions(self) -> TransitionTable:
         return self._table
 
+    @property
+    def max_length(self) -> int:
+        """Tokens in the longest sequence (the depth of the transition table, level by level)."""
+        offsets, children = np.asarray(self._table.offsets), np.asarray(self._table.children)
+        frontier, depth = np.zeros(1, dtype=np.int64), 0
+        while True:
+            starts, counts = offsets[frontier], offsets[frontier + 1] - offsets[frontier]
+            total = int(counts.sum())
+            if total == 0:
+                return depth
+            first = np.repeat(starts - (np.cumsum(counts) - counts), counts)  # each edge's slice start, shifted
+            frontier = children[first + np.arange(total)]
+            depth += 1
+
     def map_sequence(self, token_ids: Sequence[int]) -> str | None:
         """The value (image id) of a complete sequence, or None if it is not in the trie."""
         try:
@@ -205,7 +237,7 @@ class Trie:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Trie":
+    def load(cls, directory: str | os.PathLike) -> Trie:
         import marisa_trie
 
         directory = Path(directory)

@@ -22,7 +22,9 @@ import torch
 
 from grace.fallbacks import record_fallback
 from grace.hf_compat import cache_kwarg, output_cache, takes_logits_to_keep
+from grace.infer.constraint import Constraint
 from grace.infer.kv_cache import StaticBeamCache, reorder_cache, repeat_cache, static_cache_supported
+from grace.model.flamingo import language_model
 from grace.model.id_head import identifier_head
 
 NEG = -1.0e9
@@ -62,7 +64,7 @@ class CausalLMAdapter:
                  static_cache: bool = False, step_model: Any = None, **extra: Any):
         self.model = model
         self.step_model = step_model or model
-        self.lm = getattr(model, "lang_encoder", model)
+        self.lm = language_model(model)
         head = identifier_head(self.lm)
         self.columns = head.token_ids if head is not None else None  # the logits' token ids (None: all)
         self.input_key = input_key
@@ -238,7 +240,7 @@ def _top_children(log_probs: torch.Tensor, cands: tuple[torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                num_beams: int, max_new_tokens: int, eos_token_id: int, constraint: Any = None,
+                num_beams: int, max_new_tokens: int, eos_token_id: int, constraint: Constraint | None = None,
                 length_penalty: float = 1.0, pad_token_id: int = 0, early_stop: bool = True) -> BeamOutput:
     """Beam search for (B, L) left-padded prompts; returns ``num_beams`` finished hypotheses per prompt.
 
@@ -267,13 +269,12 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
 
     logits = adapter.prefill(input_ids, attention_mask, num_beams, max_new_tokens)
     prompt_rows = input_ids.repeat_interleave(num_beams, 0)
-    fanout = getattr(constraint, "candidates", None)
     columns = adapter.columns  # the identifier head's token ids: logits (and their softmax) over those only
     columns = columns.to(device) if columns is not None else None
     column_of = _column_lookup(columns) if columns is not None else None
     for cur in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
-        cands = fanout(state) if fanout is not None else None
+        cands = constraint.candidates(state) if constraint is not None else None
         if cands is not None:  # rank the K x F trie children only
             top_scores, top_beam, top_tokens, top_state = _top_children(log_probs, cands, running_scores, keep,
                                                                          constraint.sink, column_of)
@@ -282,7 +283,7 @@ def beam_search(adapter: DecoderAdapter, input_ids: torch.Tensor, attention_mask
                 log_probs = _to_vocabulary(log_probs, columns)
             if constraint is not None:
                 flat_seqs = None  # only a sequence-reading constraint (the GENRE reference) needs the rows
-                if getattr(constraint, "needs_sequences", True):
+                if constraint.needs_sequences:
                     flat_seqs = torch.cat([prompt_rows, running[:, :, :cur].reshape(batch * num_beams, cur)], dim=1)
                 log_probs = constraint.apply(flat_seqs, log_probs, state)
             vocab = log_probs.shape[-1]

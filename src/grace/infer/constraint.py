@@ -20,11 +20,22 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from grace.errors import GraceError
+
 
 class Constraint(Protocol):
-    """What the beam loop needs from a decoding constraint."""
+    """What the beam loop needs from a decoding constraint (both constraints below implement all of it)."""
 
-    def init_state(self, n_rows: int, device: torch.device) -> Any: ...
+    #: whether :meth:`apply` reads each row's tokens (the loop then materialises prompt + generated rows)
+    needs_sequences: bool
+    #: the state of a dead row (one that left the trie); padding of :meth:`candidates`
+    sink: int
+
+    def init_state(self, n_rows: int, device: torch.device | None = None) -> Any: ...
+
+    def candidates(self, state: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, F) allowed tokens and their next states, when the constraint can list them (the loop then
+        ranks K × F children instead of K × V); None otherwise."""
 
     def apply(self, sequences: torch.Tensor, scores: torch.Tensor, state: Any) -> torch.Tensor: ...
 
@@ -56,8 +67,6 @@ class TrieLogitsProcessor:
         self.children = _as_tensor(table.children, device)
         self.num_nodes = int(offsets.numel() - 1)
         if self.num_nodes < 1 or self.tokens.numel() != self.children.numel():
-            from grace.errors import GraceError
-
             raise GraceError("malformed trie transition table (offsets/tokens/children sizes disagree)")
         self.sink = self.num_nodes
         self.offsets = torch.cat([offsets, offsets[-1:]])  # sink: empty slice
@@ -87,12 +96,6 @@ class TrieLogitsProcessor:
     @property
     def device(self) -> torch.device:
         return self.tokens.device
-
-    def to(self, device: torch.device | str) -> TrieLogitsProcessor:
-        for name in ("offsets", "tokens", "children", "counts", "keys", "fanout_tokens", "fanout_children"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
-        return self
 
     def candidates(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(rows, F) child tokens and child nodes of each row's node (padding: token 0 → the sink), or None
@@ -124,8 +127,6 @@ class TrieLogitsProcessor:
         scores[rows, tokens] = kept
         return scores
 
-    __call__ = apply
-
     def advance(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Child node of each (node, token) pair; the sink when the token is not a child."""
         query = state * self.stride + tokens
@@ -147,6 +148,7 @@ class PrefixAllowedReference:
     """
 
     needs_sequences = True
+    sink = -1  # stateless: no dead-row state
 
     def __init__(self, trie: Any, prompt_len: int):
         self.trie = trie
@@ -157,6 +159,10 @@ class PrefixAllowedReference:
 
     def init_state(self, n_rows: int, device: torch.device | None = None) -> None:
         return None
+
+    def candidates(self, state: Any) -> None:
+        """None: the reference masks the whole vocabulary."""
+        return
 
     def apply(self, sequences: torch.Tensor, scores: torch.Tensor, state: Any = None) -> torch.Tensor:
         mask = torch.full_like(scores, float("-inf"))

@@ -10,10 +10,10 @@ a single-process run for deterministic retrievers.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 
+from grace.distributed import rank_and_world
 from grace.retriever import Query, Retriever
 
 DEFAULT_KS = (1, 5, 10)
@@ -68,7 +68,7 @@ def run_queries(retriever: Retriever, queries: Sequence[str | Query], k: int, *,
     queries = _as_queries(queries)
     rankings: list[list[str]] = []
     latencies: list[float] = []
-    bar = tqdm(total=len(queries), desc=desc or getattr(retriever, "name", "eval"), disable=not progress, leave=False)
+    bar = tqdm(total=len(queries), desc=desc or retriever.name, disable=not progress, leave=False)
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
         t0 = time.perf_counter()
@@ -102,24 +102,13 @@ def evaluate(retriever: Retriever, queries: Sequence[str | Query], gold: Sequenc
     Distributed when ``torch.distributed`` is initialised: each rank scores ``queries[rank::world]``
     and every rank returns the metrics of all queries.
     """
-    world, rank = _world()
+    rank, world = rank_and_world()
     index = list(range(rank, len(queries), world))
     rankings, latencies = run_queries(retriever, [queries[i] for i in index], max(ks), batch_size=batch_size,
                                       progress=progress and rank == 0)
     if world > 1:
         rankings, latencies = _gather_in_order(index, rankings, latencies, len(queries))
     return metrics(rankings, gold, latencies, ks)
-
-
-def _world() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-    except ImportError:  # pragma: no cover
-        pass
-    return 1, 0
 
 
 def _gather_in_order(index: list[int], rankings: list, latencies: list, n: int) -> tuple[list, list[float]]:
@@ -133,17 +122,3 @@ def _gather_in_order(index: list[int], rankings: list, latencies: list, n: int) 
         for i, r, t in zip(idx, ranks, lats):
             all_rankings[i], all_latencies[i] = r, t
     return all_rankings, all_latencies
-
-
-def init_distributed() -> tuple[int, int]:
-    """Initialise the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return _world()
-

@@ -8,7 +8,6 @@ first (several identifiers may name one image, e.g. semantic ids).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -18,11 +17,16 @@ from typing import Any
 import torch
 
 from grace.errors import GraceError, InputError
+from grace.identifiers.idmap import IdentifierMap
+from grace.identifiers.trie import Trie, TrieIndex
 from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.model.factory import load_pretrained
+from grace.model.flamingo import CrossAttentionCache, FlamingoModel, language_model
 from grace.model.id_head import identifier_head
 from grace.model.prompt import left_pad, prompt_ids
 from grace.retriever import Hit, Query, Retriever
+from grace.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +49,14 @@ class FlamingoAdapter(CausalLMAdapter):
     its query's image, so re-ordering beams never changes them). ``cache_vision=False`` is the reference
     path: the vision inputs go through the perceiver and every layer's K/V projection at each step."""
 
-    def __init__(self, model: Any, *, vision_features: torch.Tensor | None = None, cache_vision: bool = True,
-                 static_cache: bool = False, step_model: Any = None):
-        super().__init__(model, input_key="lang_x", static_cache=static_cache, step_model=step_model,
-                         position_ids="position_ids" in inspect.signature(model.forward).parameters)
+    def __init__(self, model: FlamingoModel, *, vision_features: torch.Tensor | None = None,
+                 cache_vision: bool = True, static_cache: bool = False, step_model: Any = None):
+        super().__init__(model, input_key="lang_x", static_cache=static_cache, step_model=step_model)
         self.vision_features = vision_features
         self.cache_vision = cache_vision
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
                 max_new_tokens: int | None = None) -> torch.Tensor:
-        from grace.model.flamingo import CrossAttentionCache
-
         batch = input_ids.shape[0]
         if not self.cache_vision:
             features = self.vision_features
@@ -75,19 +76,10 @@ def make_adapter(model: Any, *, cache_vision: bool = True, static_cache: bool = 
     """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries; the vision side cached when
     the model can compute it apart, ``encode_vision``); any HF causal LM gets ``input_ids``. ``static_cache``
     and ``step_model``: see :class:`~grace.infer.beam_search.CausalLMAdapter`."""
-    params = inspect.signature(model.forward).parameters
     options = {"static_cache": static_cache, "step_model": step_model}
-    if "lang_x" in params and hasattr(model, "null_vision_features"):
-        return FlamingoAdapter(model, cache_vision=cache_vision and hasattr(model, "encode_vision"), **options)
-    if "lang_x" in params:
-        return CausalLMAdapter(model, input_key="lang_x", position_ids="position_ids" in params, **options)
+    if isinstance(model, FlamingoModel):
+        return FlamingoAdapter(model, cache_vision=cache_vision, **options)
     return CausalLMAdapter(model, **options)
-
-
-def trie_depth(trie: Any) -> int:
-    """Longest sequence in the trie (the beam search's max_new_tokens)."""
-    depth = getattr(trie, "max_length", None) or getattr(trie, "max_len", None)
-    return int(depth) if depth else max(len(seq) for seq in trie)
 
 
 class GenerativeRetriever(Retriever):
@@ -95,7 +87,7 @@ class GenerativeRetriever(Retriever):
 
     name = "generative"
 
-    def __init__(self, model: Any, tokenizer: Any, idmap: Any, trie: Any, *, num_beams: int = 10,
+    def __init__(self, model: Any, tokenizer: Any, idmap: Any, trie: TrieIndex, *, num_beams: int = 10,
                  length_penalty: float = 1.0, batch_size: int = 16, device: str | torch.device = "cpu",
                  decode: Any = None, static_cache: bool = True, compile: bool = False):
         self.model = model.eval().to(device)
@@ -107,10 +99,10 @@ class GenerativeRetriever(Retriever):
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.processor = TrieLogitsProcessor(trie.transitions(), device=self.device)
-        head = identifier_head(getattr(self.model, "lang_encoder", self.model))
+        head = identifier_head(language_model(self.model))
         if head is not None:
             head.check_covers(self.processor.tokens)
-        self.max_new_tokens = trie_depth(trie)
+        self.max_new_tokens = trie.max_length
         self._decode = decode or self._decode_with_tokenizer
         self._cache: dict[tuple[int, ...], str | None] = {}
         # decoding: a preallocated beam cache; on a GPU a fixed step count (no host syncs), optionally compiled
@@ -121,7 +113,7 @@ class GenerativeRetriever(Retriever):
     def _decode_with_tokenizer(self, tokens: list[int]) -> str | None:
         """Token ids (ending with end-of-chunk) → image id: the trie's own value when it stores one, else
         decode the identifier and look it up in the identifier map; None if unknown."""
-        image = self.trie.map_sequence(tokens) if hasattr(self.trie, "map_sequence") else None
+        image = self.trie.map_sequence(tokens)
         if image:
             return image
         body = tokens[:-1] if tokens and tokens[-1] == self.tokenizer.eoc_token_id else tokens
@@ -141,7 +133,7 @@ class GenerativeRetriever(Retriever):
         (``lang_x``, ``attention_mask``, ``position_ids``) and, for a Flamingo model, the null image."""
         inputs = left_pad([prompt_ids(self.tokenizer, text) for text in texts], self.tokenizer.pad_token_id)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if hasattr(self.model, "null_vision_features"):
+        if isinstance(self.model, FlamingoModel):
             inputs["vision_features"] = self.model.null_vision_features(len(texts)).to(self.device)
         return inputs
 
@@ -194,9 +186,6 @@ class GenerativeRetriever(Retriever):
         path = Path(path)
         if not path.is_dir():
             raise InputError("export folder not found", path=path)
-        from grace.identifiers import IdentifierMap, Trie
-        from grace.model import load_pretrained
-
         ids_dir = Path(ids) if ids else _find_artefact(path, "ids")
         trie_dir = Path(trie) if trie else _find_artefact(path, "trie")
         model, tokenizer = load_pretrained(path, trust_remote_code=trust_remote_code)
@@ -206,15 +195,15 @@ class GenerativeRetriever(Retriever):
         return cls(model, tokenizer, idmap, trie_obj, device=device, **kwargs)
 
 
-def _find_artefact(export_dir: Path, kind: str, required: bool = True) -> Path | None:
-    """``export_dir/kind`` or, in the run layout, ``RUN/kind/<scheme>`` for ``RUN/ckpt/<scheme>/export``."""
+def _find_artefact(export_dir: Path, kind: str) -> Path:
+    """``export_dir/kind`` or, in the run layout, ``RUN/ids/<scheme>`` / ``RUN/trie/<scheme>`` for
+    ``RUN/ckpt/<scheme>/export``."""
     candidates = [export_dir / kind]
-    if export_dir.name == "export" and export_dir.parent.parent.name == "ckpt":
-        scheme = export_dir.parent.name
-        candidates.append(export_dir.parent.parent.parent / kind / scheme)
+    in_run = RunLayout.of_export(export_dir)
+    if in_run is not None:
+        layout, scheme = in_run
+        candidates.append(layout.ids(scheme) if kind == "ids" else layout.trie(scheme))
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    if required:
-        raise InputError(f"no {kind}/ folder found (looked in {', '.join(map(str, candidates))})", path=export_dir)
-    return None
+    raise InputError(f"no {kind}/ folder found (looked in {', '.join(map(str, candidates))})", path=export_dir)

@@ -1,6 +1,6 @@
 """``grace search``: ask loaded retrievers for images, and the :class:`SearchService` ``grace serve`` wraps.
 
-A service holds each retriever once (``KIND:PATH`` specs, or every retriever a run built) and the corpus
+A service holds each retriever once (loaded by ``grace.experiments.retrievers.load_service``) and the corpus
 (image id → file), so results carry file paths and every request after the first costs only a search.
 Generative hits keep the identifier they were generated as, its trie path and the beam score per step.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grace.errors import GraceError, InputError
+from grace.infer.retriever import GeneratedHit
 from grace.retriever import Hit, Query, Retriever
 
 #: most characters a text query may have (a longer one is refused, not truncated)
@@ -35,34 +36,6 @@ class Result:
     step_scores: list[float] = field(default_factory=list)
 
 
-def run_retriever_specs(run: str | Path) -> list[str]:
-    """``KIND:PATH`` of every retriever a run built: ``RUN/ckpt/<scheme>/export`` (generative),
-    ``RUN/baselines/<kind>/index`` (only folders whose ``config.json``, written last, exists) and
-    ``RUN/hybrid/<scheme>+<kind>`` (``hybrid.json``)."""
-    run = Path(run)
-    specs = [f"generative:{export}" for export in sorted(run.glob("ckpt/*/export"))
-             if (export / "config.json").is_file()]
-    specs += [f"{index.parent.name}:{index}" for index in sorted(run.glob("baselines/*/index"))
-              if (index / "config.json").is_file()]
-    specs += [f"hybrid:{folder}" for folder in sorted(run.glob("hybrid/*")) if (folder / "hybrid.json").is_file()]
-    if not specs:
-        raise InputError("no trained retriever in this run (looked for ckpt/*/export and baselines/*/index)",
-                         path=run)
-    return specs
-
-
-def retriever_name(spec: str) -> str:
-    """Display name of ``KIND:PATH``: ``generative/<scheme>`` for a run's export, ``hybrid/<scheme>+<kind>`` for
-    a run's hybrid, else the kind."""
-    kind, _, path = spec.partition(":")
-    parts = Path(path).parts
-    if kind == "generative" and len(parts) >= 3 and parts[-1] == "export" and parts[-3] == "ckpt":
-        return f"generative/{parts[-2]}"
-    if kind == "hybrid" and len(parts) >= 2 and parts[-2] == "hybrid":
-        return f"hybrid/{parts[-1]}"
-    return kind
-
-
 class SearchService:
     """Named retrievers over one corpus; :meth:`search` validates a request and returns :class:`Result` rows."""
 
@@ -74,34 +47,6 @@ class SearchService:
         self.files = files or {}
         self.captions = captions or {}
         self.run = run
-
-    @classmethod
-    def load(cls, specs: list[str] | None = None, *, run: str | Path | None = None,
-             dataset: str | Path | None = None, split: str = "test", num_beams: int = 10,
-             device: str | None = None, compile: bool = False, image_root: str | Path | None = None,
-             trust_remote_code: bool = False) -> SearchService:
-        """Load ``specs`` (default: every retriever of ``run``) once; the ``split`` images of ``dataset``
-        (default ``RUN/data/dataset.json``) are the corpus that results point to."""
-        from grace.retriever import load_retriever
-
-        run_dir = Path(run) if run else None
-        specs = list(specs or []) or (run_retriever_specs(run_dir) if run_dir else [])
-        if not specs:
-            raise InputError("name a retriever (--retriever KIND:PATH) or a run (--run RUN)")
-        retrievers: dict[str, Retriever] = {}
-        for spec in specs:
-            kind = spec.partition(":")[0]
-            generative = kind in ("generative", "hybrid")  # a hybrid passes these to its generative retriever
-            kwargs: dict[str, Any] = {"num_beams": num_beams, "compile": compile,
-                                      "trust_remote_code": trust_remote_code} if generative else {}
-            if generative and device:
-                kwargs["device"] = device
-            name = retriever_name(spec)
-            retrievers[name if name not in retrievers else spec] = load_retriever(spec, **kwargs)
-        if dataset is None and run_dir is not None and (run_dir / "data" / "dataset.json").is_file():
-            dataset = run_dir / "data" / "dataset.json"
-        files, captions = corpus_files(dataset, split, image_root) if dataset else ({}, {})
-        return cls(retrievers, files, run_dir, captions)
 
     def describe(self) -> list[dict]:
         """What is loaded: name, class name and query modalities of each retriever."""
@@ -134,17 +79,12 @@ class SearchService:
             file = self.files.get(hit.image_id)
             out.append(Result(rank=rank, image_id=hit.image_id, score=float(hit.score),
                               file=str(file) if file else None, caption=self.captions.get(hit.image_id),
-                              identifier=getattr(hit, "identifier", None),
-                              trie_path=list(getattr(hit, "path", [])),
-                              step_scores=[float(s) for s in getattr(hit, "step_scores", [])]))
+                              **(explanation(hit) if isinstance(hit, GeneratedHit) else {})))
         return out
 
     def search_one(self, name: str, queries: list[Query], k: int) -> list[list[Result]]:
         """Rows for ``queries`` from one retriever (generative: with the identifiers it generated)."""
-        retriever = self.retrievers[name]
-        explained = getattr(retriever, "search_explained", None)
-        hits = explained(queries, k) if explained else retriever.search(queries, k)
-        return [self.rows(h) for h in hits]
+        return [self.rows(h) for h in self.retrievers[name].search_explained(queries, k)]
 
     def search(self, query: Query, k: int = 10, names: list[str] | None = None) -> dict[str, dict]:
         """One query against the named retrievers: ``{name: {"results": [...], "latency_ms": t}}``."""
@@ -153,6 +93,11 @@ class SearchService:
             t0 = time.perf_counter()
             out[name] = response_entry(self.search_one(name, [query], k)[0], time.perf_counter() - t0)
         return out
+
+
+def explanation(hit: GeneratedHit) -> dict[str, Any]:
+    """The :class:`Result` fields that say why a generative hit was retrieved."""
+    return {"identifier": hit.identifier, "trie_path": list(hit.path), "step_scores": [float(s) for s in hit.step_scores]}
 
 
 def response_entry(rows: list[Result], seconds: float) -> dict:

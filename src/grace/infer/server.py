@@ -26,12 +26,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from grace.errors import GraceError, InputError
 from grace.infer.batching import DynamicBatcher, Overloaded
 from grace.infer.search import SearchService, response_entry
 from grace.retriever import Query
+from grace.run_layout import RunLayout
 
 STATIC = Path(__file__).parent / "static"
 #: largest accepted image upload
@@ -93,9 +95,10 @@ RUN_FILES = (".md", ".png", ".json")
 
 def run_result_files(run: Path | None) -> dict[str, Path]:
     """name → file of the tables, plots and JSON under ``RUN/results`` (the only run files served)."""
-    if run is None or not (run / "results").is_dir():
+    results = RunLayout(run).results if run is not None else None
+    if results is None or not results.is_dir():
         return {}
-    return {p.name: p.resolve() for p in sorted((run / "results").iterdir())
+    return {p.name: p.resolve() for p in sorted(results.iterdir())
             if p.is_file() and p.suffix in RUN_FILES}
 
 
@@ -191,7 +194,7 @@ def create_app(service: SearchService, *, max_batch: int = 32, window_ms: float 
         # BodyLimit has refused a body over MAX_UPLOAD_BYTES + 64 KiB, declared or streamed
         form = await request.form(max_part_size=MAX_UPLOAD_BYTES + 1)
         upload = form.get("image")
-        if upload is None or not hasattr(upload, "read"):
+        if not isinstance(upload, UploadFile):  # absent, or a plain text field
             return error(400, "no image file in the form (field 'image')")
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:

@@ -1,4 +1,4 @@
-"""One factory for every Flamingo config, plus export / reload without DeepSpeed."""
+"""One factory for every Flamingo config, and reloading an export without DeepSpeed."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from torch import nn
 
 from grace.errors import GraceError, InputError
 from grace.model.config import FlamingoConfig, resolve_config
+from grace.model.export import (  # noqa: F401  (save_pretrained and the names are re-exported here)
+    FEATURE_LAYOUT_NAME,
+    LM_CONFIG_DIR,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    save_pretrained,
+    storage_key,
+)
 from grace.model.flamingo import FlamingoModel
 
 log = logging.getLogger(__name__)
-WEIGHTS_NAME = "model.safetensors"
-LM_CONFIG_DIR = "lm"
-TOKENIZER_DIR = "tokenizer"
 _KEEP = object()
 
 
@@ -205,48 +210,6 @@ def apply_trainable_parts(model: FlamingoModel) -> None:
                 param.requires_grad_(True)
 
 
-def _storage_key(tensor: torch.Tensor) -> tuple:
-    """Identifies tensors that alias one parameter (OpenFlamingo registers each layer twice)."""
-    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
-
-
-def _unique_state(model: FlamingoModel, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """State dict without the vision encoder (rebuilt from its name) and without aliases of one tensor."""
-    seen: set[tuple] = set()
-    out = {}
-    for name, tensor in (model.state_dict() if state is None else state).items():
-        if name.startswith("vision_encoder."):
-            continue
-        key = _storage_key(tensor)
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous().cpu()
-    return out
-
-
-def save_pretrained(model: FlamingoModel, directory: "str | Path", tokenizer: Any = None,
-                    state: dict[str, torch.Tensor] | None = None) -> Path:
-    """``directory/{model.safetensors, config.json, lm/config.json, tokenizer/}``, each written atomically;
-    ``state`` replaces ``model.state_dict()`` (e.g. one gathered from ZeRO-3 partitions)."""
-    from safetensors.torch import save_file
-
-    from grace.io_utils import atomic_path, save_config
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(_unique_state(model, state), str(tmp), metadata={"format": "pt"})
-    model.lang_encoder.config.save_pretrained(directory / LM_CONFIG_DIR)
-    if tokenizer is not None:
-        tokenizer.save(directory / TOKENIZER_DIR)
-    save_config(directory, model.config)
-    return directory
-
-
-FEATURE_LAYOUT_NAME = "feature_layout.json"
-
-
 def check_feature_layout(config: FlamingoConfig, layout: dict, source: Any) -> None:
     """One-line error when the visual features a model was trained on (``layout``: ``n_visual_tokens``,
     ``vis_dim``) differ from its config: its null image would differ between training and inference."""
@@ -305,8 +268,8 @@ def load_state(model: FlamingoModel, state: dict[str, torch.Tensor], *, source: 
         raise InputError(f"unexpected keys {result.unexpected_keys[:5]} (of {len(result.unexpected_keys)})",
                          path=source)
     current = model.state_dict()
-    covered = {_storage_key(t) for n, t in current.items() if n in state}
+    covered = {storage_key(t) for n, t in current.items() if n in state}
     missing = [n for n in result.missing_keys
-               if not n.startswith("vision_encoder.") and _storage_key(current[n]) not in covered]
+               if not n.startswith("vision_encoder.") and storage_key(current[n]) not in covered]
     if missing:
         raise InputError(f"missing weights {missing[:5]} (of {len(missing)})", path=source)

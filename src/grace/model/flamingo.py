@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from grace.errors import GraceError
 from grace.hf_compat import cache_from_kwargs, cache_kwarg, output_cache, takes_logits_to_keep
 from grace.model.config import FlamingoConfig
+from grace.model.export import save_pretrained
 from grace.model.id_head import IdentifierHead, identifier_head, install_identifier_head
 from grace.model.modules import GatedCrossAttentionBlock, PerceiverResampler
 
@@ -360,8 +361,6 @@ class FlamingoModel(nn.Module):
 
     def save_pretrained(self, directory: Any, tokenizer: Any = None) -> Any:
         """Export safetensors + config.json (+ lm/ config, + tokenizer/); see :func:`grace.model.save_pretrained`."""
-        from grace.model.factory import save_pretrained
-
         return save_pretrained(self, directory, tokenizer=tokenizer)
 
     def train(self, mode: bool = True) -> "FlamingoModel":
@@ -370,3 +369,9 @@ class FlamingoModel(nn.Module):
         if self.vision_encoder is not None:
             self.vision_encoder.eval()
         return self
+
+
+def language_model(model: Any) -> Any:
+    """The language model a decoder steps and whose head it reads: a :class:`FlamingoModel`'s ``lang_encoder``,
+    or ``model`` itself (any Hugging Face causal LM)."""
+    return model.lang_encoder if isinstance(model, FlamingoModel) else model

@@ -105,7 +105,7 @@ def init_from(model: Any, source: str | Path, tokenizer: Any, *, rank: int = 0) 
     """Load ``source`` (our export folder, an OpenFlamingo ``checkpoint.pt``, or its hub repo id) into
     ``model`` (before DeepSpeed wraps it; a ZeRO-3 partitioned model is written parameter by parameter).
     Returns what was loaded: tensors copied, embedding rows matched and new, source keys unused."""
-    from grace.model.factory import TOKENIZER_DIR, WEIGHTS_NAME
+    from grace.model.export import TOKENIZER_DIR, WEIGHTS_NAME
 
     path = _resolve(source)
     if path.is_dir():

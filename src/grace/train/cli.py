@@ -6,14 +6,13 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from grace.config import add_dataclass_args
+    from grace.config import add_command
     from grace.train.config import TrainConfig
 
-    parser = subparsers.add_parser(
-        "train", help="train a GRACE model with DeepSpeed ZeRO-3 (torchrun --nproc_per_node N -m grace.cli train …)",
-        description="Train on i2id/t2id shards; checkpoints in OUTPUT_DIR/checkpoints, model in OUTPUT_DIR/export.")
-    add_dataclass_args(parser, TrainConfig)
-    parser.set_defaults(func=_run)
+    add_command(subparsers, "train", TrainConfig, _run,
+                help="train a GRACE model with DeepSpeed ZeRO-3 (torchrun --nproc_per_node N -m grace.cli train …)",
+                description="Train on i2id/t2id shards; checkpoints in OUTPUT_DIR/checkpoints, model in "
+                            "OUTPUT_DIR/export.")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -40,8 +40,9 @@ def quiet_libraries() -> None:
     deepspeed.utils.logger.setLevel(logging.WARNING)
 
 
-def init_distributed(device: str) -> tuple[int, int, int]:
-    """Start (or join) the process group; a plain ``python`` run becomes a 1-process group.
+def init_deepspeed(device: str) -> tuple[int, int, int]:
+    """Start (or join) the process group through DeepSpeed and return ``(rank, world size, local rank)``; a plain
+    ``python`` run becomes a 1-process group (``grace.distributed.init_distributed`` is the one without DeepSpeed).
 
     Without RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT DeepSpeed would look for mpi4py, so set them.
     """
@@ -300,7 +301,7 @@ def export_model(engine: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: 
     """
     import torch.distributed as dist
 
-    from grace.model.factory import save_pretrained
+    from grace.model.export import save_pretrained
 
     tmp = export_dir.with_name(f".{export_dir.name}.tmp")
     state = gathered_state_dict(engine.module, rank)
@@ -313,7 +314,7 @@ def export_model(engine: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: 
                 shutil.copytree(src, tmp / name)
         save_config(tmp, cfg, name="train_config.json")
         if feature_layout is not None:
-            from grace.model.factory import FEATURE_LAYOUT_NAME
+            from grace.model.export import FEATURE_LAYOUT_NAME
 
             write_json(tmp / FEATURE_LAYOUT_NAME, feature_layout)
         shutil.rmtree(export_dir, ignore_errors=True)

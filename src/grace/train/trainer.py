@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+import grace.train.engine as E
 from grace.errors import InputError
 from grace.io_utils import save_config, seed_everything
-from grace.train import engine as E
 from grace.train.config import TrainConfig, TrainResult
 from grace.train.data import MixedBatches, VisionSource
 
@@ -75,7 +75,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     cfg.validate()
     device = E.resolve_device(cfg.device)
-    rank, world, local_rank = E.init_distributed(device)
+    rank, world, local_rank = E.init_deepspeed(device)
     dev = f"cuda:{local_rank}" if device == "cuda" else "cpu"
     seed_everything(cfg.seed)
     out = Path(cfg.output_dir)

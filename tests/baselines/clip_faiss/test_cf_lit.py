@@ -10,7 +10,8 @@ from grace.retrieval_baselines.clip_faiss.configs import BuildIndexConfig, Retri
 from grace.retrieval_baselines.clip_faiss.index import build_index
 from grace.retrieval_baselines.clip_faiss.pairs import retrieve_pairs
 from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
-from grace.retriever import Query, RandomRetriever
+from grace.retrieval_baselines.random import RandomRetriever
+from grace.retriever import Query
 
 
 def _recall1(retriever, texts, gold):

@@ -6,8 +6,9 @@ import json
 
 
 def test_build_text_to_image_indexes_the_test_split_and_is_reused(shared_tiny_dataset, tmp_path, monkeypatch):
+    from grace.experiments.retrievers import load_retriever
     from grace.retrieval_baselines.late_interaction import retriever as R
-    from grace.retriever import Query, load_retriever
+    from grace.retriever import Query
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     built = R.build_text_to_image(dataset_json, tmp_path / "li", steps=3, cache_dir=tmp_path / "cache",

@@ -7,7 +7,9 @@ import itertools
 import pytest
 
 from grace.data_process.dataset import test_queries
-from grace.retriever import Query, RandomRetriever, load_retriever
+from grace.experiments.retrievers import load_retriever
+from grace.retrieval_baselines.random import RandomRetriever
+from grace.retriever import Query
 
 
 @pytest.fixture(scope="module")

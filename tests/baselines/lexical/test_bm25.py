@@ -8,8 +8,9 @@ import json
 import pytest
 
 from grace.errors import InputError
+from grace.experiments.retrievers import load_retriever
 from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
-from grace.retriever import Query, load_retriever
+from grace.retriever import Query
 
 DOCS = {"cat": ["tired cat", "cat face"], "car": ["red sports car"], "tree": ["palm tree ; coconut"]}
 

@@ -61,19 +61,6 @@ def encode_pil_batches(encoder, images: Sequence, batch_size: int = 64, *, progr
     return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 
-def dataset_image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
-                           *, batch_size: int = 64, progress: bool = True) -> tuple[list[str], np.ndarray]:
-    """Pooled frozen image features of every image of ``dataset`` → (ids, (N, D) float32).
-
-    The shared ``grace.data_process.features`` cache, so the baseline sees exactly the features the
-    generative model sees.
-    """
-    from grace.data_process.features import image_features
-
-    fs = image_features(dataset, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
-    return list(fs.ids), np.asarray(fs.array, dtype=np.float32)
-
-
 def _normalise(x: np.ndarray) -> np.ndarray:
     return unit_rows(np.asarray(x, dtype=np.float32))
 

@@ -91,6 +91,19 @@ def train_pairs(dataset, split: str) -> tuple[list[str], list[str], list[int]]:
     return [r.image_id for r in records], texts, owners
 
 
+def dataset_image_features(dataset, encoder: str = "efficientnet-lite0", cache_dir: Path | None = None,
+                           *, batch_size: int = 64, progress: bool = True) -> tuple[list[str], np.ndarray]:
+    """Pooled frozen image features of every image of ``dataset`` → (ids, (N, D) float32).
+
+    The shared ``grace.data_process.features`` cache, so the baseline sees exactly the features the
+    generative model sees.
+    """
+    from grace.data_process.features import image_features
+
+    fs = image_features(dataset, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return list(fs.ids), np.asarray(fs.array, dtype=np.float32)
+
+
 def fit_heads(image_x: np.ndarray, text_x: np.ndarray, owners: np.ndarray, config: dict, *, epochs: int,
               batch_size: int, lr: float, weight_decay: float = 0.01, seed: int = 0,
               progress: bool = True) -> tuple[LitHeads, list[float]]:
@@ -130,7 +143,6 @@ def train_heads(config) -> dict:
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.encoders import create_text_encoder
     from grace.io_utils import save_config, seed_everything
-    from grace.retrieval_baselines.clip_faiss.dual_encoder import dataset_image_features
 
     seed_everything(config.seed)
     dataset = load_karpathy(config.dataset, config.image_root)

@@ -112,13 +112,10 @@ def bench_latency(config) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from grace.config import add_dataclass_args, dataclass_from_args
+    from grace.config import command_line, dataclass_from_args
     from grace.retrieval_baselines.clip_faiss.configs import BenchLatencyConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_dataclass_args(parser, BenchLatencyConfig)
+    parser = command_line(BenchLatencyConfig, __doc__.splitlines()[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = bench_latency(dataclass_from_args(BenchLatencyConfig, parser.parse_args(argv)))
     for row in rows:

@@ -3,5 +3,6 @@ query fusion) with a PLAID index through colbert-ai, or exact MaxSim.
 
 Modules: ``configs`` (CLI dataclasses), ``maxsim``, ``fusion``, ``modeling`` (the model), ``collection``
 (document sources, bulk encoding), ``train``, ``plaid`` (colbert-ai adapter), ``index`` (Indexer /
-Searcher), ``retriever`` (:class:`LateInteractionRetriever`), ``kbvqa`` (WordNet KB-VQA task), ``cli``.
+Searcher), ``retriever`` (:class:`LateInteractionRetriever`), ``wordnet`` (the WordNet
+knowledge base), ``kbvqa`` (WordNet KB-VQA task), ``cli``.
 """

@@ -18,13 +18,9 @@ import numpy as np
 import torch
 
 from grace.errors import InputError
-from grace.io_utils import atomic_path, read_json, write_json
+from grace.io_utils import atomic_path, folder_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 class ExactSearcher:
@@ -115,13 +111,12 @@ class Searcher:
         self.backend = backend or self.config["backend"]
         self.impl = None
         if self.backend == "plaid":
+            from grace.fallbacks import record_fallback
             from grace.retrieval_baselines.late_interaction.plaid import (
                 PlaidSearcher,
                 plaid_available,
                 unavailable_reason,
             )
-
-            from grace.fallbacks import record_fallback
 
             if not (index_dir / "plaid").is_dir():
                 record_fallback("late-interaction search", "plaid", "exact", f"{index_dir} has no PLAID index")

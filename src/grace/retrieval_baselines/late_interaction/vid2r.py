@@ -203,7 +203,7 @@ def run_vid2r(config) -> dict:
     dialogues, kb = config.dialogues, config.kb
     if config.offline:
         from grace.data_process.dataset import load_karpathy
-        from grace.retrieval_baselines.late_interaction.kbvqa import WordNet
+        from grace.retrieval_baselines.late_interaction.wordnet import WordNet
 
         dataset = load_karpathy(Path(config.emoji_dir) / "dataset.json")
         if config.limit:

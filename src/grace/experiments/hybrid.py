@@ -13,6 +13,7 @@ from pathlib import Path
 from grace.errors import GraceError
 from grace.fusion import HybridConfig, HybridRetriever, fuse
 from grace.infer.evaluate import gold_rank
+from grace.run_layout import RunLayout
 
 #: the weights :func:`choose_weight` tries by default (0: the generative order; 1: the re-ranker's)
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -50,20 +51,19 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
                  load: Callable[..., object] | None = None) -> dict[str, dict]:
     """Choose the weight on the ``val`` set, score every query set (each over its split's corpus: the scheme's
     trie and the baseline's index of that split) → ``{set name: result}`` (``weight``, ``depth`` and the val
-    choice in each), written to ``pipeline.result_path``. ``load`` (default ``grace.retriever.load_retriever``)
+    choice in each), written to ``pipeline.result_path``. ``load`` (default ``grace.experiments.retrievers.load_retriever``)
     opens ``KIND:PATH`` specs."""
-    from grace.infer.baseline_stages import index_name
+    from grace.experiments.pipeline import result_path, trie_dir
+    from grace.experiments.retrievers import load_retriever
     from grace.infer.evaluate import evaluate
-    from grace.infer.pipeline import result_path, trie_dir
     from grace.io_utils import write_json
-    from grace.retriever import load_retriever
 
     load = load or load_retriever
     run = Path(run)
     by_split = {query_set.split for query_set in sets}
     if "val" not in by_split:
         raise GraceError("--hybrid chooses its fusion weight on val: it needs --select-on val")
-    export = run / "ckpt" / scheme / "export"
+    export = RunLayout(run).export(scheme)
     name = hybrid_name(scheme, kind)
 
     # an _expanded baseline is the same kind of retriever over another index (its keys carry the pseudo-queries)
@@ -71,7 +71,7 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
 
     def hybrid_for(split: str) -> HybridRetriever:
         first = load(f"generative:{export}", trie=trie_dir(run, scheme, split), num_beams=max(num_beams, depth))
-        second_spec = f"{retriever_kind}:{run / 'baselines' / kind / index_name(split)}"
+        second_spec = f"{retriever_kind}:{RunLayout(run).baseline_index(kind, split)}"
         return HybridRetriever(first, load(second_spec), HybridConfig(
             first=f"generative:{export}", second=second_spec, depth=depth, fusion=fusion))
 
@@ -82,7 +82,7 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
         out = {}
         for split, hybrid in hybrids.items():
             hybrid.config.weight, hybrid.config.chosen = choice["weight"], dict(hybrids["val"].config.chosen)
-            folder = run / "hybrid" / name
+            folder = RunLayout(run).hybrid(name)
             if split == "test":  # the test retriever is what search / serve / eval load by default
                 hybrid.save(folder)
             else:

@@ -5,20 +5,21 @@ and over the same corpus (the test images) as the generative schemes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
-from grace.infer.pipeline import features_dir, folder_bytes, result_path
-from grace.infer.stage_record import reusable, save_record, stage_record
-from grace.io_utils import read_json, write_json
+from grace.experiments.pipeline import features_dir, result_path
+from grace.experiments.stage_record import reusable, save_record, stage_record
+from grace.io_utils import folder_bytes, read_json, write_json
 from grace.retriever import Retriever
+from grace.run_layout import RunLayout, split_suffix
 
 
 def index_name(split: str) -> str:
     """``index`` over the test images, ``index-<split>`` over another split's."""
-    return "index" if split == "test" else f"index-{split}"
+    return split_suffix("index", split)
 
 
 def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool) -> Path:
@@ -26,7 +27,7 @@ def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progres
     from grace.retrieval_baselines.clip_faiss.configs import TrainHeadsConfig
     from grace.retrieval_baselines.clip_faiss.heads import train_heads
 
-    heads = run / "baselines" / "clip_faiss" / "heads"
+    heads = RunLayout(run).baseline("clip_faiss") / "heads"
     if not (heads / "train_config.json").is_file():  # written last
         train_heads(TrainHeadsConfig(dataset=dataset_json, out=heads, split="train", image_encoder=encoder,
                                      cache_dir=features_dir(run, encoder), seed=seed, progress=progress))
@@ -40,7 +41,7 @@ def _clip_faiss_features(run: Path, dataset_json: Path, *, encoder: str, seed: i
     from grace.retrieval_baselines.clip_faiss.configs import ExtractConfig
     from grace.retrieval_baselines.clip_faiss.extract import extract_chunk, merge_chunks
 
-    root = run / "baselines" / "clip_faiss"
+    root = RunLayout(run).baseline("clip_faiss")
     heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress)
     features = root / ("features" if split == "test" else f"features-{split}")
     if not (features / "meta.json").is_file():
@@ -78,7 +79,7 @@ def build_clip_faiss(run: Path, dataset_json: Path, *, encoder: str = "efficient
     from grace.retrieval_baselines.clip_faiss.index import build_index
     from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
 
-    index = run / "baselines" / "clip_faiss" / index_name(split)
+    index = RunLayout(run).baseline_index("clip_faiss", split)
     if not (index / "config.json").is_file():  # written last
         features = _clip_faiss_features(run, dataset_json, encoder=encoder, seed=seed, progress=progress, split=split)
         build_index(BuildIndexConfig(features=features, out=index, index="Flat", seed=seed))
@@ -94,13 +95,13 @@ def build_clip_faiss_expanded(run: Path, dataset_json: Path, *, encoder: str = "
     from grace.retrieval_baselines.clip_faiss.index import build_index
     from grace.retrieval_baselines.clip_faiss.retriever import ClipFaissRetriever
 
-    index = run / "baselines" / "clip_faiss_expanded" / index_name(split)
+    index = RunLayout(run).baseline_index("clip_faiss_expanded", split)
     _, source = run_pseudo_queries(run, load_karpathy(dataset_json, check_files=False), split)
     built = read_json(index / "index_config.json") if (index / "config.json").is_file() else {}
     if (built.get("expansion") or {}).get("source") != source:
         features = _clip_faiss_features(run, dataset_json, encoder=encoder, seed=seed, progress=progress, split=split)
         build_index(BuildIndexConfig(features=features, out=index, index="Flat", seed=seed,
-                                     expansion=run / "data" / "pseudo_queries.json"))
+                                     expansion=RunLayout(run).pseudo_queries))
         config = read_json(index / "index_config.json")
         config["expansion"]["source"] = source
         write_json(index / "index_config.json", config)
@@ -113,7 +114,7 @@ def build_late_interaction(run: Path, dataset_json: Path, *, encoder: str = "eff
     index over the ``split`` images (``grace.retrieval_baselines.late_interaction``)."""
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
-    return build_text_to_image(dataset_json, run / "baselines" / "late_interaction", seed=seed, progress=progress,
+    return build_text_to_image(dataset_json, RunLayout(run).baseline("late_interaction"), seed=seed, progress=progress,
                                cache_dir=features_dir(run, encoder), split=split, index=index_name(split))
 
 
@@ -125,9 +126,9 @@ def build_late_interaction_expanded(run: Path, dataset_json: Path, *, encoder: s
     from grace.retrieval_baselines.late_interaction.retriever import build_text_to_image
 
     queries, source = run_pseudo_queries(run, load_karpathy(dataset_json, check_files=False), split)
-    return build_text_to_image(dataset_json, run / "baselines" / "late_interaction_expanded", seed=seed,
+    return build_text_to_image(dataset_json, RunLayout(run).baseline("late_interaction_expanded"), seed=seed,
                                progress=progress, cache_dir=features_dir(run, encoder), split=split,
-                               index=index_name(split), model_dir=run / "baselines" / "late_interaction" / "model",
+                               index=index_name(split), model_dir=RunLayout(run).baseline("late_interaction") / "model",
                                expansion=queries, expansion_source=source)
 
 
@@ -137,7 +138,7 @@ def run_pseudo_queries(run: Path, dataset, split: str) -> tuple[dict[str, list[s
     split)."""
     from grace.data_process.pseudo_queries import load_pseudo_queries
 
-    queries, provenance = load_pseudo_queries(run / "data" / "pseudo_queries.json", dataset)
+    queries, provenance = load_pseudo_queries(RunLayout(run).pseudo_queries, dataset)
     return queries, {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
                      "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
 
@@ -148,7 +149,7 @@ def build_bm25(run: Path, dataset_json: Path, *, encoder: str = "", seed: int = 
     ``split`` image; rebuilt when those pseudo-queries changed."""
     from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
 
-    index = run / "baselines" / "bm25" / index_name(split)
+    index = RunLayout(run).baseline_index("bm25", split)
     dataset = load_karpathy(dataset_json, check_files=False)
     queries, source = run_pseudo_queries(run, dataset, split)
     if (index / "config.json").is_file() and read_json(index / "config.json").get("source") == source:
@@ -177,11 +178,11 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
     out: dict[str, dict] = {}
     for split in dict.fromkeys(query_set.split for query_set in sets):
-        index_dir = Path(run) / "baselines" / kind / index_name(split)
+        index_dir = RunLayout(run).baseline_index(kind, split)
 
         inputs = {"dataset": dataset_json}
         if kind.endswith("_expanded"):  # the index holds the run's pseudo-queries too
-            inputs["pseudo_queries"] = Path(run) / "data" / "pseudo_queries.json"
+            inputs["pseudo_queries"] = RunLayout(run).pseudo_queries
         record = stage_record({"encoder": encoder, "seed": seed, "split": split}, inputs)
 
         def build(split=split, index_dir=index_dir, record=record) -> Retriever:  # reuses what its folder holds

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from grace.infer.configs import DEFAULT_SCHEMES, AblateConfig, DemoConfig
+from grace.experiments.configs import DEFAULT_SCHEMES, AblateConfig, DemoConfig
 
 #: quick: a subset of emoji (900 images: 108 held-out queries, so the intervals mean something), the
 #: structured (k-means) scheme, a CPU run of the packaged `tiny-effnet` (a randomly initialised LM) over
@@ -22,7 +22,7 @@ PRESETS = {
     "quick": {"schemes": ["structured"], "limit": 900, "model": "tiny-effnet", "steps": 1650, "nproc": 1,
               "tokenizer": "smollm2", "batch_size_i2id": 16, "batch_size_t2id": 32, "lr": 2e-3, "num_beams": 10,
               "baselines": ["clip_faiss", "late_interaction"],
-              "train_overrides": '{"max_length": 96, "warmup_steps": 30}'},
+              "train_overrides": ["max_length=96", "warmup_steps=30"]},
     # full (GPU): the pretrained SmolLM2 with its LM frozen (lm_training in smollm2-effnet.json) and lr 1e-3,
     # the best recall per training hour measured on emoji (docs/results/archive/lm-training-emoji600.md).
     "full": {"schemes": list(DEFAULT_SCHEMES), "limit": 0, "model": "smollm2-effnet", "steps": 3000, "nproc": 1,
@@ -46,7 +46,7 @@ def demo_ablate_config(config: DemoConfig) -> AblateConfig:
 
 
 def run_demo(config: DemoConfig) -> dict[str, dict]:
-    from grace.infer.ablate import run_ablation
+    from grace.experiments.ablate import run_ablation
 
     t0 = time.perf_counter()
     ablate = demo_ablate_config(config)

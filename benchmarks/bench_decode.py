@@ -1,4 +1,4 @@
-"""``grace bench decode``: decoding benchmarks (not timed tests).
+"""Decoding benchmarks (not timed tests): ``python benchmarks/bench_decode.py --out runs/bench_decode``.
 
 P1 — same model, same prompts, ``num_beams`` beams: wall time of trie-constrained vs unconstrained beam
 search (target ratio <= 1.10), and the vectorised processor vs the GENRE-style reference per step
@@ -10,74 +10,52 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import platform
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from grace.infer.beam_search import CausalLMAdapter, beam_search
-from grace.infer.configs import BenchConfig
 from grace.infer.constraint import PrefixAllowedReference, TrieLogitsProcessor
 from grace.io_utils import atomic_write_text, save_config, seed_everything, write_json
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is a folder of scripts
+from bench_decode_loop import bench_loop, plot_latency_vs_corpus
+from decode_fixtures import load_lm, numeric_sequences, synchronize, timed_trie
 
 log = logging.getLogger(__name__)
 
 
-def _rss_mb() -> float:
-    import psutil
+@dataclass
+class BenchConfig:
+    """P1: constrained vs unconstrained beam search and vectorised vs reference processor; P2: latency vs trie size."""
 
-    return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-
-def numeric_sequences(n: int, digits: int, digit_tokens: list[int], eoc: int, seed: int) -> np.ndarray:
-    """``n`` distinct random ``digits``-digit numbers as digit-token sequences + eoc, (n, digits+1)."""
-    rng = np.random.default_rng(seed)
-    numbers = rng.choice(10**digits, size=n, replace=False)
-    table = np.asarray(digit_tokens, dtype=np.int64)
-    cols = [(numbers // 10**p) % 10 for p in range(digits - 1, -1, -1)]
-    return np.concatenate([table[np.stack(cols, 1)], np.full((n, 1), eoc, dtype=np.int64)], axis=1)
-
-
-def build_trie(seqs: np.ndarray) -> tuple[Any, Any, dict]:
-    """(trie, transition table, {"build_s", "rss_mb", "table_mb", "impl"})."""
-    gc.collect()
-    rss0, t0 = _rss_mb(), time.perf_counter()
-    from grace.identifiers.trie import Trie
-
-    trie, impl = Trie(seqs.tolist()), "grace.identifiers.Trie (marisa-trie)"
-    table = trie.transitions()
-    build_s = time.perf_counter() - t0
-    table_mb = sum(np.asarray(getattr(table, k)).nbytes for k in ("offsets", "tokens", "children")) / 2**20
-    return trie, table, {"build_s": build_s, "rss_mb": _rss_mb() - rss0, "table_mb": table_mb, "impl": impl}
-
-
-def load_lm(name: str, device: str) -> tuple[Any, list[int], int]:
-    """(model, digit token ids, eoc id): SmolLM2-135M offline, or a tiny random Llama."""
-    if name == "smollm2":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from grace.data_process.encoders import smollm2_gguf
-
-        folder, gguf = smollm2_gguf()
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-        digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
-        return model.eval().to(device), digits, int(tok.eos_token_id)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    return LlamaForCausalLM(config).eval().to(device), list(range(32, 42)), 2
-
-
-def synchronize() -> None:
-    """Wait for queued GPU work (a no-op on CPU), so a timer stops when the work is done."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    out: Path = field(default=Path("runs/bench_decode"), metadata={"help": "output folder (results.json, results.md)"})
+    model: str = field(default="smollm2", metadata={"help": "smollm2 (offline SmolLM2-135M) or tiny-llama"})
+    num_beams: int = field(default=10, metadata={"help": "beams"})
+    batch_size: int = field(default=8, metadata={"help": "queries per search"})
+    id_digits: int = field(default=6, metadata={"help": "digits of the synthetic numeric ids (P1)"})
+    p1_ids: int = field(default=10000, metadata={"help": "identifiers in the P1 trie"})
+    p1_repeats: int = field(default=5, metadata={"help": "timed repeats (P1)"})
+    sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000, 1000000], metadata={"help": "trie sizes (P2)"})
+    p2_queries: int = field(default=16, metadata={"help": "queries timed per size (P2)"})
+    loop_models: list[str] = field(default_factory=lambda: ["smollm2", "tiny-effnet"], metadata={
+        "help": "models of the loop benchmark (new loop vs the reference loop): smollm2, tiny-llama, or a "
+                "Flamingo model config (random weights, e.g. tiny-effnet, smollm2-effnet)"})
+    loop_batch: int = field(default=32, metadata={"help": "queries per search in the loop benchmark (and a 2nd P1 batch)"})
+    loop_repeats: int = field(default=3, metadata={"help": "timed repeats per loop variant"})
+    bf16: bool = field(default=True, metadata={"help": "also time the new loop with the model in bfloat16"})
+    id_head: bool = field(default=True, metadata={
+        "help": "also time the new loop with the identifier head (grace.model.id_head: logits over the identifier "
+                "tokens only), against the same loop with the full head"})
+    compile: bool = field(default=False, metadata={"help": "also time the new loop with its step compiled (CUDA only)"})
+    dense: bool = field(default=True, metadata={"help": "time CLIP-FAISS Flat and IVF-PQ at the P2 sizes for the plot"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    seed: int = field(default=0, metadata={"help": "seed"})
 
 
 def _time(fn, repeats: int) -> float:
@@ -100,7 +78,7 @@ def _prompts(batch: int, device: str, seed: int) -> tuple[torch.Tensor, torch.Te
 def bench_p1(model, digits, eoc, config: BenchConfig, batch_size: int | None = None) -> dict:
     batch_size = batch_size or config.batch_size
     seqs = numeric_sequences(config.p1_ids, config.id_digits, digits, eoc, config.seed)
-    trie, table, _ = build_trie(seqs)
+    trie, table, _ = timed_trie(seqs)
     proc = TrieLogitsProcessor(table, device=config.device)
     ids, mask = _prompts(batch_size, config.device, config.seed)
     steps = seqs.shape[1]
@@ -138,7 +116,7 @@ def bench_p2(model, digits, eoc, config: BenchConfig) -> list[dict]:
     rows = []
     for size in config.sizes:
         seqs = numeric_sequences(size, digits_needed, digits, eoc, config.seed)
-        trie, table, stats = build_trie(seqs)
+        trie, table, stats = timed_trie(seqs)
         proc = TrieLogitsProcessor(table, device=config.device)
         steps = seqs.shape[1]
         del seqs
@@ -157,14 +135,13 @@ def bench_p2(model, digits, eoc, config: BenchConfig) -> list[dict]:
 
 
 def run_bench(config: BenchConfig) -> dict:
-    """Every section of ``grace bench decode`` (gradients off inside, restored after)."""
+    """Every section of the decoding benchmark (gradients off inside, restored after)."""
     with torch.no_grad():
         return _run_bench(config)
 
 
 def _run_bench(config: BenchConfig) -> dict:
-    from grace.infer.bench_loop import bench_loop, plot_latency_vs_corpus
-    from grace.infer.report import markdown_table
+    from grace.experiments.report import markdown_table
 
     seed_everything(config.seed)
     model, digits, eoc = load_lm(config.model, config.device)
@@ -212,3 +189,15 @@ def _run_bench(config: BenchConfig) -> dict:
     atomic_write_text(out / "results.md", text)
     print((out / "results.md").read_text())
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/bench_decode.py [--flags of BenchConfig]``."""
+    from grace.config import command_line, dataclass_from_args
+
+    parser = command_line(BenchConfig, __doc__.splitlines()[0])
+    run_bench(dataclass_from_args(BenchConfig, parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Dataclass configs of the infer stage's subcommands (light imports: the CLI builds flags from them)."""
+"""Dataclass configs of the experiment floor's subcommands (light imports: the CLI builds flags from them)."""
 
 from __future__ import annotations
 
@@ -87,9 +87,10 @@ class AblateConfig:
     batch_size_i2id: int = field(default=16, metadata={"help": "i2id samples per step"})
     batch_size_t2id: int = field(default=16, metadata={"help": "t2id samples per step"})
     nproc: int = field(default=1, metadata={"help": "training processes (torchrun) per scheme"})
-    train_overrides: str = field(default="", metadata={"help": "JSON dict of extra TrainConfig fields"})
-    scheme_overrides: str = field(default="", metadata={
-        "help": 'JSON dict of identifier-scheme settings, e.g. \'{"k": 10, "c": 10, "cluster_on": "text"}\''})
+    train_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "extra TrainConfig fields as KEY=VALUE, typed by the field, e.g. max_length=96 warmup_steps=30"})
+    scheme_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "identifier-scheme settings as KEY=VALUE (SchemeConfig fields), e.g. k=10 c=10 cluster_on=text"})
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
@@ -97,9 +98,9 @@ class AblateConfig:
                 "captioner:MODEL); tagged: from their metadata (keywords). Written into every result file"})
     pseudo_query_generator: str = field(default="", metadata={
         "help": "knn-captions | self-caption | captioner:MODEL_ID | keywords (default: the protocol's)"})
-    pseudo_queries: str = field(default="", metadata={
-        "help": 'JSON dict of the generator\'s options, e.g. \'{"k": 5, "max_queries": 8}\' (knn-captions) or '
-                '\'{"max_queries": 24, "pairs": true, "templates": ["{}", "an emoji of {}"]}\' (keywords)'})
+    pseudo_queries: list[str] = field(default_factory=list, metadata={
+        "help": "the generator's options as KEY=VALUE (each value read as YAML), e.g. k=5 max_queries=8 "
+                "(knn-captions) or max_queries=24 pairs=true 'templates=[\"{}\", \"an emoji of {}\"]' (keywords)"})
     num_beams: int = field(default=10, metadata={"help": "beams at evaluation"})
     select_on: str = field(default="val", metadata={
         "help": "val: also score every row on the val split, choose the best generative and non-generative rows "
@@ -138,34 +139,6 @@ class DemoConfig:
     steps: int = field(default=0, metadata={"help": "training steps (0 = preset's)"})
     nproc: int = field(default=0, metadata={"help": "training processes (0 = preset's)"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "image-only | tagged (see grace ablate)"})
-    seed: int = field(default=0, metadata={"help": "seed"})
-
-
-@dataclass
-class BenchConfig:
-    """P1: constrained vs unconstrained beam search and vectorised vs reference processor; P2: latency vs trie size."""
-
-    out: Path = field(default=Path("runs/bench_decode"), metadata={"help": "output folder (results.json, results.md)"})
-    model: str = field(default="smollm2", metadata={"help": "smollm2 (offline SmolLM2-135M) or tiny-llama"})
-    num_beams: int = field(default=10, metadata={"help": "beams"})
-    batch_size: int = field(default=8, metadata={"help": "queries per search"})
-    id_digits: int = field(default=6, metadata={"help": "digits of the synthetic numeric ids (P1)"})
-    p1_ids: int = field(default=10000, metadata={"help": "identifiers in the P1 trie"})
-    p1_repeats: int = field(default=5, metadata={"help": "timed repeats (P1)"})
-    sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000, 1000000], metadata={"help": "trie sizes (P2)"})
-    p2_queries: int = field(default=16, metadata={"help": "queries timed per size (P2)"})
-    loop_models: list[str] = field(default_factory=lambda: ["smollm2", "tiny-effnet"], metadata={
-        "help": "models of the loop benchmark (new loop vs the reference loop): smollm2, tiny-llama, or a "
-                "Flamingo model config (random weights, e.g. tiny-effnet, smollm2-effnet)"})
-    loop_batch: int = field(default=32, metadata={"help": "queries per search in the loop benchmark (and a 2nd P1 batch)"})
-    loop_repeats: int = field(default=3, metadata={"help": "timed repeats per loop variant"})
-    bf16: bool = field(default=True, metadata={"help": "also time the new loop with the model in bfloat16"})
-    id_head: bool = field(default=True, metadata={
-        "help": "also time the new loop with the identifier head (grace.model.id_head: logits over the identifier "
-                "tokens only), against the same loop with the full head"})
-    compile: bool = field(default=False, metadata={"help": "also time the new loop with its step compiled (CUDA only)"})
-    dense: bool = field(default=True, metadata={"help": "time CLIP-FAISS Flat and IVF-PQ at the P2 sizes for the plot"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 
 from grace.errors import GraceError
-from grace.infer.configs import EvalConfig
+from grace.experiments.configs import EvalConfig
+from grace.retrieval_baselines.late_interaction.retriever import LateInteractionRetriever
 
 log = logging.getLogger(__name__)
 BLANK_SIZE = 336
@@ -31,10 +32,10 @@ def blank_image(folder: Path) -> Path:
 
 
 def _corpus_check(name: str, retriever, task) -> None:
-    ids = getattr(getattr(retriever, "searcher", None), "ids", None)
-    if ids is None:
+    """A late-interaction passage index must hold the task's positive passages (other kinds are not checked)."""
+    if not isinstance(retriever, LateInteractionRetriever):
         return
-    known = set(ids)
+    known = set(retriever.searcher.ids)
     gold = {p for q in task.queries for p in q.pos_item_ids}
     covered = len(gold & known) / max(1, len(gold))
     if covered == 0:
@@ -47,7 +48,8 @@ def _corpus_check(name: str, retriever, task) -> None:
 def run_m2kr_eval(config: EvalConfig, rank: int = 0) -> dict[str, dict]:
     """Score every ``--retriever`` on ``--m2kr-task``'s ``--split``; rank 0 writes the artefacts."""
     from grace.data_process.m2kr import load_m2kr, pseudo_rank
-    from grace.infer.eval_run import _load, write_results
+    from grace.experiments.report import write_results
+    from grace.experiments.retrievers import load_for_eval
     from grace.infer.evaluate import metrics, run_queries
     from grace.retriever import Query
     from grace.stats import recall_ci, summarise
@@ -66,7 +68,7 @@ def run_m2kr_eval(config: EvalConfig, rank: int = 0) -> dict[str, dict]:
     for spec in config.retriever:
         name = spec.partition(":")[0]
         name = name if name not in results else spec
-        retriever = _load(spec, config)
+        retriever = load_for_eval(spec, config)
         _corpus_check(name, retriever, task)
         rankings, latencies = run_queries(retriever, queries, max(ks), batch_size=config.batch_size,
                                           progress=config.progress, desc=name)

@@ -15,15 +15,16 @@ from typing import Any
 
 from grace.errors import InputError
 from grace.io_utils import atomic_write_text, write_json
+from grace.run_layout import RunLayout
 
 
 def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
     """Score every checkpoint under ``config.checkpoints`` (RUN/ckpt/<scheme>); returns the report."""
     from grace.data_process.dataset import load_karpathy
+    from grace.experiments.pipeline import trie_dir
+    from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, Trie
     from grace.infer.evaluate import evaluate
-    from grace.infer.pipeline import trie_dir
-    from grace.infer.query_sets import split_queries
     from grace.infer.retriever import GenerativeRetriever
     from grace.model import load_pretrained, load_state
     from grace.stats import add_intervals
@@ -34,8 +35,8 @@ def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
     if not (ckpt / "export").is_dir():
         raise InputError("no export/ beside the checkpoints (the model config and tokenizer come from it)", path=ckpt)
     model, tokenizer = load_pretrained(ckpt / "export", trust_remote_code=config.trust_remote_code)
-    idmap = IdentifierMap.load(run / "ids" / scheme)
-    dataset = load_karpathy(run / "data" / "dataset.json", check_files=False)
+    idmap = IdentifierMap.load(RunLayout(run).ids(scheme))
+    dataset = load_karpathy(RunLayout(run).dataset, check_files=False)
     sets = [split_queries(dataset, split, config.max_queries) for split in ("val", "test") if dataset.split(split)]
     tries = {s.split: Trie.load(trie_dir(run, scheme, s.split)) for s in sets}
     ks = list(config.ks)
@@ -61,7 +62,7 @@ def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
 
 
 def _write(out: Path, report: dict) -> None:
-    from grace.infer.report import markdown_table
+    from grace.experiments.report import markdown_table
     from grace.provenance import git_state
 
     report["git"] = git_state()

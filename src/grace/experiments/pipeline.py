@@ -1,7 +1,7 @@
 """Idempotent pipeline stages shared by ``grace ablate`` and ``grace demo`` (run layout of DESIGN.md).
 
 Each stage writes one folder under RUN/ next to the config that made it and is skipped when that
-folder is complete and its ``stage.json`` (settings and input digests: :mod:`grace.infer.stage_record`)
+folder is complete and its ``stage.json`` (settings and input digests: :mod:`grace.experiments.stage_record`)
 matches what it would be built from now (``force`` rebuilds): RUN/data, RUN/features/<enc>, RUN/ids/<scheme>,
 RUN/trie/<scheme>, RUN/shards/<scheme>, RUN/ckpt/<scheme> (+ export/), RUN/results. A stale derived stage
 (ids, trie, shards, a baseline index) is rebuilt; stale data, or a trained model whose inputs changed, stops
@@ -22,8 +22,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grace.infer.stage_record import reusable, save_record, stage_record
-from grace.io_utils import read_json, save_config, write_json
+from grace.config import dataclass_from_dict
+from grace.data_process.dataset import load_karpathy, save_karpathy
+from grace.data_process.emoji import build_emoji
+from grace.data_process.features import encoder_folder, image_features, view_cache_dir
+from grace.data_process.openclipart import build_openclipart
+from grace.data_process.protocol import DEFAULT_PROTOCOL, get_protocol
+from grace.data_process.pseudo_queries import (
+    build_pseudo_queries,
+    config_path,
+    create_pseudo_query_generator,
+    generator_workdir,
+    load_pseudo_queries,
+    pseudo_queries_digest,
+    save_pseudo_queries,
+)
+from grace.data_process.shards import write_shards
+from grace.errors import GraceError
+from grace.experiments.stage_record import reusable, save_record, stage_record
+from grace.identifiers.idmap import IdentifierMap
+from grace.identifiers.schemes import SchemeConfig, create_scheme, held_out_texts, reads_held_out_texts
+from grace.identifiers.tokenization import IdentifierTokenizer
+from grace.identifiers.trie import Trie, build_trie
+from grace.infer.evaluate import evaluate
+from grace.infer.retriever import GenerativeRetriever
+from grace.io_utils import folder_bytes, read_json, save_config, write_json
+from grace.model.config import resolve_config
+from grace.model.factory import load_pretrained
+from grace.retrieval_baselines.random import RandomRetriever
+from grace.run_layout import RunLayout
+from grace.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +77,35 @@ class StageTimer:
         return result
 
 
-def folder_bytes(path: Path) -> int:
-    """Bytes of every file under ``path`` (0 when absent)."""
-    path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
 def features_dir(run: Path, encoder: str) -> Path:
     """RUN/features/<encoder>, the encoder name made folder-safe."""
-    from grace.data_process.features import encoder_folder
-
-    return run / "features" / encoder_folder(encoder)
+    return RunLayout(run).features(encoder_folder(encoder))
 
 
-def _module(name: str):
-    import importlib
+@dataclass(frozen=True)
+class StageFunctions:
+    """The lower stages' entry points the pipeline calls (:data:`REAL_STAGES`); a test passes stand-ins with
+    the same signatures (``run_ablation(config, stages=...)``)."""
 
-    return importlib.import_module(name)
+    image_features: Callable[..., Any]
+    create_scheme: Callable[..., Any]
+    load_idmap: Callable[[Path], Any]
+    build_trie: Callable[..., Any]
+    load_trie: Callable[[Path], Any]
+    write_shards: Callable[..., Any]
+    load_tokenizer: Callable[[Path], Any]
+    train: Callable[[TrainConfig], Any]
+    load_pretrained: Callable[[Path], tuple[Any, Any]]
+
+
+#: the real data_process, identifiers, train and model entry points
+REAL_STAGES = StageFunctions(image_features=image_features, create_scheme=create_scheme,
+                             load_idmap=IdentifierMap.load, build_trie=build_trie, load_trie=Trie.load,
+                             write_shards=write_shards, load_tokenizer=IdentifierTokenizer.load, train=train,
+                             load_pretrained=load_pretrained)
+
+
+BENCHMARK_BUILDERS: dict[str, Callable[..., Any]] = {"emoji": build_emoji, "openclipart": build_openclipart}
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
@@ -74,117 +114,99 @@ def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, 
     given; else a copy of ``dataset`` whose image paths are resolved against ``image_root`` (absolute), so
     every later stage and command reads the run's copy without an image root (its source in
     RUN/data/source.json)."""
-    from grace.data_process.dataset import load_karpathy, save_karpathy
-    from grace.io_utils import read_json, save_config
-
-    target = run / "data" / "dataset.json"
+    layout = RunLayout(run)
+    target = layout.dataset
     if dataset is not None:
         source = {"dataset": str(Path(dataset).resolve()),
                   "image_root": str(Path(image_root).resolve()) if image_root else None}
-        source_file = run / "data" / "source.json"
+        source_file = layout.data / "source.json"
         done = target.is_file() and source_file.is_file() and read_json(source_file) == source
 
         def copy():
             loaded = load_karpathy(source["dataset"], source["image_root"])
             save_karpathy(loaded, target)
-            save_config(run / "data", source, name="source.json")
+            save_config(layout.data, source, name="source.json")
             return load_karpathy(target, check_files=False)  # ``loaded`` just checked every image
 
         return timer.run("data", done, copy, lambda: load_karpathy(target))
-    builders = {"emoji": ("grace.data_process.emoji", "build_emoji"),
-                "openclipart": ("grace.data_process.openclipart", "build_openclipart")}
-    if benchmark not in builders:
-        from grace.errors import GraceError
-
-        raise GraceError(f"unknown benchmark {benchmark!r}; offline benchmarks: {sorted(builders)}")
+    if benchmark not in BENCHMARK_BUILDERS:
+        raise GraceError(f"unknown benchmark {benchmark!r}; offline benchmarks: {sorted(BENCHMARK_BUILDERS)}")
 
     record = stage_record({"benchmark": benchmark, "limit": limit, "seed": seed}, {})
 
     def build():
-        module, function = builders[benchmark]
-        built = getattr(_module(module), function)(run / "data", seed=seed, limit=limit or None)
-        save_record(run / "data", record)
+        built = BENCHMARK_BUILDERS[benchmark](layout.data, seed=seed, limit=limit or None)
+        save_record(layout.data, record)
         return built
 
-    done = not force and reusable(run / "data", target.is_file(), record, stage="data", on_change="error")
+    done = not force and reusable(layout.data, target.is_file(), record, stage="data", on_change="error")
     return timer.run("data", done, build, lambda: load_karpathy(target))
 
 
 def stage_features(run: Path, dataset, encoder: str, timer: StageTimer, tokens: bool = False, views: int = 1,
-                   seed: int = 0):
+                   seed: int = 0, *, stages: StageFunctions = REAL_STAGES):
     """RUN/features/<encoder>: pooled image features, plus visual tokens when ``tokens`` (a model reading
     several tokens per image), plus ``views - 1`` augmented views under views/<k>; cached and reused by
     data_process.features. Returns the pooled FeatureSet (of the images themselves)."""
-    features = _module("grace.data_process.features")
     cache = features_dir(run, encoder)
-    folders = [features.view_cache_dir(cache, view) for view in range(views)]
+    folders = [view_cache_dir(cache, view) for view in range(views)]
     done = all((f / "meta.json").is_file() and (not tokens or (f / "tokens.npy").is_file()) for f in folders)
 
     def build():
         for view in range(views):
-            features.image_features(dataset, encoder=encoder, cache_dir=cache, tokens=tokens, view=view, seed=seed)
-        return features.image_features(dataset, encoder=encoder, cache_dir=cache)
+            stages.image_features(dataset, encoder=encoder, cache_dir=cache, tokens=tokens, view=view, seed=seed)
+        return stages.image_features(dataset, encoder=encoder, cache_dir=cache)
 
-    return timer.run("features", done, build, lambda: features.image_features(dataset, encoder=encoder, cache_dir=cache))
+    return timer.run("features", done, build, lambda: stages.image_features(dataset, encoder=encoder, cache_dir=cache))
 
 
 def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, force: bool = False,
-              pseudo_queries: dict | None = None, **cfg):
+              pseudo_queries: dict | None = None, *, stages: StageFunctions = REAL_STAGES, **cfg):
     """RUN/ids/<scheme>: IdentifierMap (+ its tokenizer); rebuilt when its saved settings differ from ``cfg``,
     or, for ids read from texts (semantic; structured on text), when it was built from other ``pseudo_queries``
     (the run's; None: keywords)."""
-    ids_mod = _module("grace.identifiers")
-    schemes = _module("grace.identifiers.schemes")
-    out = run / "ids" / scheme
-
-    record = stage_record({}, {"dataset": run / "data" / "dataset.json"})
+    layout = RunLayout(run)
+    out = layout.ids(scheme)
+    record = stage_record({}, {"dataset": layout.dataset})
 
     def build():
-        idmap = ids_mod.create_scheme(scheme, **cfg).build(dataset, features, pseudo_queries=pseudo_queries)
+        idmap = stages.create_scheme(scheme, **cfg).build(dataset, features, pseudo_queries=pseudo_queries)
         idmap.save(out)
         save_record(out, record)
         return idmap
 
     saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
-    wanted = dataclasses.asdict(ids_mod.SchemeConfig(scheme=scheme, **cfg))
+    wanted = dataclasses.asdict(SchemeConfig(scheme=scheme, **cfg))
     same = all(saved.get(key) == value for key, value in wanted.items() if key in saved or key in cfg)
-    if same and schemes.reads_held_out_texts(scheme, wanted["cluster_on"]):
-        same = saved.get("pseudo_queries_digest") == \
-            schemes.pseudo_queries_digest(schemes.held_out_texts(dataset, pseudo_queries))
+    if same and reads_held_out_texts(scheme, wanted["cluster_on"]):
+        same = saved.get("pseudo_queries_digest") == pseudo_queries_digest(held_out_texts(dataset, pseudo_queries))
     done = not force and reusable(out, (out / "ids.json").is_file() and same, record, stage=f"ids/{scheme}")
-    return timer.run(f"ids/{scheme}", done, build, lambda: ids_mod.IdentifierMap.load(out))
-
-
-def load_tokenizer(ids_dir: Path):
-    from grace.identifiers.tokenization import IdentifierTokenizer
-
-    return IdentifierTokenizer.load(ids_dir / "tokenizer")
+    return timer.run(f"ids/{scheme}", done, build, lambda: stages.load_idmap(out))
 
 
 def trie_dir(run: Path, scheme: str, split: str = "test") -> Path:
     """RUN/trie/<scheme> (the test corpus) or RUN/trie/<scheme>-<split> (e.g. the val corpus)."""
-    return run / "trie" / (scheme if split == "test" else f"{scheme}-{split}")
+    return RunLayout(run).trie(scheme, split)
 
 
 def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTimer, split: str = "test",
-               force: bool = False):
+               force: bool = False, *, stages: StageFunctions = REAL_STAGES):
     """The trie over the identifiers of the ``split`` images (that split's retrieval corpus)."""
-    trie_mod = _module("grace.identifiers.trie")
-    out = trie_dir(run, scheme, split)
+    layout = RunLayout(run)
+    out = layout.trie(scheme, split)
     image_ids = [r.image_id for r in dataset.split(split)]
-
     record = stage_record({"split": split, "images": len(image_ids)},
-                          {"ids": run / "ids" / scheme / "ids.json", "dataset": run / "data" / "dataset.json"})
+                          {"ids": layout.ids(scheme) / "ids.json", "dataset": layout.dataset})
 
     def build():
-        trie = trie_mod.build_trie(idmap, tokenizer, image_ids=image_ids)
+        trie = stages.build_trie(idmap, tokenizer, image_ids=image_ids)
         trie.save(out)
         save_config(out, {"scheme": scheme, "split": split, "images": len(image_ids)}, name="corpus.json")
         save_record(out, record)
         return trie
 
     done = not force and reusable(out, (out / "corpus.json").is_file(), record, stage=f"trie/{out.name}")
-    return timer.run(f"trie/{out.name}", done, build, lambda: trie_mod.Trie.load(out))
+    return timer.run(f"trie/{out.name}", done, build, lambda: stages.load_trie(out))
 
 
 def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, protocol: str = "",
@@ -194,22 +216,10 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
     ``options``, through the leak filter. A run folder whose pseudo-queries were made under another protocol,
     generator or options is an error (its shards and models were trained on them); one made for another
     dataset too. Returns ``(queries, provenance)``."""
-
-    from grace.data_process.protocol import DEFAULT_PROTOCOL, get_protocol
-    from grace.data_process.pseudo_queries import (
-        build_pseudo_queries,
-        config_path,
-        create_pseudo_query_generator,
-        generator_workdir,
-        load_pseudo_queries,
-        save_pseudo_queries,
-    )
-    from grace.errors import GraceError
-
     chosen = get_protocol(protocol or DEFAULT_PROTOCOL)
     generator = chosen.check_generator(generator or chosen.default_generator)
     options = dict(options or {})
-    path = run / "data" / "pseudo_queries.json"
+    path = RunLayout(run).pseudo_queries
     wanted = {"protocol": chosen.name, "generator": generator, "options": options}
     if path.is_file() and config_path(path).is_file():
         built = read_json(config_path(path))
@@ -232,15 +242,16 @@ def stage_pseudo_queries(run: Path, dataset, features, timer: StageTimer, *, pro
                      lambda: load_pseudo_queries(path, dataset))
 
 
-def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: StageTimer, force: bool = False):
+def stage_shards(run: Path, scheme: str, dataset, idmap, pseudo_queries, timer: StageTimer, force: bool = False,
+                 *, stages: StageFunctions = REAL_STAGES):
     """RUN/shards/<scheme>: i2id + t2id webdataset shards (write_shards resumes by itself)."""
-    shards = _module("grace.data_process.shards")
-    out = run / "shards" / scheme
-    record = stage_record({}, {"dataset": run / "data" / "dataset.json", "ids": run / "ids" / scheme / "ids.json",
-                               "pseudo_queries": run / "data" / "pseudo_queries.json"})
+    layout = RunLayout(run)
+    out = layout.shards(scheme)
+    record = stage_record({}, {"dataset": layout.dataset, "ids": layout.ids(scheme) / "ids.json",
+                               "pseudo_queries": layout.pseudo_queries})
 
     def build():
-        written = shards.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries)
+        written = stages.write_shards(dataset, idmap, out, pseudo_queries=pseudo_queries)
         save_record(out, record)
         return written
 
@@ -254,13 +265,11 @@ def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: f
     """The ``grace train`` config of one scheme in the run layout (into RUN/ckpt/<name or scheme>), with the
     user's ``overrides`` on top. An override that is not a TrainConfig field is an error (a typo would
     otherwise change nothing)."""
-    from grace.errors import GraceError
-    from grace.train import TrainConfig
-
-    values = {"shards_dir": run / "shards" / scheme, "ids_dir": run / "ids" / scheme, "trie_dir": run / "trie" / scheme,
+    layout = RunLayout(run)
+    values = {"shards_dir": layout.shards(scheme), "ids_dir": layout.ids(scheme), "trie_dir": layout.trie(scheme),
               "features_cache": features_dir(run, encoder), "image_encoder": encoder, "model": model,
               "steps": steps, "lr": lr, "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
-              "output_dir": run / "ckpt" / (name or scheme), "seed": seed}
+              "output_dir": layout.ckpt(name or scheme), "seed": seed}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides or {}) - known)
     if unknown:
@@ -272,17 +281,16 @@ def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: f
 
 def model_visual_tokens(model: str) -> int:
     """Visual tokens per image that a model config reads (1: pooled features; more: the encoder's tokens)."""
-    from grace.model.config import resolve_config
-
     return int(resolve_config(model).n_visual_tokens)
 
 
 def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: int = 1, force: bool = False,
-                name: str | None = None) -> Path:
-    """RUN/ckpt/<name or scheme>/export via ``grace train`` (in-process, or torchrun with ``nproc`` > 1)."""
+                name: str | None = None, *, stages: StageFunctions = REAL_STAGES) -> Path:
+    """RUN/ckpt/<name or scheme>/export via ``grace train`` (in-process with ``stages.train``, or torchrun with
+    ``nproc`` > 1)."""
     name = name or scheme
-    out = run / "ckpt" / name
-    export = out / "export"
+    out = RunLayout(run).ckpt(name)
+    export = RunLayout(run).export(name)
     config_path = out / "train_request.json"
     inputs = {"shards": Path(values["shards_dir"]) / "shards.json", "ids": Path(values["ids_dir"]) / "ids.json"}
     if values.get("features_cache"):
@@ -297,10 +305,7 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
                    "train", "--config", str(config_path)]
             subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
         else:
-            from grace.config import dataclass_from_dict
-            from grace.train import TrainConfig, train
-
-            result = train(dataclass_from_dict(TrainConfig, dict(values), source=str(config_path)))
+            result = stages.train(dataclass_from_dict(TrainConfig, dict(values), source=str(config_path)))
             if Path(result.export_dir) != export and Path(result.export_dir).is_dir():
                 return Path(result.export_dir)
         return export
@@ -312,21 +317,19 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
 
 def result_path(run: Path, query_set: str, name: str) -> Path:
     """RUN/results/<name>.json for the test queries, RUN/results/<query set>/<name>.json for the others."""
-    return run / "results" / (f"{name}.json" if query_set == "test" else f"{query_set}/{name}.json")
+    return RunLayout(run).result(query_set, name)
 
 
 def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, timer: StageTimer, *,
-               sets: list, tries: dict, num_beams: int = 10, name: str | None = None) -> dict[str, dict]:
+               sets: list, tries: dict, num_beams: int = 10, name: str | None = None,
+               stages: StageFunctions = REAL_STAGES) -> dict[str, dict]:
     """Evaluate the trained model on every query set (``sets``: QuerySets; ``tries``: split → the trie of its
     corpus) → ``{set name: result}``, each in :func:`result_path` under ``name`` (default: the scheme).
     The model is loaded once."""
     name = name or scheme
-    from grace.infer.evaluate import evaluate
-    from grace.infer.retriever import GenerativeRetriever
 
     def build():
-        model_mod = _module("grace.model")
-        model, tok = model_mod.load_pretrained(export)
+        model, tok = stages.load_pretrained(export)
         out = {}
         for query_set in sets:
             retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams)
@@ -342,9 +345,6 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, 
 
 def random_baseline(dataset, query_set, *, seed: int = 0) -> dict:
     """Recall of the random ranking over the query set's corpus (+ its analytic expectation K/N)."""
-    from grace.infer.evaluate import evaluate
-    from grace.retriever import RandomRetriever
-
     corpus = [r.image_id for r in dataset.split(query_set.split)]
     res = evaluate(RandomRetriever(corpus, seed=seed), query_set.texts, query_set.gold, progress=False)
     res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in (1, 5, 10)}

@@ -1,4 +1,5 @@
-"""Results tables (Markdown) and PNG plots shared by ``grace eval``, ``grace ablate`` and ``grace bench``."""
+"""Results tables (Markdown), PNG plots and result folders shared by ``grace eval``, ``grace ablate`` and the
+benchmarks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grace.io_utils import atomic_path, atomic_write_text
+from grace.io_utils import atomic_path, atomic_write_text, read_json, save_config, write_json
 
 
 def fmt(value: Any) -> str:
@@ -137,3 +138,32 @@ def write_table(path: Path, title: str, rows: Sequence[dict], columns: Sequence[
     """``# title``, the table, the notes, then ``extra`` Markdown (e.g. a second table)."""
     text = f"# {title}\n\n" + markdown_table(rows, columns) + (f"\n{notes}\n" if notes else "") + extra
     return atomic_write_text(path, text)
+
+
+def write_results(out: Path, results: dict[str, dict], config: Any, ks: list[int], title: str = "Retrieval results",
+                  comparisons: dict | None = None,
+                  notes: str = "Recall in % [95% bootstrap interval over gold images], latency in ms/query.",
+                  provenance: dict | None = None) -> None:
+    """results.json, table.md, recall.png, latency.png (+ history.json of latency vs corpus size); recalls
+    with their intervals when the results carry them, and the paired comparisons when given; ``provenance``
+    (protocol, query ids, commit) goes into results.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    paired = paired_markdown(comparisons, ks, "other retriever")
+    write_json(out / "results.json", {**results, **({"comparisons": comparisons} if paired else {}),
+                                      **({"provenance": provenance} if provenance else {})})
+    save_config(out, config)
+    pseudo = [f"PR@{k}" for k in ks if any(f"pseudo_recall@{k}" in r for r in results.values())]
+    columns = ["retriever"] + [f"R@{k}" for k in ks] + pseudo + ["latency_ms", "num_queries", "corpus_size"]
+    if any("train_s" in r for r in results.values()):
+        columns.append("train_s")
+    write_table(out / "table.md", title, recall_rows(results, ks), columns,
+                notes=notes, extra=paired)
+    plot_recall_bars(results, ks, out / "recall.png", title=title)
+    history_path = out / "history.json"
+    history = read_json(history_path) if history_path.is_file() else {}
+    for name, res in results.items():
+        pts = {tuple(p) for p in history.get(name, [])}
+        pts.add((res["corpus_size"], res["latency_ms"]))
+        history[name] = sorted(pts)
+    write_json(history_path, history)
+    plot_latency_vs_size({k: [tuple(p) for p in v] for k, v in history.items()}, out / "latency.png")

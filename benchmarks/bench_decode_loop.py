@@ -1,4 +1,4 @@
-"""``grace bench decode``, second part: the decode loop against the reference loop, and the latency-vs-corpus plot.
+"""``benchmarks/bench_decode.py``, second part: the decode loop against the reference loop, and the latency-vs-corpus plot.
 
 Loop — same model, prompts and trie, ``num_beams`` beams, ``loop_batch`` queries per search: queries/s of
 the new loop (fan-out table: top-k over K × F trie children; for a Flamingo model the perceiver latents and
@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from decode_fixtures import load_lm, numeric_sequences, synchronize, timed_trie
 
 from grace.infer.beam_search import beam_search, compile_for_decoding, early_stop_on, runs_compiled
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.model.flamingo import language_model
 from grace.model.id_head import install_identifier_head
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,9 @@ LM_MODELS = ("smollm2", "tiny-llama")
 
 def load_loop_model(name: str, device: str) -> tuple[Any, list[int], int, int | None]:
     """(model, ten identifier tokens, end-of-identifier id, image token id or None). A bare LM from
-    :func:`grace.infer.bench.load_lm`, or a Flamingo model config with random new weights (its LM as the
+    :func:`decode_fixtures.load_lm`, or a Flamingo model config with random new weights (its LM as the
     config says: random for ``tiny-effnet``, offline SmolLM2-135M for ``smollm2-effnet``), vision encoder off."""
     if name in LM_MODELS:
-        from grace.infer.bench import load_lm
-
         model, digits, eoc = load_lm(name, device)
         return model, digits, eoc, None
     from grace.model import create_model
@@ -57,12 +57,11 @@ def _prompts(batch: int, image_token: int | None, device: str, seed: int) -> tup
 
 def bench_loop(name: str, config: Any) -> dict:
     """Queries/s of the new and reference loops (and bf16) for one model; ``speedup`` = new / reference."""
-    from grace.infer.bench import build_trie, numeric_sequences, synchronize
     from grace.infer.retriever import make_adapter
 
     model, digits, eoc, image_token = load_loop_model(name, config.device)
     seqs = numeric_sequences(config.p1_ids, config.id_digits, digits, eoc, config.seed)
-    _, table, _ = build_trie(seqs)
+    _, table, _ = timed_trie(seqs)
     ids, mask = _prompts(config.loop_batch, image_token, config.device, config.seed)
     constraints = {"new": TrieLogitsProcessor(table, device=config.device),
                    "reference": TrieLogitsProcessor(table, device=config.device, max_fanout_entries=0)}
@@ -72,7 +71,7 @@ def bench_loop(name: str, config: Any) -> dict:
         variants["new_bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True, True)
     if config.id_head:  # the new loop with the identifier head (ids normalisation): the ten digits and the eoc
         id_model = copy.deepcopy(model)
-        install_identifier_head(getattr(id_model, "lang_encoder", id_model), [*digits, eoc])
+        install_identifier_head(language_model(id_model), [*digits, eoc])
         variants["new_id_head"] = (id_model, True, True)
     step_models = {}
     if config.compile:  # the fastest variant (bf16 when timed), its steps compiled

@@ -10,32 +10,36 @@ import json
 import time
 from pathlib import Path
 
+from grace.config import key_values
 from grace.errors import GraceError
-from grace.config import json_options
-from grace.infer import pipeline as P
-from grace.infer.baseline_stages import stage_baseline
-from grace.infer.hybrid import hybrid_name, stage_hybrid
-from grace.infer.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
+from grace.experiments import pipeline as P
+from grace.experiments.baseline_stages import stage_baseline
+from grace.experiments.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
+from grace.experiments.hybrid import hybrid_name, stage_hybrid
+from grace.identifiers.schemes import SchemeConfig
 from grace.io_utils import read_json, save_config, seed_everything, write_json
+from grace.run_layout import RunLayout
+from grace.train import TrainConfig
 
 KS = (1, 5, 10)
 
 
 def scheme_artefacts(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
-                     timer: P.StageTimer, splits) -> tuple:
+                     timer: P.StageTimer, splits, stages: P.StageFunctions) -> tuple:
     """ids → shards → tries (one per split in ``splits``) of one scheme, reused when built;
     returns ``(idmap, tokenizer, tries, force)``: ``force`` when the ids are new (nothing built on old ones is kept)."""
-    scheme_settings = json_options(config.scheme_overrides, "--scheme-overrides")
+    scheme_settings = key_values(config.scheme_overrides, "--scheme-overrides", SchemeConfig)
     if scheme == "rq":
         features = rq_embedding(run, dataset, features, config, scheme_settings.get("embedding", "features"))
     else:
         scheme_settings = {k: v for k, v in scheme_settings.items() if k not in RQ_SETTINGS}
     idmap = P.stage_ids(run, scheme, dataset, features, timer, force=config.force, pseudo_queries=pseudo_queries,
-                        **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
-    tokenizer = P.load_tokenizer(run / "ids" / scheme)
+                        stages=stages, **({"seed": config.seed, "tokenizer": config.tokenizer} | scheme_settings))
+    tokenizer = stages.load_tokenizer(RunLayout(run).ids(scheme) / "tokenizer")
     force = config.force or f"ids/{scheme}" not in timer.skipped
-    P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=force)
-    tries = {split: P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, split=split, force=force)
+    P.stage_shards(run, scheme, dataset, idmap, pseudo_queries, timer, force=force, stages=stages)
+    tries = {split: P.stage_trie(run, scheme, dataset, idmap, tokenizer, timer, split=split, force=force,
+                                 stages=stages)
              for split in dict.fromkeys(splits)}
     return idmap, tokenizer, tries, force
 
@@ -46,19 +50,19 @@ RQ_SETTINGS = ("levels", "codebook", "reserve_first", "embedding")
 
 def rq_embedding(run: Path, dataset, features, config: AblateConfig, embedding: str):
     """What the ``rq`` scheme quantises: the run's image features, or the dense retriever's image embedding."""
-    from grace.infer.baseline_stages import dense_image_embedding
+    from grace.experiments.baseline_stages import dense_image_embedding
 
     if embedding == "features":
         return features
     if embedding == "clip_faiss":
-        return dense_image_embedding(run, run / "data" / "dataset.json", dataset, features, encoder=config.encoder,
+        return dense_image_embedding(run, RunLayout(run).dataset, dataset, features, encoder=config.encoder,
                                      seed=config.seed)
     raise GraceError(f"--scheme-overrides embedding {embedding!r}: use 'features' or 'clip_faiss'")
 
 
 def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: str | None = None) -> dict:
     """The scheme's ``grace train`` config under training ``seed``, into RUN/ckpt/<name or scheme>."""
-    overrides = json_options(config.train_overrides, "--train-overrides")
+    overrides = key_values(config.train_overrides, "--train-overrides", TrainConfig)
     if config.i2id_views != 1:
         overrides = {"i2id_views": config.i2id_views, **overrides}
     return P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
@@ -67,14 +71,14 @@ def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: 
 
 
 def run_scheme(run: Path, scheme: str, dataset, artefacts: tuple, config: AblateConfig, timer: P.StageTimer,
-               sets: list) -> dict[str, dict]:
+               sets: list, stages: P.StageFunctions) -> dict[str, dict]:
     """One scheme end to end on its :func:`scheme_artefacts`; returns ``{query set: eval metrics plus train
     seconds}``."""
     idmap, tokenizer, tries, force = artefacts
     export = P.stage_train(run, scheme, train_values(run, scheme, config, config.seed), timer, nproc=config.nproc,
-                           force=force)
+                           force=force, stages=stages)
     by_set = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=sets, tries=tries,
-                          num_beams=config.num_beams)
+                          num_beams=config.num_beams, stages=stages)
     for res in by_set.values():
         res["train_s"] = stage_seconds(run, timer, f"train/{scheme}", scheme)
     return by_set
@@ -86,7 +90,7 @@ def seed_name(scheme: str, seed: int) -> str:
 
 
 def run_training_seeds(run: Path, scheme: str, dataset, artefacts: tuple, config: AblateConfig,
-                       timer: P.StageTimer, test_set, first: dict) -> dict:
+                       timer: P.StageTimer, test_set, first: dict, stages: P.StageFunctions) -> dict:
     """``scheme`` retrained under each of ``config.training_seeds`` (on its :func:`scheme_artefacts`: the same
     ids, shards, data and queries; only the training seed differs: initialisation and data order) and scored on
     the test queries; ``first`` is its result under ``config.seed``. Returns the spread: per seed and mean /
@@ -100,9 +104,10 @@ def run_training_seeds(run: Path, scheme: str, dataset, artefacts: tuple, config
             continue
         name = seed_name(scheme, seed)
         export = P.stage_train(run, scheme, train_values(run, scheme, config, seed, name=name), timer,
-                               nproc=config.nproc, name=name)
+                               nproc=config.nproc, name=name, stages=stages)
         per_seed[seed] = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=[test_set],
-                                      tries=tries, num_beams=config.num_beams, name=name)[test_set.name]
+                                      tries=tries, num_beams=config.num_beams, name=name,
+                                      stages=stages)[test_set.name]
     spread = {"seeds": list(per_seed)}
     for k in KS:
         values = [float(result[f"recall@{k}"]) for result in per_seed.values()]
@@ -129,7 +134,7 @@ def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> floa
     """Seconds a stage took: now, or (reused) as recorded in the previous ablation of this run."""
     if stage not in timer.skipped:
         return timer.seconds[stage]
-    path = run / "results" / "ablation.json"
+    path = RunLayout(run).results / "ablation.json"
     if path.is_file():
         return float(json.loads(path.read_text()).get(name, {}).get("train_s", 0.0))
     return 0.0
@@ -167,7 +172,7 @@ def run_fallbacks(config: AblateConfig) -> list[dict]:
     from grace.fallbacks import recorded_fallbacks
 
     found = [{**f, "where": "evaluation"} for f in recorded_fallbacks()]
-    for metrics in sorted((Path(config.run) / "ckpt").glob("*/metrics.json")):
+    for metrics in sorted((RunLayout(config.run).root / "ckpt").glob("*/metrics.json")):
         for fallback in read_json(metrics).get("fallbacks", []):
             found.append({**fallback, "where": f"train/{metrics.parent.name}"})
     return found
@@ -182,11 +187,17 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     is compared on test with that non-generative row, and the verdict states the chosen generative row against
     it and the BM25 control; without, the reference is the best non-generative row on test (and says so).
     """
-    from grace.infer.report import markdown_table, paired_markdown, plot_recall_bars, recall_rows, write_table
-    from grace.infer.selection import best_on, select_on, verdict, verdict_markdown
+    from grace.experiments.report import (
+        markdown_table,
+        paired_markdown,
+        plot_recall_bars,
+        recall_rows,
+        write_table,
+    )
+    from grace.experiments.selection import best_on, select_on, verdict, verdict_markdown
     from grace.stats import summarise
 
-    out = run / "results"
+    out = RunLayout(run).results
     gold = {query_set.name: query_set.gold for query_set in sets}
     results = by_set["test"]
     schemes, non_generative = row_kinds(results)
@@ -283,10 +294,11 @@ def check_hybrid(config: AblateConfig, baselines: list[str]) -> None:
         raise GraceError(f"--hybrid-depth {config.hybrid_depth} is below the largest K ({max(KS)}) it is scored at")
 
 
-def run_ablation(config: AblateConfig) -> dict[str, dict]:
-    """Every scheme, the baselines and the controls on every query set; returns the test results."""
+def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -> dict[str, dict]:
+    """Every scheme, the baselines and the controls on every query set; returns the test results. ``stages``:
+    the lower stages' entry points (default :data:`~grace.experiments.pipeline.REAL_STAGES`)."""
     from grace.data_process.protocol import get_protocol
-    from grace.infer.query_sets import check_select_on, query_sets
+    from grace.experiments.query_sets import check_select_on, query_sets
 
     unknown = sorted(set(config.schemes) - set(SCHEMES))
     if unknown:
@@ -297,6 +309,7 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     check_hybrid(config, baselines)
     check_select_on(config.select_on)
     seed_everything(config.seed)
+    stages = stages or P.REAL_STAGES
     run = Path(config.run)
     timer = P.StageTimer()
     started = time.perf_counter()
@@ -306,10 +319,10 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
                       natural_queries=config.natural_queries)
     features = P.stage_features(run, dataset, config.encoder, timer,
                                 tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1,
-                                views=config.i2id_views if config.schemes else 1, seed=config.seed)
+                                views=config.i2id_views if config.schemes else 1, seed=config.seed, stages=stages)
     pseudo_queries, pq_provenance = P.stage_pseudo_queries(
         run, dataset, features, timer, protocol=config.protocol, generator=config.pseudo_query_generator,
-        options=json_options(config.pseudo_queries, "--pseudo-queries"))
+        options=key_values(config.pseudo_queries, "--pseudo-queries"))
     by_set: dict[str, dict[str, dict]] = {query_set.name: {} for query_set in sets}
 
     def add(name: str, results: dict[str, dict]) -> None:
@@ -319,9 +332,9 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
     artefacts = {}
     for scheme in config.schemes:
         artefacts[scheme] = scheme_artefacts(run, scheme, dataset, features, pseudo_queries, config, timer,
-                                             [query_set.split for query_set in sets])
-        add(scheme, run_scheme(run, scheme, dataset, artefacts[scheme], config, timer, sets))
-    dataset_json = run / "data" / "dataset.json"
+                                             [query_set.split for query_set in sets], stages)
+        add(scheme, run_scheme(run, scheme, dataset, artefacts[scheme], config, timer, sets, stages))
+    dataset_json = RunLayout(run).dataset
     for kind in [*baselines, "bm25"]:
         scored = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder, sets=sets,
                                 seed=config.seed)
@@ -334,13 +347,13 @@ def run_ablation(config: AblateConfig) -> dict[str, dict]:
                                                         num_beams=config.num_beams))
     add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
     if config.training_seeds:
-        from grace.infer.selection import select_on
+        from grace.experiments.selection import select_on
 
         schemes, non_generative = row_kinds(by_set["test"])
         chosen = select_on(by_set["val"], schemes, non_generative)["generative"] if "val" in by_set else None
         for scheme in [chosen] if chosen else schemes:
             by_set["test"][scheme]["training_seeds"] = run_training_seeds(
-                run, scheme, dataset, artefacts[scheme], config, timer, sets[0], by_set["test"][scheme])
+                run, scheme, dataset, artefacts[scheme], config, timer, sets[0], by_set["test"][scheme], stages)
     provenance = run_provenance(config, pq_provenance, sets)
     tables = write_ablation(run, by_set, sets, config, provenance)
     print(tables, end="")
@@ -385,11 +398,11 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
     args = shlex.join(sys.argv[1:])
     command = f"grace {args}" if Path(sys.argv[0]).name in ("grace", "cli.py", "__main__.py") \
         else shlex.join(sys.argv)
-    ablation = read_json(run / "results" / "ablation.json")
+    ablation = read_json(RunLayout(run).results / "ablation.json")
     provenance = {**ablation.get("provenance", {}), "command": command, "machine": machine_description(),
                   "wall_s": round(wall_s, 1),
                   "date": time.strftime("%Y-%m-%d"), "stage_seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
-                  "reused_stages": sorted(timer.skipped), "config": read_json(run / "results" / "ablation_config.json")}
+                  "reused_stages": sorted(timer.skipped), "config": read_json(RunLayout(run).results / "ablation_config.json")}
     previous = out / f"{name}.json"  # a re-run that reuses trained stages keeps the full run's wall time
     if timer.skipped and previous.is_file():
         old = read_json(previous).get("provenance", {})
@@ -413,7 +426,7 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
             f"- pseudo-queries: {provenance.get('pseudo_queries', {}).get('generator')} (digest "
             f"{provenance.get('pseudo_queries', {}).get('digest')}); query ids in the JSON\n")
     atomic_write_text(out / f"{name}.md", text)
-    shutil.copyfile(run / "results" / "ablation.png", out / f"{name}.png")
+    shutil.copyfile(RunLayout(run).results / "ablation.png", out / f"{name}.png")
     return [out / f"{name}.{ext}" for ext in ("md", "json", "png")]
 
 

@@ -1,15 +1,17 @@
-"""``grace bench decode`` end to end on tiny models: P1 at two batch sizes, the loop comparison (the new loop
+"""benchmarks/bench_decode.py end to end on tiny models: P1 at two batch sizes, the loop comparison (the new loop
 returns the reference loop's answers), P2, dense rows and the latency-vs-corpus plot."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from grace.infer.bench import run_bench
-from grace.infer.configs import BenchConfig
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from bench_decode import BenchConfig, run_bench  # (benchmarks/ is a folder of scripts, not a package)
 
 
 def test_bench_decode_writes_every_section(tmp_path):
