@@ -113,7 +113,8 @@ def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, t
 def test_demo_presets_and_overrides(tmp_path):
     quick = demo_ablate_config(DemoConfig(out=tmp_path, quick=True))
     assert "structured" in quick.schemes and quick.limit > 0 and quick.run == tmp_path
-    assert quick.tokenizer == "smollm2" and "clip_faiss" in quick.baselines and quick.train_overrides[0] == "max_length=96"
+    assert quick.tokenizer == "smollm2" and "clip_faiss" in quick.baselines
+    assert quick.train_overrides[0] == "max_length=96" and "output_head=ids" in quick.train_overrides
     from grace.model.config import resolve_config
 
     model = resolve_config(quick.model)  # a packaged config: `grace ablate --model tiny-effnet` runs the same model
