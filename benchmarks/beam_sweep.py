@@ -40,21 +40,22 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def _retrievers(args: argparse.Namespace, split: str):
     """The generative retriever over ``split``'s trie, and the hybrid's config and second retriever (or None)."""
     from grace.config import dataclass_from_dict
-    from grace.experiments.pipeline import trie_dir
     from grace.experiments.retrievers import load_retriever
     from grace.fusion import HybridConfig
     from grace.infer.retriever import GenerativeRetriever
     from grace.io_utils import read_json
+    from grace.run_layout import RunLayout
 
     run = args.run
-    generative = GenerativeRetriever.load(run / "ckpt" / args.scheme / "export", ids=run / "ids" / args.scheme,
-                                          trie=trie_dir(run, args.scheme, split), batch_size=args.batch_size)
+    layout = RunLayout(run)
+    generative = GenerativeRetriever.load(layout.export(args.scheme), ids=layout.ids(args.scheme),
+                                          trie=layout.trie(args.scheme, split), batch_size=args.batch_size)
     if not args.hybrid:
         return generative, None, None
-    path = run / "hybrid" / args.hybrid / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")
+    path = layout.hybrid(args.hybrid) / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")
     config = dataclass_from_dict(HybridConfig, read_json(path), source=str(path))
     first_export = config.first.partition(":")[2]
-    if Path(first_export).resolve() != (run / "ckpt" / args.scheme / "export").resolve():
+    if Path(first_export).resolve() != layout.export(args.scheme).resolve():
         raise SystemExit(f"{path}: its first retriever is {config.first}, not the {args.scheme} row")
     return generative, config, load_retriever(config.second)
 

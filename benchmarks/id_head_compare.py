@@ -53,19 +53,19 @@ def _model_names(args: argparse.Namespace) -> dict[int, str]:
 
 def _retrievers(args: argparse.Namespace, split: str) -> dict[tuple[str, int], object]:
     """A generative retriever per (head, training seed), each checked to hold the head it is filed under."""
-    from grace.experiments.pipeline import trie_dir
     from grace.identifiers import IdentifierMap, Trie
     from grace.infer.retriever import GenerativeRetriever
     from grace.model import load_pretrained
+    from grace.run_layout import RunLayout
 
     out = {}
     for head, (seed, name) in itertools.product(HEADS, _model_names(args).items()):
         run = getattr(args, head)
-        model, tokenizer = load_pretrained(run / "ckpt" / name / "export")
+        model, tokenizer = load_pretrained(RunLayout(run).export(name))
         if model.config.output_head != head:
             raise SystemExit(f"{run}/ckpt/{name}: its model's output_head is {model.config.output_head}, not {head}")
-        out[head, seed] = GenerativeRetriever(model, tokenizer, IdentifierMap.load(run / "ids" / args.scheme),
-                                              Trie.load(trie_dir(run, args.scheme, split)),
+        out[head, seed] = GenerativeRetriever(model, tokenizer, IdentifierMap.load(RunLayout(run).ids(args.scheme)),
+                                              Trie.load(RunLayout(run).trie(args.scheme, split)),
                                               num_beams=args.num_beams, batch_size=args.batch_size)
     return out
 

@@ -1,7 +1,7 @@
 """Dataclass configs driven from the command line: ``--config file.{json,yaml}`` plus one flag per field.
 
 Every subcommand is a thin driver over one dataclass (as in tevatron): transformers' ``HfArgumentParser``
-adds the flags (``add_dataclass_args``), ``dataclass_from_args`` builds the config (file values first,
+adds the flags (:func:`add_command`, :func:`command_line`), ``dataclass_from_args`` builds the config (file values first,
 explicit flags override). Settings passed through to another dataclass are ``KEY=VALUE`` pairs
 (:func:`key_values`), typed by that dataclass.
 """

@@ -89,17 +89,13 @@ class RunLayout:
         """Display name → ``KIND:PATH`` of every retriever built here: ``generative/<scheme>`` for each export
         (its ``config.json`` exists), ``<kind>`` for each baseline test index (``config.json``, written last)
         and ``hybrid/<name>`` for each hybrid (``hybrid.json``)."""
-        found: dict[str, str] = {}
-        for export in sorted(self.root.glob("ckpt/*/export")):
-            if (export / "config.json").is_file():
-                found[f"generative/{export.parent.name}"] = f"generative:{export}"
-        for index in sorted(self.root.glob("baselines/*/index")):
-            if (index / "config.json").is_file():
-                found[index.parent.name] = f"{index.parent.name}:{index}"
-        for folder in sorted(self.root.glob("hybrid/*")):
-            if (folder / "hybrid.json").is_file():
-                found[f"hybrid/{folder.name}"] = f"hybrid:{folder}"
-        return found
+        specs = [f"generative:{export}" for export in sorted(self.root.glob("ckpt/*/export"))
+                 if (export / "config.json").is_file()]
+        specs += [f"{index.parent.name}:{index}" for index in sorted(self.root.glob("baselines/*/index"))
+                  if (index / "config.json").is_file()]
+        specs += [f"hybrid:{folder}" for folder in sorted(self.root.glob("hybrid/*"))
+                  if (folder / "hybrid.json").is_file()]
+        return {retriever_name(spec): spec for spec in specs}
 
     @classmethod
     def of_export(cls, export: Path) -> tuple[RunLayout, str] | None:

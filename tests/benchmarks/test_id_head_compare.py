@@ -13,16 +13,16 @@ import id_head_compare  # (benchmarks/ is a folder of scripts, not a package)
 
 def _run(root: Path, dataset, head: str) -> Path:
     """A run folder as grace ablate lays it out: ids, the test and val tries, an export (untrained tiny model)."""
-    from grace.experiments.pipeline import trie_dir
     from grace.identifiers import IdentifierMap, build_trie
     from grace.model import create_model, save_pretrained
+    from grace.run_layout import RunLayout
 
     idmap = IdentifierMap("numeric", {r.image_id: " ".join(str(i)) for i, r in enumerate(dataset.images)},
                           {"tokenizer": "byte"})
     idmap.save(root / "ids" / "structured")
     tokenizer = idmap.tokenizer()
     for split in ("test", "val"):
-        build_trie(idmap, tokenizer, [r.image_id for r in dataset.split(split)]).save(trie_dir(root, "structured", split))
+        build_trie(idmap, tokenizer, [r.image_id for r in dataset.split(split)]).save(RunLayout(root).trie("structured", split))
     model = create_model("tiny", tokenizer=tokenizer, output_head=head, seed=0)
     save_pretrained(model, root / "ckpt" / "structured" / "export", tokenizer=tokenizer)
     return root

@@ -17,11 +17,11 @@ def test_eval_checkpoints_scores_every_step_and_the_last_equals_the_export(tmp_p
     from grace.data_process.synthetic import build_synthetic
     from grace.experiments.configs import EvalConfig
     from grace.experiments.eval_run import run_eval
-    from grace.experiments.pipeline import trie_dir
     from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, build_trie
     from grace.infer.evaluate import evaluate
     from grace.infer.retriever import GenerativeRetriever
+    from grace.run_layout import RunLayout
 
     dataset = build_synthetic(tmp_path / "source", n_images=20, val_every=4)
     run = tmp_path / "run"
@@ -31,7 +31,7 @@ def test_eval_checkpoints_scores_every_step_and_the_last_equals_the_export(tmp_p
     idmap.save(run / "ids" / "numeric")
     for split in ("test", "val"):
         build_trie(idmap, idmap.tokenizer(), [r.image_id for r in dataset.split(split)]).save(
-            trie_dir(run, "numeric", split))
+            RunLayout(run).trie("numeric", split))
     values.update(output_dir=str(run / "ckpt" / "numeric"), steps=6, checkpoint_every=2, keep_checkpoints=0,
                   zero_stage=stage)
     (tmp_path / "cfg.json").write_text(json.dumps(values))
@@ -48,7 +48,7 @@ def test_eval_checkpoints_scores_every_step_and_the_last_equals_the_export(tmp_p
     assert all("recall@1_ci" in r for r in report["rows"])
     # the last checkpoint is the exported model: same ranks on the test queries
     retriever = GenerativeRetriever.load(run / "ckpt" / "numeric" / "export", ids=run / "ids" / "numeric",
-                                         trie=trie_dir(run, "numeric", "test"), device="cpu", num_beams=4)
+                                         trie=RunLayout(run).trie("numeric", "test"), device="cpu", num_beams=4)
     test = split_queries(dataset, "test")
     exported = evaluate(retriever, test.texts, test.gold, progress=False)
     last = next(r for r in report["rows"] if r["step"] == 6 and r["set"] == "test")

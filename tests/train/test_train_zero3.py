@@ -173,11 +173,11 @@ def test_checkpoint_sweep_gathers_two_ranks_partitions_and_ends_at_the_export(ru
     from grace.data_process.dataset import save_karpathy
     from grace.experiments.configs import EvalConfig
     from grace.experiments.eval_run import run_eval
-    from grace.experiments.pipeline import trie_dir
     from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, build_trie
     from grace.infer.evaluate import evaluate
     from grace.infer.retriever import GenerativeRetriever
+    from grace.run_layout import RunLayout
 
     dataset = runs["dataset"]
     run = tmp_path / "run"
@@ -187,7 +187,7 @@ def test_checkpoint_sweep_gathers_two_ranks_partitions_and_ends_at_the_export(ru
     for split in ("test", "val"):
         if dataset.split(split):
             build_trie(idmap, idmap.tokenizer(), [r.image_id for r in dataset.split(split)]).save(
-                trie_dir(run, "numeric", split))
+                RunLayout(run).trie("numeric", split))
     (run / "ckpt").mkdir()
     (run / "ckpt" / "numeric").symlink_to(runs["root"] / "full", target_is_directory=True)
     last = runs["root"] / "full" / "checkpoints" / f"step{STEPS:08d}"
@@ -197,7 +197,7 @@ def test_checkpoint_sweep_gathers_two_ranks_partitions_and_ends_at_the_export(ru
                                  progress=False))
     assert sorted({r["step"] for r in report["rows"]}) == [STOP, STEPS]
     retriever = GenerativeRetriever.load(run / "ckpt" / "numeric" / "export", ids=run / "ids" / "numeric",
-                                         trie=trie_dir(run, "numeric", "test"), device="cpu", num_beams=4)
+                                         trie=RunLayout(run).trie("numeric", "test"), device="cpu", num_beams=4)
     test = split_queries(dataset, "test")
     exported = evaluate(retriever, test.texts, test.gold, progress=False)
     swept = next(r for r in report["rows"] if r["step"] == STEPS and r["set"] == "test")

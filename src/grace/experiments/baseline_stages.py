@@ -10,7 +10,7 @@ from pathlib import Path
 
 from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
-from grace.experiments.pipeline import features_dir, result_path
+from grace.experiments.pipeline import features_dir
 from grace.experiments.stage_record import reusable, save_record, stage_record
 from grace.io_utils import folder_bytes, read_json, write_json
 from grace.retriever import Retriever
@@ -170,7 +170,7 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
 def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, sets: list,
                    seed: int = 0) -> dict[str, dict]:
     """Build (or reuse) one baseline over each query set's corpus and evaluate it on those queries →
-    ``{set name: result}``, each written to ``pipeline.result_path``."""
+    ``{set name: result}``, each written to ``RunLayout.result``."""
     from grace.infer.evaluate import evaluate
     from grace.io_utils import write_json
 
@@ -201,7 +201,7 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
                 result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
                 result["index_bytes"] = folder_bytes(index_dir)
                 result["corpus_size"] = len(dataset.split(split))
-                write_json(result_path(Path(run), query_set.name, kind), result)
+                write_json(RunLayout(run).result(query_set.name, kind), result)
                 scored[query_set.name] = result
             return scored
 

@@ -21,7 +21,6 @@ from grace.run_layout import RunLayout
 def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
     """Score every checkpoint under ``config.checkpoints`` (RUN/ckpt/<scheme>); returns the report."""
     from grace.data_process.dataset import load_karpathy
-    from grace.experiments.pipeline import trie_dir
     from grace.experiments.query_sets import split_queries
     from grace.identifiers import IdentifierMap, Trie
     from grace.infer.evaluate import evaluate
@@ -38,7 +37,7 @@ def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
     idmap = IdentifierMap.load(RunLayout(run).ids(scheme))
     dataset = load_karpathy(RunLayout(run).dataset, check_files=False)
     sets = [split_queries(dataset, split, config.max_queries) for split in ("val", "test") if dataset.split(split)]
-    tries = {s.split: Trie.load(trie_dir(run, scheme, s.split)) for s in sets}
+    tries = {s.split: Trie.load(RunLayout(run).trie(scheme, s.split)) for s in sets}
     ks = list(config.ks)
     rows = []
     for tag in checkpoint_folders(ckpt / "checkpoints"):

@@ -51,9 +51,8 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
                  load: Callable[..., object] | None = None) -> dict[str, dict]:
     """Choose the weight on the ``val`` set, score every query set (each over its split's corpus: the scheme's
     trie and the baseline's index of that split) → ``{set name: result}`` (``weight``, ``depth`` and the val
-    choice in each), written to ``pipeline.result_path``. ``load`` (default ``grace.experiments.retrievers.load_retriever``)
+    choice in each), written to ``RunLayout.result``. ``load`` (default ``grace.experiments.retrievers.load_retriever``)
     opens ``KIND:PATH`` specs."""
-    from grace.experiments.pipeline import result_path, trie_dir
     from grace.experiments.retrievers import load_retriever
     from grace.infer.evaluate import evaluate
     from grace.io_utils import write_json
@@ -70,7 +69,7 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
     retriever_kind = kind.removesuffix("_expanded")
 
     def hybrid_for(split: str) -> HybridRetriever:
-        first = load(f"generative:{export}", trie=trie_dir(run, scheme, split), num_beams=max(num_beams, depth))
+        first = load(f"generative:{export}", trie=RunLayout(run).trie(scheme, split), num_beams=max(num_beams, depth))
         second_spec = f"{retriever_kind}:{RunLayout(run).baseline_index(kind, split)}"
         return HybridRetriever(first, load(second_spec), HybridConfig(
             first=f"generative:{export}", second=second_spec, depth=depth, fusion=fusion))
@@ -92,7 +91,7 @@ def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: lis
                 result = evaluate(hybrid, query_set.texts, query_set.gold)
                 result.update(retriever=hybrid.name, weight=choice["weight"], depth=depth, fusion=fusion,
                               weight_chosen_on=choice["split"], corpus_size=len(dataset.split(split)))
-                write_json(result_path(run, query_set.name, name), result)
+                write_json(RunLayout(run).result(query_set.name, name), result)
                 out[query_set.name] = result
         return out
 

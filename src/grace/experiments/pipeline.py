@@ -184,11 +184,6 @@ def stage_ids(run: Path, scheme: str, dataset, features, timer: StageTimer, forc
     return timer.run(f"ids/{scheme}", done, build, lambda: stages.load_idmap(out))
 
 
-def trie_dir(run: Path, scheme: str, split: str = "test") -> Path:
-    """RUN/trie/<scheme> (the test corpus) or RUN/trie/<scheme>-<split> (e.g. the val corpus)."""
-    return RunLayout(run).trie(scheme, split)
-
-
 def stage_trie(run: Path, scheme: str, dataset, idmap, tokenizer, timer: StageTimer, split: str = "test",
                force: bool = False, *, stages: StageFunctions = REAL_STAGES):
     """The trie over the identifiers of the ``split`` images (that split's retrieval corpus)."""
@@ -289,8 +284,8 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
     """RUN/ckpt/<name or scheme>/export via ``grace train`` (in-process with ``stages.train``, or torchrun with
     ``nproc`` > 1)."""
     name = name or scheme
-    out = RunLayout(run).ckpt(name)
-    export = RunLayout(run).export(name)
+    layout = RunLayout(run)
+    out, export = layout.ckpt(name), layout.export(name)
     config_path = out / "train_request.json"
     inputs = {"shards": Path(values["shards_dir"]) / "shards.json", "ids": Path(values["ids_dir"]) / "ids.json"}
     if values.get("features_cache"):
@@ -315,16 +310,11 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
     return timer.run(f"train/{name}", done, build, lambda: export)
 
 
-def result_path(run: Path, query_set: str, name: str) -> Path:
-    """RUN/results/<name>.json for the test queries, RUN/results/<query set>/<name>.json for the others."""
-    return RunLayout(run).result(query_set, name)
-
-
 def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, timer: StageTimer, *,
                sets: list, tries: dict, num_beams: int = 10, name: str | None = None,
                stages: StageFunctions = REAL_STAGES) -> dict[str, dict]:
     """Evaluate the trained model on every query set (``sets``: QuerySets; ``tries``: split → the trie of its
-    corpus) → ``{set name: result}``, each in :func:`result_path` under ``name`` (default: the scheme).
+    corpus) → ``{set name: result}``, each in ``RunLayout.result`` under ``name`` (default: the scheme).
     The model is loaded once."""
     name = name or scheme
 
@@ -334,9 +324,9 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, 
         for query_set in sets:
             retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams)
             res = evaluate(retriever, query_set.texts, query_set.gold)
-            res["index_bytes"] = folder_bytes(trie_dir(run, scheme, query_set.split))  # the generative "index"
+            res["index_bytes"] = folder_bytes(RunLayout(run).trie(scheme, query_set.split))  # the generative "index"
             res["corpus_size"] = len(dataset.split(query_set.split))
-            write_json(result_path(run, query_set.name, name), res)
+            write_json(RunLayout(run).result(query_set.name, name), res)
             out[query_set.name] = res
         return out
 

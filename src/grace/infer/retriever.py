@@ -73,8 +73,8 @@ class FlamingoAdapter(CausalLMAdapter):
 
 def make_adapter(model: Any, *, cache_vision: bool = True, static_cache: bool = False,
                  step_model: Any = None) -> CausalLMAdapter:
-    """A Flamingo model gets a :class:`FlamingoAdapter` (null image: text queries; the vision side cached when
-    the model can compute it apart, ``encode_vision``); any HF causal LM gets ``input_ids``. ``static_cache``
+    """A :class:`~grace.model.FlamingoModel` gets a :class:`FlamingoAdapter` (null image: text queries; the vision
+    side computed once per query unless ``cache_vision`` is False); any HF causal LM gets ``input_ids``. ``static_cache``
     and ``step_model``: see :class:`~grace.infer.beam_search.CausalLMAdapter`."""
     options = {"static_cache": static_cache, "step_model": step_model}
     if isinstance(model, FlamingoModel):
