@@ -14,8 +14,6 @@ beam count with the best val R@1 of each row, and the plot shows both sets.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -37,37 +35,48 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _retrievers(args: argparse.Namespace, split: str):
-    """The generative retriever over ``split``'s trie, and the hybrid's config and second retriever (or None)."""
-    from grace.config import dataclass_from_dict
-    from grace.experiments.retrievers import load_retriever
-    from grace.fusion import HybridConfig
-    from grace.infer.retriever import GenerativeRetriever
-    from grace.io_utils import read_json
-    from grace.run_layout import RunLayout
+class SweptRun:
+    """The run's generative model, loaded once, and for each query set its retrievers over that set's corpus."""
 
-    run = args.run
-    layout = RunLayout(run)
-    generative = GenerativeRetriever.load(layout.export(args.scheme), ids=layout.ids(args.scheme),
-                                          trie=layout.trie(args.scheme, split), batch_size=args.batch_size)
-    if not args.hybrid:
-        return generative, None, None
-    path = layout.hybrid(args.hybrid) / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")
-    config = dataclass_from_dict(HybridConfig, read_json(path), source=str(path))
-    first_export = config.first.partition(":")[2]
-    if Path(first_export).resolve() != layout.export(args.scheme).resolve():
-        raise SystemExit(f"{path}: its first retriever is {config.first}, not the {args.scheme} row")
-    return generative, config, load_retriever(config.second)
+    def __init__(self, args: argparse.Namespace):
+        from grace.identifiers.idmap import IdentifierMap
+        from grace.model.factory import load_pretrained
+        from grace.run_layout import RunLayout
+
+        self.args, self.layout = args, RunLayout(args.run)
+        self.model, self.tokenizer = load_pretrained(self.layout.export(args.scheme))
+        self.idmap = IdentifierMap.load(self.layout.ids(args.scheme))
+
+    def for_split(self, split: str):
+        """The generative retriever over ``split``'s trie, and the hybrid's config and second retriever (or None)."""
+        from grace.config import dataclass_from_dict
+        from grace.experiments.retrievers import load_retriever
+        from grace.fusion import HybridConfig
+        from grace.identifiers.trie import Trie
+        from grace.infer.retriever import GenerativeRetriever
+        from grace.io_utils import read_json
+
+        args, layout = self.args, self.layout
+        trie = Trie.load(layout.trie(args.scheme, split))
+        generative = GenerativeRetriever(self.model, self.tokenizer, self.idmap, trie, batch_size=args.batch_size)
+        if not args.hybrid:
+            return generative, None, None
+        path = layout.hybrid(args.hybrid) / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")
+        config = dataclass_from_dict(HybridConfig, read_json(path), source=str(path))
+        first_export = config.first.partition(":")[2]
+        if Path(first_export).resolve() != layout.export(args.scheme).resolve():
+            raise SystemExit(f"{path}: its first retriever is {config.first}, not the {args.scheme} row")
+        return generative, config, load_retriever(config.second)
 
 
-def sweep_set(args: argparse.Namespace, query_set) -> dict:
+def sweep_set(args: argparse.Namespace, swept: SweptRun, query_set) -> dict:
     """Every beam count on one query set: both rows' recall (with intervals) and per-query latency."""
     from grace.fusion import Candidates, fuse
     from grace.infer.evaluate import metrics
     from grace.retriever import Query
     from grace.stats import add_intervals
 
-    generative, config, second = _retrievers(args, query_set.split)
+    generative, config, second = swept.for_split(query_set.split)
     queries = [Query(text=t) for t in query_set.texts]
     generative.num_beams = min(args.beams)
     generative.search(queries[:args.batch_size], min(args.beams))  # warm-up
@@ -100,19 +109,18 @@ def sweep_set(args: argparse.Namespace, query_set) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.experiments.ablate import machine_description
     from grace.experiments.query_sets import split_queries
     from grace.io_utils import atomic_write_text, write_json
-    from grace.provenance import git_state
+    from grace.provenance import script_provenance, trained_run_provenance
+    from grace.run_layout import RunLayout
 
     args = _args(argv)
-    dataset = load_karpathy(args.run / "data" / "dataset.json")
+    dataset = load_karpathy(RunLayout(args.run).dataset)
     started = time.perf_counter()
+    swept = SweptRun(args)
     report = {"run": str(args.run), "scheme": args.scheme, "hybrid": args.hybrid, "beams": args.beams,
-              "sets": {s: sweep_set(args, split_queries(dataset, s)) for s in args.sets},
-              "git": git_state(), "machine": machine_description(),
-              "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/beam_sweep.py",
-                                                                       *(sys.argv[1:] if argv is None else argv)])}
+              "sets": {s: sweep_set(args, swept, split_queries(dataset, s)) for s in args.sets},
+              "run_provenance": trained_run_provenance(args.run), **script_provenance(__file__, argv)}
     report["wall_s"] = time.perf_counter() - started
     for res in report["sets"].values():  # per-query ranks are for the intervals above, not for the file
         for row in res["beams"].values():
@@ -133,7 +141,19 @@ def _best_on_val(report: dict, name: str) -> str | None:
     return str(-max(scored)[2]) if scored else None
 
 
+def run_line(p: dict) -> str:
+    """How the swept run was made, from its own table (empty when it has none)."""
+    if not p:
+        return ""
+    pq = p.get("pseudo_queries", {})
+    return (f": protocol `{p.get('protocol')}`, chosen on `{p.get('selected_on')}`, training seeds "
+            f"{p.get('seeds', {}).get('training')}, pseudo-queries {pq.get('generator')} (digest {pq.get('digest')}), "
+            f"trained at {(p.get('git', {}).get('commit') or '?')[:12]}")
+
+
 def render(report: dict) -> str:
+    from grace.provenance import provenance_lines
+
     names = ["generative"] + (["hybrid"] if report["hybrid"] else [])
     label = {"generative": report["scheme"], "hybrid": report["hybrid"]}
     lines = [f"# Beam sweep: {report['scheme']}" + (f" and {report['hybrid']}" if report["hybrid"] else "") + "\n",
@@ -153,10 +173,8 @@ def render(report: dict) -> str:
     if hybrid:
         lines.append(f"- hybrid: the {report['scheme']} beam's candidates re-scored by `{hybrid['second']}`, "
                      f"{hybrid['fusion']} fusion with weight {hybrid['weight']} (chosen on val by the run)")
-    lines += ["- at b beams a row returns b candidates: R@K for K > b counts only those",
-              f"- command: `{report['command']}`", f"- run: `{report['run']}`",
-              f"- commit: {report['git'].get('commit')} (dirty: {report['git'].get('dirty')})",
-              f"- machine: {report['machine']}; wall {report['wall_s']:.0f} s"]
+    lines += ["- at b beams a row returns b candidates: R@K for K > b counts only those", f"- run: `{report['run']}`"
+              + run_line(report.get("run_provenance", {})), *provenance_lines(report)]
     return "\n".join(lines) + "\n"
 
 

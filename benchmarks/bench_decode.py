@@ -134,14 +134,16 @@ def bench_p2(model, digits, eoc, config: BenchConfig) -> list[dict]:
     return rows
 
 
-def run_bench(config: BenchConfig) -> dict:
-    """Every section of the decoding benchmark (gradients off inside, restored after)."""
+def run_bench(config: BenchConfig, argv: list[str] | None = None) -> dict:
+    """Every section of the decoding benchmark (gradients off inside, restored after); ``argv``: the command's
+    arguments for the result's provenance (None: this process's)."""
     with torch.no_grad():
-        return _run_bench(config)
+        return _run_bench(config, argv)
 
 
-def _run_bench(config: BenchConfig) -> dict:
+def _run_bench(config: BenchConfig, argv: list[str] | None) -> dict:
     from grace.experiments.report import markdown_table
+    from grace.provenance import provenance_lines, script_provenance
 
     seed_everything(config.seed)
     model, digits, eoc = load_lm(config.model, config.device)
@@ -164,7 +166,7 @@ def _run_bench(config: BenchConfig) -> dict:
     from grace.fallbacks import recorded_fallbacks
 
     results = {"env": env, "p1": p1_all[0], "p1_batches": p1_all, "p2": p2, "loop": loop, "dense": dense,
-               "fallbacks": recorded_fallbacks()}
+               "fallbacks": recorded_fallbacks(), **script_provenance(__file__, argv)}
     out = Path(config.out)
     write_json(out / "results.json", results)
     save_config(out, config)
@@ -185,7 +187,7 @@ def _run_bench(config: BenchConfig) -> dict:
             + markdown_table(p2, ["ids", "latency_ms", "vs_smallest", "trie_build_s", "trie_rss_mb", "table_mb", "impl"])
             + (("\n## Dense retrieval at the same sizes (CLIP-FAISS, synthetic 256-d vectors, same batch)\n\n"
                 + markdown_table(dense, ["index", "faiss", "corpus_size", "latency_ms", "recall_vs_flat"])) if dense else "")
-            + f"\n![latency vs corpus size]({plot.name})\n")
+            + f"\n![latency vs corpus size]({plot.name})\n\n" + "\n".join(provenance_lines(results)) + "\n")
     atomic_write_text(out / "results.md", text)
     print((out / "results.md").read_text())
     return results
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     from grace.config import command_line, dataclass_from_args
 
     parser = command_line(BenchConfig, __doc__.splitlines()[0])
-    run_bench(dataclass_from_args(BenchConfig, parser.parse_args(argv)))
+    run_bench(dataclass_from_args(BenchConfig, parser.parse_args(argv)), argv)
 
 
 if __name__ == "__main__":

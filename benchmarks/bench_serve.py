@@ -15,7 +15,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -136,14 +135,16 @@ def main() -> None:
         one = next(r for r in rows if r["retriever"] == row["retriever"] and r["clients"] == min(args.clients))
         row["speedup_vs_1"] = row["qps"] / one["qps"]
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "config": {k: str(v) for k, v in vars(args).items()}}
+    from grace.provenance import provenance_lines, script_provenance
+
+    meta = {**script_provenance(__file__), "cpus": os.cpu_count(), "config": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [(f"# `grace serve` loopback load test\n\n`{meta['command']}` on {meta['machine']}, {meta['cpus']} CPUs; "
-              f"{args.requests} requests per row, k={args.k}, {args.num_beams} beams, batch window {args.window_ms} ms.\n"),
+    lines = [(f"# `grace serve` loopback load test\n\n{args.requests} requests per row, k={args.k}, "
+              f"{args.num_beams} beams, batch window {args.window_ms} ms.\n"),
              "| retriever | clients | q/s | × 1 client | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['retriever']} | {r['clients']} | {r['qps']:.1f} | {r['speedup_vs_1']:.2f} | {r['p50_ms']:.0f} | "
               f"{r['p99_ms']:.0f} | {r['errors']} |" for r in rows]
+    lines += ["", *provenance_lines(meta)]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

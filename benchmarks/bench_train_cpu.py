@@ -168,13 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(args: argparse.Namespace, report: dict) -> None:
-    from grace.experiments.ablate import machine_description
     from grace.io_utils import atomic_write_text, write_json
+    from grace.provenance import provenance_lines, script_provenance
 
-    report["machine"] = machine_description()
-    report["command"] = "python " + " ".join([Path(__file__).relative_to(Path.cwd()).as_posix()
-                                              if Path(__file__).is_relative_to(Path.cwd()) else __file__,
-                                              *sys.argv[1:]])
+    report.update(script_provenance(__file__))
     write_json(args.out.with_suffix(".json"), report)
     lines = [(f"# Training speed, {args.model}, {args.batch_size_i2id} i2id + {args.batch_size_t2id} t2id per "
               f"process and step, {args.steps} steps\n"),
@@ -189,7 +186,7 @@ def _write(args: argparse.Namespace, report: dict) -> None:
                      f"{res['losses'][-1]:.4f} |")
     ratios = [(k, report[k]) for k in ("zero0_over_plain_time", "zero3_over_zero0_time", "id_head_speedup")
               if k in report]
-    lines += ["", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+    lines += ["", *provenance_lines(report),
               (f"- s/step leaves out the first step; variants ran one after another in one invocation, "
                f"{report['repeats']} time(s) interleaved (median and range over those runs)."),
               *[f"- {k.replace('_', ' ')} (medians): {v:.3f}" for k, v in ratios]]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 KS = (1, 5, 10)
@@ -66,10 +64,10 @@ def collect(inputs: list[str], baseline: str) -> tuple[dict[str, dict], dict[str
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.experiments.ablate import machine_description
     from grace.experiments.query_sets import split_queries
     from grace.experiments.report import markdown_table, paired_markdown, recall_rows
     from grace.io_utils import atomic_write_text, write_json
+    from grace.provenance import provenance_lines, script_provenance
     from grace.stats import summarise
 
     args = _args(argv)
@@ -87,16 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
         train_h = row.get("train_s", 0.0) / 3600
         row["R@1 per train hour"] = 100 * rows[row["retriever"]]["recall@1"] / train_h if train_h else ""
     columns = ["retriever", *[f"R@{k}" for k in KS], "train_s", "R@1 per train hour", "latency_ms", "num_queries"]
-    command = "python " + shlex.join(sys.argv)
+    made = script_provenance(__file__, argv)
     lines = [f"# {args.title}\n", markdown_table(table, columns),
-             paired_markdown(comparisons, KS, "generative row", chosen=args.reference is not None),
-             f"\n- command: `{command}`", f"- machine: {machine_description()}",
+             paired_markdown(comparisons, KS, "generative row", chosen=args.reference is not None), "",
+             *provenance_lines(made),
              "- each row's training command is in the provenance of its input JSON: "
              + ", ".join(f"`{_labelled(p)[1]}`" for p in args.results),
              "- R@1 per train hour: R@1 points / hours of training on this machine (all its cores).",
              *[f"- {note}" for note in args.note]]
-    report = {"rows": rows, "comparisons": comparisons, "provenance": provenance, "command": command,
-              "machine": machine_description()}
+    report = {"rows": rows, "comparisons": comparisons, "provenance": provenance, **made}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     write_json(args.out.with_suffix(".json"), report)

@@ -18,7 +18,6 @@ the largest absolute difference of the embeddings over the positions both models
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -114,9 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     from grace.data_process.encoders import minilm_dir
-    from grace.experiments.ablate import machine_description
     from grace.io_utils import atomic_write_text, write_json
-    from grace.provenance import git_state
+    from grace.provenance import script_provenance
 
     report = {"models": {}}
     env = {**os.environ, "PYTHONPATH": args.official_pythonpath}
@@ -135,9 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers
 
     report.update(official_transformers=official_versions[0] if official_versions else "?",
-                  ours_transformers=transformers.__version__, git=git_state(), machine=machine_description(),
-                  command="python " + " ".join(["benchmarks/flmr_official_parity.py",
-                                                *(sys.argv[1:] if argv is None else argv)]))
+                  ours_transformers=transformers.__version__, **script_provenance(__file__, argv))
     write_json(args.out.with_suffix(".json"), report)
     atomic_write_text(args.out.with_suffix(".md"), render(report))
     print(render(report))
@@ -145,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def render(r: dict) -> str:
+    from grace.provenance import provenance_lines
+
     lines = ["# FLMR / PreFLMR: our checkpoint loader against the official modelling code\n",
              f"Tiny random checkpoints built and saved by the official `FLMRModelForRetrieval` (transformers "
              f"{r['official_transformers']}), loaded by `FLMRCheckpointModel` (transformers {r['ours_transformers']}); "
@@ -156,8 +154,7 @@ def render(r: dict) -> str:
                      f"{tuple(m['doc_shape'])} | {m['doc_max_abs_diff']:.2e} | {'yes' if m['doc_mask_equal'] else 'NO'} |")
     lines += ["", "- embeddings are L2-normalised (entries up to "
               f"{max(m['query_max_abs_value'] for m in r['models'].values()):.2f} in absolute value)",
-              f"- command: `{r['command']}`", f"- machine: {r['machine']}",
-              f"- commit: {r['git'].get('commit')} (dirty: {r['git'].get('dirty')})"]
+              *provenance_lines(r)]
     return "\n".join(lines) + "\n"
 
 

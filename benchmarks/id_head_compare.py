@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
 import statistics
 import sys
 import time
@@ -127,18 +126,6 @@ def score_set(args: argparse.Namespace, query_set) -> dict:
     return out
 
 
-def _run_provenance(run: Path) -> dict:
-    """What the run's own table says about how it was made: protocol, query selection, seeds, commit."""
-    from grace.io_utils import read_json
-
-    path = run / "results" / "ablation.json"
-    prov = read_json(path).get("provenance", {}) if path.is_file() else {}
-    keep = {key: prov[key] for key in ("protocol", "selected_on", "seeds", "git") if key in prov}
-    if "pseudo_queries" in prov:
-        keep["pseudo_queries"] = {k: prov["pseudo_queries"].get(k) for k in ("generator", "digest")}
-    return keep
-
-
 def _base_seed(provenance: dict) -> int:
     """The training seed of the runs' own checkpoints (``grace ablate --seed``); both runs must share it."""
     seeds = {h: (p.get("seeds", {}).get("training") or [0])[0] for h, p in provenance.items()}
@@ -150,20 +137,20 @@ def _base_seed(provenance: dict) -> int:
 def _train_seconds(run: Path, scheme: str) -> float | None:
     """The scheme's training time as its run's table records it (``train_s``), or None."""
     from grace.io_utils import read_json
+    from grace.run_layout import RunLayout
 
-    path = run / "results" / "ablation.json"
+    path = RunLayout(run).ablation
     return read_json(path).get(scheme, {}).get("train_s") if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> dict:
     from grace.data_process.dataset import load_karpathy
-    from grace.experiments.ablate import machine_description
     from grace.experiments.query_sets import load_natural_queries, split_queries
     from grace.io_utils import atomic_write_text, write_json
-    from grace.provenance import git_state
+    from grace.provenance import script_provenance, trained_run_provenance
 
     args = _args(argv)
-    provenance = {h: _run_provenance(getattr(args, h)) for h in HEADS}
+    provenance = {h: trained_run_provenance(getattr(args, h)) for h in HEADS}
     args.base_seed = _base_seed(provenance)
     dataset = load_karpathy(args.dataset or args.full / "data" / "dataset.json")
     sets = [split_queries(dataset, "val"), split_queries(dataset, "test")]
@@ -172,9 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     report = {"scheme": args.scheme, "num_beams": args.num_beams, "sets": {s.name: score_set(args, s) for s in sets},
               "train_s": {h: _train_seconds(getattr(args, h), args.scheme) for h in HEADS},
-              "git": git_state(), "machine": machine_description(),
-              "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/id_head_compare.py",
-                                                                       *(sys.argv[1:] if argv is None else argv)]),
+              **script_provenance(__file__, argv),
               "runs": {h: str(getattr(args, h)) for h in HEADS},
               "run_provenance": provenance}
     report["wall_s"] = time.perf_counter() - started
@@ -189,6 +174,8 @@ def _pct(x: float) -> str:
 
 
 def render(report: dict) -> str:
+    from grace.provenance import provenance_lines
+
     lines = [f"# Identifier head (output_head ids) vs full head: {report['scheme']} ids, {report['num_beams']} beams\n",
              ("| query set | head | R@1 [95% CI] | R@5 | R@10 | q/s | ids − full R@1 [95% CI] | p (McNemar) "
              "| top-1 agreement | q/s ratio |"), "|---|---|---|---|---|---|---|---|---|---|"]
@@ -210,13 +197,11 @@ def render(report: dict) -> str:
     ratio = report["train_s"]["full"] / report["train_s"]["ids"] if all(report["train_s"].values()) else None
     lines += ["", f"- training seconds (train/{report['scheme']} stage, each run alone): full {train['full']}, "
               f"ids {train['ids']}" + (f" (ratio full/ids {ratio:.2f})" if ratio else ""),
-              f"- command: `{report['command']}`",
               "- runs: " + ", ".join(f"{h} `{run}`" for h, run in report["runs"].items()),
-              f"- commit: {report['git'].get('commit')} (dirty: {report['git'].get('dirty')})",
               *[f"- {h} run: protocol `{p.get('protocol')}`, chosen on `{p.get('selected_on')}`, training seeds "
                 f"{p.get('seeds', {}).get('training')}, trained at {p.get('git', {}).get('commit', '?')[:12]}"
                 for h, p in report.get("run_provenance", {}).items() if p],
-              f"- machine: {report['machine']}; wall {report['wall_s']:.0f} s",
+              *provenance_lines(report),
               ("- q/s: both models on the same batches, interleaved batch by batch after a warm-up batch each; "
               "recall intervals: percentile bootstrap over gold images; paired test: same resamples for both heads.")]
     return "\n".join(lines) + "\n"

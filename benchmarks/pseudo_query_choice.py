@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -60,11 +59,12 @@ def score(files: dict[str, Path], dataset, query_sets: list, seed: int) -> dict:
 
 
 def markdown(report: dict) -> str:
+    from grace.provenance import provenance_lines
+
     sources = "; ".join(f"{label}: protocol `{p['protocol']}`, digest {p['digest']}"
                         for label, p in report["pseudo_queries"].items())
-    provenance = (f"Pseudo-queries: {sources}. Seed {report['seeds']['bootstrap']}; commit "
-                  f"{report['git'].get('commit')} (dirty: {report['git'].get('dirty')}); query ids in the JSON.")
-    lines = [f"# {report['title']}", "", report["note"], "", provenance, "", f"`{report['command']}`", ""]
+    provenance = f"Pseudo-queries: {sources}. Seed {report['seeds']['bootstrap']}; query ids in the JSON."
+    lines = [f"# {report['title']}", "", report["note"], "", provenance, ""]
     for set_name, rows in report["results"].items():
         lines += [f"## {set_name} ({next(iter(rows.values()))['num_queries']} queries)", "",
                   "| pseudo-queries | " + " | ".join(f"R@{k} [95% CI]" for k in KS) + " | Δ R@1 vs first (p) |",
@@ -77,7 +77,8 @@ def markdown(report: dict) -> str:
                          f"(p={vs['p_mcnemar']:.3f})" if vs else "—")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(f"Chosen on val (by R@1, R@5, R@10 on the name queries): **{report['chosen']}**.")
+    lines += [f"Chosen on val (by R@1, R@5, R@10 on the name queries): **{report['chosen']}**.", "",
+              *provenance_lines(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from grace.data_process.dataset import load_karpathy
     from grace.experiments.query_sets import load_natural_queries, split_queries
     from grace.experiments.selection import best_on
-    from grace.provenance import git_state, query_provenance
+    from grace.provenance import query_provenance, script_provenance
 
     args = _args(argv)
     files = dict(item.split("=", 1) if "=" in item else (Path(item).stem, item) for item in args.files)
@@ -99,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         "title": f"Pseudo-query generators on {dataset.name} val (BM25 over each val image's pseudo-queries)",
         "note": "Val only: the test split is not read. Corpus: the val images. Intervals: percentile bootstrap "
                 "over queries; p: exact McNemar against the first row.",
-        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "chosen": best_on(report["results"]["val"], list(files)),
         "queries": {qs.name: query_provenance(qs.ids, qs.gold, qs.split, qs.source) for qs in sets},
-        "git": git_state(),
+        **script_provenance(__file__, argv),
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

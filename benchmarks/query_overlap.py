@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -52,10 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     from compare_runs import _labelled
 
     from grace.data_process.dataset import load_karpathy
-    from grace.experiments.ablate import machine_description
     from grace.experiments.query_sets import split_queries
     from grace.experiments.report import markdown_table
     from grace.io_utils import atomic_write_text, read_json, write_json
+    from grace.provenance import provenance_lines, script_provenance
     from grace.stats import recall_ci
 
     args = _args(argv)
@@ -85,16 +84,16 @@ def main(argv: list[str] | None = None) -> dict:
                     report[row_name][f"recall@{k} {group}"] = [r, lo, hi]
             table.append(row)
     columns = ["retriever"] + [f"R@{k} {group}" for group in groups for k in KS]
-    command = "python " + shlex.join(sys.argv)
+    made = script_provenance(__file__, argv)
     sizes = {group: len(index) for group, index in groups.items()}
     summary = (f"{sizes['shares a word']} of {len(queries)} test queries share a content word (first {args.stem} "
                f"characters; stop words dropped) with a pseudo-query of their gold image; "
                f"{sizes['shares no word']} share none. Recall in % [95% bootstrap interval over gold images].\n")
     lines = ["# Recall by whether the query shares a word with its gold image's pseudo-queries\n", summary,
-             markdown_table(table, columns), f"- command: `{command}`", f"- machine: {machine_description()}"]
+             markdown_table(table, columns), *provenance_lines(made)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    write_json(args.out.with_suffix(".json"), {"groups": sizes, "rows": report, "command": command,
+    write_json(args.out.with_suffix(".json"), {"groups": sizes, "rows": report, **made,
                                                "stem": args.stem, "shared": shared})
     print("\n".join(lines))
     return report

@@ -207,12 +207,10 @@ def main(argv: list[str] | None = None) -> dict:
                   rss_start_mb=rss_start / 2**20, rss_end_mb=rss_end / 2**20,
                   rss_peak_mb=max([rss_start / 2**20, *(mb for _, mb in samples)]),
                   rss_steady=rss_trend(samples, args.warmup), rss_samples=samples, sample_every_s=args.sample_every,
-                  run_folder_unchanged=folder_digest(args.run) == before,
-                  command="python " + " ".join(["benchmarks/soak_serve.py", *(sys.argv[1:] if argv is None else argv)]))
-    from grace.experiments.ablate import machine_description
-    from grace.provenance import git_state
+                  run_folder_unchanged=folder_digest(args.run) == before)
+    from grace.provenance import script_provenance
 
-    report.update(machine=machine_description(), git=git_state())
+    report.update(script_provenance(__file__, argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(render(report))
@@ -221,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def render(r: dict) -> str:
+    from grace.provenance import provenance_lines
+
     lines = [f"# `grace serve` soak and abuse test: {r['clients']} clients, {r['duration_s']:.0f} s, one request "
              f"in {r['abuse_every']} abusive\n",
              "| abusive request | sent | answers | every answer a 4xx one-line error |", "|---|---|---|---|"]
@@ -245,8 +245,7 @@ def render(r: dict) -> str:
               + " (within noise: |change| under 3 noise sd or under 2% of the RSS)",
               f"- server alive at the end (/healthz 200): {'yes' if r['alive'] else 'NO'}; run folder byte-for-byte "
               f"unchanged: {'yes' if r['run_folder_unchanged'] else 'NO'}",
-              f"- command: `{r['command']}`", f"- machine: {r['machine']}",
-              f"- commit: {r['git'].get('commit')} (dirty: {r['git'].get('dirty')})"]
+              *provenance_lines(r)]
     return "\n".join(lines) + "\n"
 
 

@@ -80,6 +80,11 @@ class RunLayout:
     def results(self) -> Path:
         return self.root / "results"
 
+    @property
+    def ablation(self) -> Path:
+        """RUN/results/ablation.json: the run's table (every row, comparisons, selection, provenance)."""
+        return self.results / "ablation.json"
+
     def result(self, query_set: str, row: str) -> Path:
         """RUN/results/<row>.json for the test queries, RUN/results/<query set>/<row>.json for the others."""
         return self.results / (f"{row}.json" if query_set == TEST else f"{query_set}/{row}.json")

@@ -18,7 +18,7 @@ def test_bench_decode_writes_every_section(tmp_path):
     config = BenchConfig(out=tmp_path / "bench", model="tiny-llama", num_beams=4, batch_size=2, id_digits=3,
                          p1_ids=200, p1_repeats=1, sizes=[1000, 3000], p2_queries=2, loop_models=["tiny-llama", "tiny"],
                          loop_batch=3, loop_repeats=1, compile=True)  # on a CPU: the eager fallback, labelled
-    run_bench(config)
+    run_bench(config, ["--model", "tiny-llama"])
     assert torch.is_grad_enabled()  # the benchmark leaves the process's autograd as it found it
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert [p["batch"] for p in results["p1_batches"]] == [2, 3] and results["p1"]["batch"] == 2
@@ -39,3 +39,4 @@ def test_bench_decode_writes_every_section(tmp_path):
     assert (tmp_path / "bench" / "latency_vs_corpus.png").stat().st_size > 1000
     text = (tmp_path / "bench" / "results.md").read_text()
     assert "## Loop" in text and "latency_vs_corpus.png" in text and "id_head_speedup" in text
+    assert "bench_decode.py --model tiny-llama`" in text and "- commit: " in text and "- machine: " in text

@@ -32,9 +32,28 @@ def test_vector_file_reads_rows_runs_and_chunks_as_numpy_does(tmp_path):
     picked = np.array([0, 1, 2, 7, 500, 501, 999])
     assert np.array_equal(vf.take(picked), half[picked]) and np.array_equal(vf.rows(10, 20), half[10:20])
     assert np.array_equal(np.concatenate([b for _, b in vf.chunks(333)]), half)
+    assert vf.rows(10, 20, stored=True).dtype == np.float16  # as stored: what the bucket pass copies
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(InputError, match="not a readable .npy"):
         VectorFile(tmp_path / "bad.npy")
+
+
+def test_the_bucket_pass_copies_each_row_as_stored_and_its_index_beside_it(tmp_path):
+    from grace.identifiers.out_of_core import _write_buckets
+
+    x = _blobs(250)
+    vf = _file(tmp_path, x, "float16")
+    node = tmp_path / "node"
+    node.mkdir()
+    rows = np.arange(1000, 1250)
+    sizes = _write_buckets(vf, rows, node, 3, lambda start, block: (block[:, 0] > 0).astype(int) * 2, chunk=64)
+    stored = np.load(tmp_path / "x.npy")
+    for j, mine in ((0, stored[:, 0] <= 0), (2, stored[:, 0] > 0)):
+        assert sizes[j] == mine.sum()
+        bucket = VectorFile(node / f"{j}.f", raw=(int(sizes[j]), 16, "float16"))
+        assert np.array_equal(bucket.rows(0, len(bucket), stored=True), stored[mine])  # same bytes, same order
+        assert np.array_equal(np.fromfile(node / f"{j}.i", dtype=np.int64), rows[mine])
+    assert sizes[1] == 0
 
 
 def test_rq_from_a_file_equals_rq_in_memory(tmp_path):

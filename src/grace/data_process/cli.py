@@ -63,18 +63,19 @@ class PseudoQueriesConfig:
     image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
     out: Optional[Path] = field(default=None, metadata={"help": "output JSON {image_id: [texts]}"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
-        "help": "image-only (from the image alone: knn-captions, captioner:MODEL) | tagged (keywords)"})
+        "help": "image-only (from the image alone: knn-captions, lit-captions, self-caption, captioner:MODEL) | "
+                "tagged (keywords)"})
     generator: str = field(default="", metadata={
-        "help": "knn-captions | self-caption | captioner:MODEL_ID (hub id or folder) | keywords (default: the "
-                "protocol's)"})
+        "help": "knn-captions | lit-captions | self-caption | captioner:MODEL_ID (hub id or folder) | keywords "
+                "(default: the protocol's)"})
     splits: list[str] = field(default_factory=list, metadata={"help": "splits whose images get pseudo-queries "
                                                                       "(default: every held-out split)"})
-    max_queries: int = field(default=8, metadata={"help": "keywords / knn-captions: texts kept per image"})
+    max_queries: int = field(default=8, metadata={"help": "keywords / knn-captions / lit-captions: texts kept per image"})
     k: int = field(default=5, metadata={"help": "knn-captions: nearest training images whose captions are read"})
     features: Optional[Path] = field(default=None, metadata={
-        "help": "knn-captions, self-caption: features cache folder (built there if absent; default "
+        "help": "knn-captions, lit-captions, self-caption: features cache folder (built there if absent; default "
                 "DATASET_DIR/features/ENCODER)"})
-    encoder: str = field(default="efficientnet-lite0", metadata={"help": "knn-captions, self-caption: image encoder of the cache"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "knn-captions, lit-captions, self-caption: image encoder of the cache"})
     pairs: bool = field(default=False, metadata={"help": "keywords: also every two keyword words as a phrase"})
     templates: list[str] = field(default_factory=lambda: ["{}"], metadata={
         "help": "keywords: templates each text is filled into (one '{}' each, e.g. '{}' 'an emoji of {}')"})
@@ -173,7 +174,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 #: generators that read the images' features cache
-FEATURE_GENERATORS = ("knn-captions", "self-caption")
+FEATURE_GENERATORS = ("knn-captions", "lit-captions", "self-caption")
 
 
 def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
@@ -184,6 +185,8 @@ def generator_options(cfg: PseudoQueriesConfig, generator: str) -> dict:
         options = {"max_queries": cfg.max_queries, "pairs": cfg.pairs, "templates": cfg.templates}
     elif generator == "knn-captions":
         options = {"k": cfg.k, "max_queries": cfg.max_queries}
+    elif generator == "lit-captions":
+        options = {"max_queries": cfg.max_queries}
     elif generator.startswith("captioner:"):
         options = {"num_captions": cfg.num_captions, "batch_size": cfg.batch_size, "prompt": cfg.prompt,
                    "device": cfg.device,  # resumable: captioned images are kept in the cache

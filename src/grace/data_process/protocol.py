@@ -1,9 +1,10 @@
 """Evaluation protocols: what a held-out image's pseudo-queries may be made from, written into every result.
 
 - ``image-only`` (GRACE's Flickr30K setting; the default): a held-out image's pseudo-queries come from the
-  image alone — the captions of its nearest training images (``knn-captions``), the project's own Flamingo
-  trained to caption the training images (``self-caption``), or a captioning model (``captioner:MODEL``) —
-  never from its own annotations.
+  image alone — the captions of its nearest training images (``knn-captions``), the training captions nearest
+  to it in the dense retriever's joint space (``lit-captions``), the project's own Flamingo trained to caption
+  the training images (``self-caption``), or a captioning model (``captioner:MODEL``) — never from its own
+  annotations.
 - ``tagged`` (a corpus whose images carry tags, e.g. a photo library): pseudo-queries come from the image's
   metadata (``keywords``). Every retriever must then be given the same metadata, and the BM25 control over
   it is in every table.
@@ -47,7 +48,8 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "image-only": Protocol("image-only", ("knn-captions", "self-caption", "captioner:"), "knn-captions"),
+    "image-only": Protocol("image-only", ("knn-captions", "lit-captions", "self-caption", "captioner:"),
+                           "knn-captions"),
     "tagged": Protocol("tagged", ("keywords",), "keywords", expand_documents=True),
 }
 DEFAULT_PROTOCOL = "image-only"

@@ -9,6 +9,8 @@ choice (:mod:`grace.data_process.protocol`):
 - ``self-caption`` (:mod:`grace.train.self_caption`, image-only): the project's own Flamingo, trained to caption
   the training images, captions each held-out image from its features; installed as an entry point
   (``GENERATOR_ENTRY_POINTS``), since it trains a model and this stage comes before the model;
+- ``lit-captions`` (:mod:`grace.retrieval_baselines.clip_faiss.pseudo_queries`, image-only): the training
+  captions nearest to the image in the dense retriever's joint space (LiT heads); an entry point too;
 - ``keywords`` (:class:`KeywordPseudoQueries`, tagged): the image's own metadata (``meta["keywords"]``, e.g.
   CLDR keywords of an emoji, tags of a clip-art), optionally templated.
 

@@ -134,7 +134,7 @@ def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> floa
     """Seconds a stage took: now, or (reused) as recorded in the previous ablation of this run."""
     if stage not in timer.skipped:
         return timer.seconds[stage]
-    path = RunLayout(run).results / "ablation.json"
+    path = RunLayout(run).ablation
     if path.is_file():
         return float(json.loads(path.read_text()).get(name, {}).get("train_s", 0.0))
     return 0.0
@@ -364,26 +364,6 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     return by_set["test"]
 
 
-def machine_description() -> str:
-    """One line: CPU cores and model, memory, accelerator, torch version (for published results)."""
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = ""
-    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
-        mem = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}){mem}, {gpu}, torch {torch.__version__}, {platform.system()}"
-
-
 def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: P.StageTimer) -> list[Path]:
     """Copy the ablation to ``config.publish/<benchmark>-<model>.{md,json,png}`` with its provenance."""
     import shlex
@@ -391,6 +371,7 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
     import sys
 
     from grace.io_utils import atomic_write_text, read_json
+    from grace.provenance import machine_description
 
     name = f"{_benchmark_name(config)}-{Path(config.model).stem}-{config.protocol}"
     out = Path(config.publish)
@@ -398,7 +379,7 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
     args = shlex.join(sys.argv[1:])
     command = f"grace {args}" if Path(sys.argv[0]).name in ("grace", "cli.py", "__main__.py") \
         else shlex.join(sys.argv)
-    ablation = read_json(RunLayout(run).results / "ablation.json")
+    ablation = read_json(RunLayout(run).ablation)
     provenance = {**ablation.get("provenance", {}), "command": command, "machine": machine_description(),
                   "wall_s": round(wall_s, 1),
                   "date": time.strftime("%Y-%m-%d"), "stage_seconds": {k: round(v, 1) for k, v in timer.seconds.items()},

@@ -94,10 +94,10 @@ class AblateConfig:
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
-        "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, self-caption, "
-                "captioner:MODEL); tagged: from their metadata (keywords). Written into every result file"})
+        "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, lit-captions, "
+                "self-caption, captioner:MODEL); tagged: from their metadata (keywords). Written into every result file"})
     pseudo_query_generator: str = field(default="", metadata={
-        "help": "knn-captions | self-caption | captioner:MODEL_ID | keywords (default: the protocol's)"})
+        "help": "knn-captions | lit-captions | self-caption | captioner:MODEL_ID | keywords (default: the protocol's)"})
     pseudo_queries: list[str] = field(default_factory=list, metadata={
         "help": "the generator's options as KEY=VALUE (each value read as YAML), e.g. k=5 max_queries=8 "
                 "(knn-captions) or max_queries=24 pairs=true 'templates=[\"{}\", \"an emoji of {}\"]' (keywords)"})

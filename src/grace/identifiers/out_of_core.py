@@ -56,12 +56,13 @@ class VectorFile:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as float32."""
+    def rows(self, start: int, stop: int, *, stored: bool = False) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (``stored``: in the file's own dtype, not converted)."""
         with self.path.open("rb") as f:
             f.seek(self.offset + start * self.row_bytes)
             block = np.fromfile(f, dtype=self.dtype, count=(stop - start) * self.shape[1])
-        return block.reshape(-1, self.shape[1]).astype(np.float32)
+        block = block.reshape(-1, self.shape[1])
+        return block if stored else block.astype(np.float32)
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         """The rows at sorted ``indices`` (runs of consecutive rows read at once) as float32."""
@@ -78,10 +79,10 @@ class VectorFile:
                 pos += len(run)
         return out
 
-    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, rows)`` over the whole file, ``size`` rows at a time."""
+    def chunks(self, size: int, *, stored: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` over the whole file, ``size`` rows at a time (``stored``: see :meth:`rows`)."""
         for start in range(0, len(self), size):
-            yield start, self.rows(start, min(len(self), start + size))
+            yield start, self.rows(start, min(len(self), start + size), stored=stored)
 
 
 def write_vectors(path: str | Path, blocks: Iterator[np.ndarray], n: int, dim: int,
@@ -200,16 +201,17 @@ def _split_node(features: VectorFile, rows: np.ndarray, prefix: tuple[int, ...],
 
 def _write_buckets(features: VectorFile, rows: np.ndarray, node: Path, k: int, assign, chunk: int) -> np.ndarray:
     """One pass over ``features``: each row (and its corpus index) appended to its bucket ``node/<j>.{f,i}``;
-    ``assign(start, block)`` gives the bucket of every row of a chunk. Returns the bucket sizes."""
+    ``assign(start, block)`` gives the bucket of every row of a float32 chunk; the rows are written as read (the
+    file's dtype, never converted back). Returns the bucket sizes."""
     files = [(open(node / f"{j}.f", "wb"), open(node / f"{j}.i", "wb")) for j in range(k)]  # noqa: SIM115
     sizes = np.zeros(k, dtype=np.int64)
     try:
-        for start, block in features.chunks(chunk):
-            labels = assign(start, block)
+        for start, block in features.chunks(chunk, stored=True):
+            labels = assign(start, block.astype(np.float32, copy=False))
             ids = rows[start:start + len(block)]
             for j in np.unique(labels):
                 mine = labels == j
-                block[mine].astype(features.dtype).tofile(files[j][0])
+                block[mine].tofile(files[j][0])
                 ids[mine].tofile(files[j][1])
                 sizes[j] += int(mine.sum())
     finally:
