@@ -65,3 +65,37 @@ def test_runs_are_paired_by_query_id_not_by_count(shared_tiny_dataset, tmp_path)
     with pytest.raises(SystemExit, match="no query ids"):
         compare_runs.main([str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--dataset", str(dataset_json),
                            "--out", str(tmp_path / "y")])
+
+
+def test_runs_are_compared_on_another_query_set_with_each_runs_own_extra_rows(shared_tiny_dataset, tmp_path):
+    """--query-set val pairs the rows every input scored on val (by id); --rows bm25 keeps each run's own control."""
+    from grace.provenance import query_provenance
+
+    dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
+    test = [r.image_id for r in shared_tiny_dataset.split("test")]
+    val = query_provenance([f"{i}#0" for i in test[::-1]], test[::-1], "val", "v")  # any ids, as recorded
+
+    def run(ranks: list[int], bm25: list[int], model: str) -> dict:
+        data = _result([1] * len(test), model, shared_tiny_dataset)
+        rows = {name: {"gold_ranks": r, "num_queries": len(r),
+                       **{f"recall@{k}": sum(x <= k for x in r) / len(r) for k in (1, 5, 10)}}
+                for name, r in (("structured", ranks), ("bm25", bm25), ("clip_faiss", [1] * len(ranks)))}
+        data["query_sets"] = {"val": rows}
+        data["provenance"]["query_sets"] = {"val": val}
+        return data
+
+    n = len(test)
+    (tmp_path / "a.json").write_text(json.dumps(run([1] * n, [2] * n, "a")))
+    (tmp_path / "b.json").write_text(json.dumps(run([30] * n, [1] * n, "b")))
+    report = compare_runs.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--dataset", str(dataset_json),
+                                "--query-set", "val", "--rows", "bm25", "--reference", "b/structured",
+                                "--out", str(tmp_path / "val")])
+    assert report["query_set"] == "val" and set(report["rows"]) == {"a/structured", "b/structured", "a/bm25",
+                                                                     "b/bm25", "clip_faiss"}
+    by = report["comparisons"]["by_retriever"]
+    assert by["a/structured"]["R@1"]["diff"] == pytest.approx(1.0)  # the val rows, not the test rows (all rank 1)
+    assert by["b/bm25"]["R@1"]["diff"] == pytest.approx(1.0) and by["a/bm25"]["R@1"]["diff"] == pytest.approx(0.0)
+    assert "Query set: `val`" in (tmp_path / "val.md").read_text()
+    with pytest.raises(SystemExit, match="no query set 'val-natural'"):
+        compare_runs.main([str(tmp_path / "a.json"), "--dataset", str(dataset_json), "--query-set", "val-natural",
+                           "--out", str(tmp_path / "x")])
