@@ -44,7 +44,10 @@ class SweptRun:
         from grace.run_layout import RunLayout
 
         self.args, self.layout = args, RunLayout(args.run)
+        from grace.experiments.retrievers import query_encoder
+
         self.model, self.tokenizer = load_pretrained(self.layout.export(args.scheme))
+        self.query_media = query_encoder(self.layout.export(args.scheme))
         self.idmap = IdentifierMap.load(self.layout.ids(args.scheme))
 
     def for_split(self, split: str):
@@ -58,7 +61,8 @@ class SweptRun:
 
         args, layout = self.args, self.layout
         trie = Trie.load(layout.trie(args.scheme, split))
-        generative = GenerativeRetriever(self.model, self.tokenizer, self.idmap, trie, batch_size=args.batch_size)
+        generative = GenerativeRetriever(self.model, self.tokenizer, self.idmap, trie, batch_size=args.batch_size,
+                                         query_media=self.query_media)
         if not args.hybrid:
             return generative, None, None
         path = layout.hybrid(args.hybrid) / ("hybrid.json" if split == "test" else f"hybrid-{split}.json")

@@ -41,10 +41,11 @@ def test_training_and_inference_inputs_and_logits_are_identical(run):
     values, tok, model = run
     data = MixedBatches(Path(values["shards_dir"]), tok, batch_size_i2id=1, batch_size_t2id=2, rank=0, world_size=1,
                         seed=0, max_length=64, keep_images=False)
-    batch, i2id = data.batch(0)
+    batch, rows = data.batch(0)
     vision = VisionSource(features_cache=Path(values["features_cache"]), n_visual_tokens=1)
-    feats = vision_batch(model, vision, i2id, 3, "cpu", torch.float32)
-    t2id = [data.samples["t2id"][i] for i in data.orders["t2id"].indices(0)]
+    feats = vision_batch(model, vision, rows, 3, "cpu", torch.float32)
+    t2id = rows[1:]
+    assert [s.key for s in t2id] == [data.samples["t2id"][i].key for i in data.orders["t2id"].indices(0)]
     retriever = GenerativeRetriever(model, tok, IdentifierMap.load(Path(values["ids_dir"])),
                                     Trie.load(Path(values["trie_dir"])))
     for row, sample in zip((1, 2), t2id):
@@ -123,7 +124,7 @@ def test_i2id_views_are_drawn_per_sample_and_reproducible(run, tmp_path):
                         seed=0, max_length=64, keep_images=False)
     seen = set()
     for draw in range(12):
-        _, i2id = data.batch(draw)
+        i2id = [s for s in data.batch(draw)[1] if s.task == "i2id"]
         feats, plain = vision.features(i2id, draw), base.features(i2id, draw)
         offset = (feats - plain).mean(dim=(1, 2))  # which view each row came from
         torch.testing.assert_close(offset, offset.round(), atol=1e-2, rtol=0)

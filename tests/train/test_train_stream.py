@@ -67,8 +67,9 @@ def test_streaming_batches_are_grace_rows_from_both_tasks(tiny_run):
                             max_length=64, keep_images=False, num_workers=1, shuffle_buffer=10)
     seen = set()
     for m in range(6):
-        batch, i2id = data.batch(m)
-        assert batch["lang_x"].shape[0] == 5 and len(i2id) == 2
+        batch, rows = data.batch(m)
+        assert batch["lang_x"].shape[0] == 5 and [s.task for s in rows] == ["i2id"] * 2 + ["t2id"] * 3  # row order
+        i2id = rows[:2]
         assert (batch["labels"][:, -1] == tok.eoc_token_id).all()  # every target ends its row
         labelled = batch["labels"] != IGNORE_INDEX
         assert not (labelled & (batch["attention_mask"] == 0)).any()

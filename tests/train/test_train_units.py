@@ -39,8 +39,8 @@ def test_mixed_batches_masks_padding_and_orders_i2id_first(tiny_run, shared_tiny
     values, tok = tiny_run
     data = MixedBatches(Path(values["shards_dir"]), tok, batch_size_i2id=2, batch_size_t2id=3, rank=0, world_size=1,
                         seed=0, max_length=64, keep_images=False)
-    batch, i2id = data.batch(0)
-    assert batch["lang_x"].shape[0] == 5 and len(i2id) == 2
+    batch, rows = data.batch(0)
+    assert batch["lang_x"].shape[0] == 5 and [s.task for s in rows] == ["i2id"] * 2 + ["t2id"] * 3  # row order
     labelled = batch["labels"] != IGNORE_INDEX
     assert not (labelled & (batch["attention_mask"] == 0)).any()
     eoc_rows = (batch["labels"] == tok.eoc_token_id).sum(1)

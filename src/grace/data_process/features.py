@@ -68,6 +68,22 @@ class FeatureSet:
             raise InputError(f"meta.json lists {len(ids)} ids but {name} has {len(array)} rows", path=cache_dir)
         return cls(ids=ids, array=array, encoder=str(meta.get("encoder", "")), meta=meta)
 
+    def save(self, cache_dir: str | Path) -> Path:
+        """Write pooled (N, D) rows as a cache folder :meth:`load` reads (``pooled.npy``, then ``meta.json``:
+        written last, so a half-written cache is never read). The ids may be any strings, e.g. texts."""
+        cache_dir = Path(cache_dir)
+        array = np.asarray(self.array, dtype=np.float32)
+        if array.ndim != 2:
+            raise InputError(f"FeatureSet.save writes pooled (N, D) rows, got shape {array.shape}", path=cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_dir / "pooled.npy", suffix=".npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array)
+        meta = {**self.meta, "encoder": self.encoder, "ids": list(self.ids), "dim": int(array.shape[1]),
+                "tokens_shape": None, "pooled_dtype": "float32"}
+        write_json(cache_dir / "meta.json", meta)
+        return cache_dir
+
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Each row (last axis) scaled to unit L2 norm; an all-zero row stays zero."""

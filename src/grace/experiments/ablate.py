@@ -16,6 +16,7 @@ from grace.experiments import pipeline as P
 from grace.experiments.baseline_stages import stage_baseline
 from grace.experiments.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
 from grace.experiments.hybrid import hybrid_name, stage_hybrid
+from grace.experiments.joint_space import check_vision_space
 from grace.identifiers.schemes import SchemeConfig
 from grace.io_utils import read_json, save_config, seed_everything, write_json
 from grace.run_layout import RunLayout
@@ -65,6 +66,11 @@ def train_values(run: Path, scheme: str, config: AblateConfig, seed: int, name: 
     overrides = key_values(config.train_overrides, "--train-overrides", TrainConfig)
     if config.i2id_views != 1:
         overrides = {"i2id_views": config.i2id_views, **overrides}
+    if config.vision_space != "features":
+        from grace.experiments.joint_space import joint_space_values
+
+        overrides = {**joint_space_values(run, scheme, encoder=config.encoder, seed=config.seed, model=config.model,
+                                          query_mix=config.query_mix, name=name or scheme), **overrides}
     return P.train_config_values(run, scheme, model=config.model, steps=config.steps, lr=config.lr,
                                  batch_size_i2id=config.batch_size_i2id, batch_size_t2id=config.batch_size_t2id,
                                  encoder=config.encoder, seed=seed, overrides=overrides, name=name)
@@ -308,6 +314,7 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     baselines = baselines_to_score(config.baselines, protocol)
     check_hybrid(config, baselines)
     check_select_on(config.select_on)
+    check_vision_space(config.vision_space, config.query_mix)
     seed_everything(config.seed)
     stages = stages or P.REAL_STAGES
     run = Path(config.run)
@@ -318,7 +325,8 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     sets = query_sets(dataset, max_queries=config.max_queries, select_on=config.select_on,
                       natural_queries=config.natural_queries)
     features = P.stage_features(run, dataset, config.encoder, timer,
-                                tokens=bool(config.schemes) and P.model_visual_tokens(config.model) > 1,
+                                tokens=bool(config.schemes) and config.vision_space == "features"
+                                and P.model_visual_tokens(config.model) > 1,
                                 views=config.i2id_views if config.schemes else 1, seed=config.seed, stages=stages)
     pseudo_queries, pq_provenance = P.stage_pseudo_queries(
         run, dataset, features, timer, protocol=config.protocol, generator=config.pseudo_query_generator,
@@ -359,57 +367,8 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     print(tables, end="")
     print(f"stage seconds: { {k: round(v, 1) for k, v in timer.seconds.items()} }")
     if config.publish is not None:
+        from grace.experiments.publish import publish
+
         paths = publish(run, config, tables, time.perf_counter() - started, timer)
         print(f"published {', '.join(map(str, paths))}")
     return by_set["test"]
-
-
-def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: P.StageTimer) -> list[Path]:
-    """Copy the ablation to ``config.publish/<benchmark>-<model>.{md,json,png}`` with its provenance."""
-    import shlex
-    import shutil
-    import sys
-
-    from grace.io_utils import atomic_write_text, read_json
-    from grace.provenance import machine_description
-
-    name = f"{_benchmark_name(config)}-{Path(config.model).stem}-{config.protocol}"
-    out = Path(config.publish)
-    out.mkdir(parents=True, exist_ok=True)
-    args = shlex.join(sys.argv[1:])
-    command = f"grace {args}" if Path(sys.argv[0]).name in ("grace", "cli.py", "__main__.py") \
-        else shlex.join(sys.argv)
-    ablation = read_json(RunLayout(run).ablation)
-    provenance = {**ablation.get("provenance", {}), "command": command, "machine": machine_description(),
-                  "wall_s": round(wall_s, 1),
-                  "date": time.strftime("%Y-%m-%d"), "stage_seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
-                  "reused_stages": sorted(timer.skipped), "config": read_json(RunLayout(run).results / "ablation_config.json")}
-    previous = out / f"{name}.json"  # a re-run that reuses trained stages keeps the full run's wall time
-    if timer.skipped and previous.is_file():
-        old = read_json(previous).get("provenance", {})
-        full = old.get("full_run_wall_s") or (old.get("wall_s") if not old.get("reused_stages") else None)
-        if full:
-            provenance["full_run_wall_s"], provenance["full_run_date"] = full, old.get("full_run_date", old.get("date"))
-    record = {**ablation, "provenance": provenance}
-    write_json(out / f"{name}.json", record)
-    reused = f" (stages reused from an earlier run: {', '.join(sorted(timer.skipped))})" if timer.skipped else ""
-    if "full_run_wall_s" in provenance:
-        reused += (f"; the run that built them took {provenance['full_run_wall_s'] / 60:.1f} min "
-                   f"({provenance['full_run_date']})")
-    git = provenance.get("git", {})
-    text = (f"# Identifier ablation: {_benchmark_name(config)}, model {Path(config.model).stem}, protocol "
-            f"`{config.protocol}`\n\n{tables}\n"
-            f"Recall in % on the held-out test queries with [95% bootstrap intervals over gold images]; latency in "
-            f"ms/query; train_s = training (baselines: building) wall time; index_bytes in the JSON.\n\n"
-            f"- command: `{command}`\n- machine: {provenance['machine']}\n"
-            f"- wall time: {wall_s / 60:.1f} min{reused}\n- date: {provenance['date']}\n"
-            f"- commit: {git.get('commit')}{' (with uncommitted changes)' if git.get('dirty') else ''}\n"
-            f"- pseudo-queries: {provenance.get('pseudo_queries', {}).get('generator')} (digest "
-            f"{provenance.get('pseudo_queries', {}).get('digest')}); query ids in the JSON\n")
-    atomic_write_text(out / f"{name}.md", text)
-    shutil.copyfile(RunLayout(run).results / "ablation.png", out / f"{name}.png")
-    return [out / f"{name}.{ext}" for ext in ("md", "json", "png")]
-
-
-def _benchmark_name(config: AblateConfig) -> str:
-    return Path(config.dataset).parent.name if config.dataset else config.benchmark

@@ -93,6 +93,14 @@ class AblateConfig:
         "help": "identifier-scheme settings as KEY=VALUE (SchemeConfig fields), e.g. k=10 c=10 cluster_on=text"})
     i2id_views: int = field(default=1, metadata={
         "help": "i2id sees each image and N-1 cached augmented views (crops, rotation, tone)"})
+    vision_space: str = field(default="features", metadata={
+        "help": "the generator's visual input: features (i2id rows read the image encoder's features, t2id rows and "
+                "queries the null image) or clip_faiss (GENIUS: every row reads CLIP-FAISS's LiT joint space, the "
+                "image's embedding for i2id, the text's for t2id and queries; grace.experiments.joint_space)",
+        "choices": ["features", "clip_faiss"]})
+    query_mix: float = field(default=0.0, metadata={
+        "help": "with --vision-space clip_faiss: GENIUS query augmentation, a t2id row reads (1-w)*text + w*gold "
+                "image, w ~ U[0, MIX]"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={
         "help": "image-only: held-out images' pseudo-queries from the image alone (knn-captions, lit-captions, "
                 "self-caption, captioner:MODEL); tagged: from their metadata (keywords). Written into every result file"})

@@ -33,7 +33,10 @@ def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
     run, scheme = ckpt.parent.parent, ckpt.name
     if not (ckpt / "export").is_dir():
         raise InputError("no export/ beside the checkpoints (the model config and tokenizer come from it)", path=ckpt)
+    from grace.experiments.retrievers import query_encoder
+
     model, tokenizer = load_pretrained(ckpt / "export", trust_remote_code=config.trust_remote_code)
+    query_media = query_encoder(ckpt / "export")
     idmap = IdentifierMap.load(RunLayout(run).ids(scheme))
     dataset = load_karpathy(RunLayout(run).dataset, check_files=False)
     sets = [split_queries(dataset, split, config.max_queries) for split in ("val", "test") if dataset.split(split)]
@@ -45,7 +48,7 @@ def run_checkpoint_eval(config: Any, rank: int = 0) -> dict:
         step = checkpoint_step(tag)
         for query_set in sets:
             retriever = GenerativeRetriever(model, tokenizer, idmap, tries[query_set.split], num_beams=config.num_beams,
-                                            batch_size=config.batch_size)
+                                            batch_size=config.batch_size, query_media=query_media)
             result = evaluate(retriever, query_set.texts, query_set.gold, ks, batch_size=config.batch_size,
                               progress=config.progress and rank == 0)
             rows.append({"step": step, "set": query_set.name, **add_intervals(result, ks, clusters=query_set.gold)})

@@ -290,6 +290,8 @@ def stage_train(run: Path, scheme: str, values: dict, timer: StageTimer, nproc: 
     inputs = {"shards": Path(values["shards_dir"]) / "shards.json", "ids": Path(values["ids_dir"]) / "ids.json"}
     if values.get("features_cache"):
         inputs["features"] = Path(values["features_cache"]) / "meta.json"
+    if values.get("t2id_media"):  # its texts may grow (schemes share it); its stage record names the embedding
+        inputs["t2id_media"] = Path(values["t2id_media"]) / "stage.json"
     record = stage_record({}, inputs)
 
     def build():
@@ -319,10 +321,14 @@ def stage_eval(run: Path, scheme: str, export: Path, dataset, idmap, tokenizer, 
     name = name or scheme
 
     def build():
+        from grace.experiments.retrievers import query_encoder
+
         model, tok = stages.load_pretrained(export)
+        query_media = query_encoder(export)
         out = {}
         for query_set in sets:
-            retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams)
+            retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams,
+                                            query_media=query_media)
             res = evaluate(retriever, query_set.texts, query_set.gold)
             res["index_bytes"] = folder_bytes(RunLayout(run).trie(scheme, query_set.split))  # the generative "index"
             res["corpus_size"] = len(dataset.split(query_set.split))

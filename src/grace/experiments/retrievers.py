@@ -18,9 +18,29 @@ from grace.retriever import Retriever
 from grace.run_layout import RunLayout, retriever_name
 
 
+def query_encoder(export: str | Path) -> Callable[[list[str]], Any] | None:
+    """The text tower a generative export embeds its queries with (its ``query_encoder/`` copy; a model trained
+    with ``t2id_media``), as ``texts -> (N, D)``; None for a model that reads the null image."""
+    from grace.infer.retriever import query_media_spec
+
+    spec = query_media_spec(export)
+    if spec is None:
+        return None
+    folder = Path(export) / str(spec.get("dir", ""))
+    if spec.get("encoder") != "lit":
+        raise InputError(f"unknown query text tower {spec.get('encoder')!r} (known: lit)", path=folder)
+    if not folder.is_dir():
+        raise InputError("the export names a query text tower but has no copy of it", path=folder)
+    from grace.retrieval_baselines.clip_faiss.dual_encoder import LitDualEncoder
+
+    return LitDualEncoder(folder).encode_texts
+
+
 def _generative(path: str, **kwargs: Any) -> Retriever:
     from grace.infer.retriever import GenerativeRetriever
 
+    if kwargs.get("query_media") is None:
+        kwargs["query_media"] = query_encoder(path)
     return GenerativeRetriever.load(path, **kwargs)
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from grace.errors import GraceError, InputError
@@ -21,6 +23,8 @@ from grace.identifiers.idmap import IdentifierMap
 from grace.identifiers.trie import Trie, TrieIndex
 from grace.infer.beam_search import CausalLMAdapter, beam_search, compile_for_decoding, early_stop_on
 from grace.infer.constraint import TrieLogitsProcessor
+from grace.io_utils import read_json
+from grace.model.export import FEATURE_LAYOUT_NAME, QUERY_MEDIA_KEY
 from grace.model.factory import load_pretrained
 from grace.model.flamingo import CrossAttentionCache, FlamingoModel, language_model
 from grace.model.id_head import identifier_head
@@ -72,13 +76,13 @@ class FlamingoAdapter(CausalLMAdapter):
 
 
 def make_adapter(model: Any, *, cache_vision: bool = True, static_cache: bool = False,
-                 step_model: Any = None) -> CausalLMAdapter:
-    """A :class:`~grace.model.FlamingoModel` gets a :class:`FlamingoAdapter` (null image: text queries; the vision
-    side computed once per query unless ``cache_vision`` is False); any HF causal LM gets ``input_ids``. ``static_cache``
-    and ``step_model``: see :class:`~grace.infer.beam_search.CausalLMAdapter`."""
+                 step_model: Any = None, vision_features: torch.Tensor | None = None) -> CausalLMAdapter:
+    """A :class:`~grace.model.FlamingoModel` gets a :class:`FlamingoAdapter` (``vision_features`` per query, or the
+    null image; the vision side computed once per query unless ``cache_vision`` is False); any HF causal LM gets
+    ``input_ids``. ``static_cache`` and ``step_model``: see :class:`~grace.infer.beam_search.CausalLMAdapter`."""
     options = {"static_cache": static_cache, "step_model": step_model}
     if isinstance(model, FlamingoModel):
-        return FlamingoAdapter(model, cache_vision=cache_vision, **options)
+        return FlamingoAdapter(model, cache_vision=cache_vision, vision_features=vision_features, **options)
     return CausalLMAdapter(model, **options)
 
 
@@ -89,8 +93,10 @@ class GenerativeRetriever(Retriever):
 
     def __init__(self, model: Any, tokenizer: Any, idmap: Any, trie: TrieIndex, *, num_beams: int = 10,
                  length_penalty: float = 1.0, batch_size: int = 16, device: str | torch.device = "cpu",
-                 decode: Any = None, static_cache: bool = True, compile: bool = False):
+                 decode: Any = None, static_cache: bool = True, compile: bool = False,
+                 query_media: Callable[[list[str]], np.ndarray] | None = None):
         self.model = model.eval().to(device)
+        self.query_media = query_media  # texts -> (N, D) joint-space embeddings: a model trained on TextMedia
         self.tokenizer = tokenizer
         self.idmap = idmap
         self.trie = trie
@@ -130,11 +136,19 @@ class GenerativeRetriever(Retriever):
 
     def prompt_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """The model inputs of the first decoding step for these queries: left-padded t2id prompts
-        (``lang_x``, ``attention_mask``, ``position_ids``) and, for a Flamingo model, the null image."""
+        (``lang_x``, ``attention_mask``, ``position_ids``) and, for a Flamingo model, the null image, or with
+        ``query_media`` each query's embedding (as its t2id rows saw their text's in training)."""
         inputs = left_pad([prompt_ids(self.tokenizer, text) for text in texts], self.tokenizer.pad_token_id)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if isinstance(self.model, FlamingoModel):
-            inputs["vision_features"] = self.model.null_vision_features(len(texts)).to(self.device)
+            null = self.model.null_vision_features(len(texts)).to(self.device)
+            if self.query_media is not None:
+                media = torch.as_tensor(np.asarray(self.query_media(list(texts)), dtype=np.float32))
+                if media.shape != (len(texts), null.shape[-1]) or null.shape[2] != 1:
+                    raise InputError(f"query embeddings of shape {tuple(media.shape)} for {len(texts)} queries, but the "
+                                     f"model reads {tuple(null.shape[2:])} (n_visual_tokens, vis_dim) per query")
+                null = media.to(device=self.device, dtype=null.dtype)[:, None, None, :]
+            inputs["vision_features"] = null
         return inputs
 
     @torch.no_grad()
@@ -152,7 +166,10 @@ class GenerativeRetriever(Retriever):
                 if query.text is None:
                     raise InputError("the generative retriever takes text queries", entry=start + i)
             inputs = self.prompt_inputs([q.text for q in batch])
-            adapter = make_adapter(self.model, static_cache=self.static_cache, step_model=self.step_model)
+            # each query's embedding when the model reads one; else the null image, resampled once on one row
+            vision = inputs.get("vision_features") if self.query_media is not None else None
+            adapter = make_adapter(self.model, static_cache=self.static_cache, step_model=self.step_model,
+                                   vision_features=vision)
             out = beam_search(adapter, inputs["lang_x"], inputs["attention_mask"], num_beams=beams,
                               max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eoc_token_id,
                               constraint=self.processor, length_penalty=self.length_penalty,
@@ -189,10 +206,25 @@ class GenerativeRetriever(Retriever):
         ids_dir = Path(ids) if ids else _find_artefact(path, "ids")
         trie_dir = Path(trie) if trie else _find_artefact(path, "trie")
         model, tokenizer = load_pretrained(path, trust_remote_code=trust_remote_code)
+        spec = query_media_spec(path)
+        if spec is not None and kwargs.get("query_media") is None:
+            raise InputError(f"this model reads each query's embedding from its {spec.get('encoder')!r} text tower "
+                             f"({spec.get('dir')}/): pass query_media, or load it with grace eval/search/serve "
+                             "(grace.experiments.retrievers)", path=path)
         idmap = IdentifierMap.load(ids_dir)
         trie_obj = Trie.load(trie_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, tokenizer, idmap, trie_obj, device=device, **kwargs)
+
+
+def query_media_spec(export_dir: str | Path) -> dict | None:
+    """The text tower an export's model embeds queries with (``{"encoder", "dir", "dim", "mix"}``: trained on
+    ``grace.train.data.TextMedia``), or None for a model that reads the null image."""
+    layout = Path(export_dir) / FEATURE_LAYOUT_NAME
+    if not layout.is_file():
+        return None
+    spec = read_json(layout).get(QUERY_MEDIA_KEY)
+    return dict(spec) if spec else None
 
 
 def _find_artefact(export_dir: Path, kind: str) -> Path:

@@ -16,6 +16,10 @@ WEIGHTS_NAME = "model.safetensors"
 LM_CONFIG_DIR = "lm"
 TOKENIZER_DIR = "tokenizer"
 FEATURE_LAYOUT_NAME = "feature_layout.json"
+#: a model whose t2id rows read their text's embedding (``grace.train.data.TextMedia``): the feature layout's
+#: key naming the text tower, and the export folder that holds its copy (queries are embedded by it)
+QUERY_MEDIA_KEY = "query_media"
+QUERY_ENCODER_DIR = "query_encoder"
 
 
 def storage_key(tensor: torch.Tensor) -> tuple:

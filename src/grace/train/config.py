@@ -25,6 +25,13 @@ class TrainConfig:
     i2id_views: int = field(default=1, metadata=_help(
         "views per image for i2id: the image itself plus N-1 augmented views (crop, rotation, tone), one drawn "
         "per sample and step; cached ones come from FEATURES/views/<k> (`grace data features --views N`)"))
+    t2id_media: Path | None = field(default=None, metadata=_help(
+        "a text-embedding cache (grace.train.data.TextMedia: a FeatureSet keyed by text, encoder KIND:PATH): t2id "
+        "rows read their text's embedding in the joint space as their visual input instead of the null image "
+        "(GENIUS), and queries are embedded by the same text tower at inference; the features cache must hold the "
+        "images' embeddings in that space"))
+    t2id_media_mix: float = field(default=0.0, metadata=_help(
+        "GENIUS query augmentation: a t2id row sees (1-w)*text + w*gold image, w ~ U[0, MIX] per sample"))
     model: str = field(default="tiny", metadata=_help("model config name (tiny, smollm2-effnet, ...) or JSON path"))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "let a hub LM run its own modelling code (e.g. OpenFlamingo's MPT-1B); only this flag allows it, never a "
@@ -79,6 +86,13 @@ class TrainConfig:
             raise InputError("ids folder not found", path=self.ids_dir)
         if self.features_cache is not None and not Path(self.features_cache).is_dir():
             raise InputError("features cache folder not found", path=self.features_cache)
+        if self.t2id_media is not None and not Path(self.t2id_media).is_dir():
+            raise InputError("t2id_media (text-embedding cache) folder not found", path=self.t2id_media)
+        if not 0.0 <= self.t2id_media_mix <= 1.0:
+            raise GraceError(f"train: t2id_media_mix must be in [0, 1] (got {self.t2id_media_mix})")
+        if self.t2id_media_mix > 0 and (self.t2id_media is None or self.features_cache is None):
+            raise GraceError("train: t2id_media_mix mixes a text's embedding with its image's: it needs t2id_media "
+                             "and a features_cache in the same space")
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             raise InputError("DeepSpeed config not found", path=self.deepspeed_config)
         if self.resume_from is not None and not Path(self.resume_from).is_dir():

@@ -120,12 +120,13 @@ class MixedBatches:
                                          seed=seed, stream=i) for i, task in enumerate(TASKS)}
 
     def batch(self, micro_step: int) -> tuple[dict[str, torch.Tensor], list[Sample]]:
-        """Token tensors + the i2id samples (whose images fill the first rows' vision features)."""
+        """Token tensors + every row's sample, in row order: the i2id rows first (their images fill the
+        vision features), then the t2id rows (the null image, or their text's embedding: :class:`TextMedia`)."""
         i2id = [self.samples["i2id"][i] for i in self.orders["i2id"].indices(micro_step)]
         t2id = [self.samples["t2id"][i] for i in self.orders["t2id"].indices(micro_step)]
         seqs = [training_sequence(self.tokenizer, s.identifier, None) for s in i2id]
         seqs += [training_sequence(self.tokenizer, s.identifier, s.text) for s in t2id]
-        return collate(seqs, self.tokenizer.pad_token_id, self.max_length), i2id
+        return collate(seqs, self.tokenizer.pad_token_id, self.max_length), i2id + t2id
 
 
 class VisionSource:
@@ -219,6 +220,58 @@ class VisionSource:
         feats = self.encoder.encode_tokens(images).float()
         self._encoded_shape = tuple(feats.shape[1:])
         return feats
+
+
+class TextMedia:
+    """The t2id rows' visual input in a joint image-text space (GENIUS: the generator reads the query's
+    embedding in the space its identifiers come from) instead of the null image: each text's embedding from a
+    cache keyed by text (a :class:`~grace.data_process.features.FeatureSet` whose ids are the texts, and whose
+    encoder ``KIND:PATH`` names the text tower that embeds queries at inference).
+
+    ``mix`` > 0 is GENIUS's query augmentation: a row sees ``(1 - w) * text + w * gold image`` (rescaled to
+    the text's norm), ``w ~ U[0, mix]`` drawn per sample from ``(seed, rank, draw)``, so a resumed run
+    sees the same mixes. The images' embeddings are the i2id features (view 0), in the same space."""
+
+    def __init__(self, cache: Path, *, mix: float = 0.0, seed: int = 0, rank: int = 0):
+        from grace.data_process.features import FeatureSet
+
+        if not 0.0 <= mix <= 1.0:
+            raise InputError(f"t2id_media_mix must be in [0, 1], got {mix}")
+        self.cache, self.mix, self.seed, self.rank = Path(cache), mix, seed, rank
+        features = FeatureSet.load(self.cache)
+        self.table = {text: i for i, text in enumerate(features.ids)}
+        self.array = np.asarray(features.array, dtype=np.float32)
+        self.encoder = features.encoder
+        self.dim = int(self.array.shape[1])
+        kind, _, path = self.encoder.partition(":")
+        if not kind or not path:
+            raise InputError(f"the text media cache names no text tower (encoder {self.encoder!r}; "
+                             "expected KIND:PATH, e.g. lit:RUN/baselines/clip_faiss/heads)", path=self.cache)
+        self.kind, self.tower = kind, Path(path)
+
+    def features(self, samples: Sequence[Sample], draw: int = 0, images: VisionSource | None = None) -> torch.Tensor:
+        """(len(samples), 1, D) float32: each sample's text embedding (mixed with its image's when ``mix``)."""
+        missing = [s.text for s in samples if s.text not in self.table]
+        if missing:
+            raise InputError(f"{len(missing)} t2id texts have no embedding in the text media cache, e.g. "
+                             f"{missing[0]!r} (rebuild it for these shards)", path=self.cache)
+        rows = self.array[[self.table[s.text] for s in samples]]
+        if self.mix > 0 and len(samples):
+            if images is None or images.array is None or images.array.shape[1:] != (1, self.dim):
+                raise InputError("t2id_media_mix needs the i2id images' embeddings in the same space: a pooled "
+                                 f"{self.dim}-d features cache", path=self.cache)
+            gold = images.array[[images.table[s.image_id] for s in samples], 0].astype(np.float32)
+            weight = np.random.default_rng([self.seed, self.rank, draw, 1]).uniform(0, self.mix, size=(len(rows), 1))
+            mixed = (1 - weight) * rows + weight * gold
+            norms = np.linalg.norm(rows, axis=1, keepdims=True) / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+            rows = mixed * norms
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))[:, None, :]
+
+    def describe(self) -> dict:
+        """What inference needs to embed queries the same way (written into the export's feature layout)."""
+        from grace.model.export import QUERY_ENCODER_DIR
+
+        return {"encoder": self.kind, "dir": QUERY_ENCODER_DIR, "dim": self.dim, "mix": self.mix}
 
 
 def _per_image_tokens(array: np.ndarray) -> np.ndarray:

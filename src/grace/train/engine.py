@@ -291,13 +291,14 @@ def load_checkpoint(engine: Any, tag_dir: Path, rank: int) -> dict:
 
 # ---------------------------------------------------------------- export
 def export_model(engine: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: int,
-                 feature_layout: dict | None = None) -> Path:
+                 feature_layout: dict | None = None, copies: dict[str, Path] | None = None) -> Path:
     """Gather the parameters on rank 0 (ZeRO-3 partitions, when partitioned) and write an HF-style folder that
     ``grace.model.load_pretrained`` reads (the frozen vision encoder is rebuilt from its name there).
 
     ``export/`` holds the model's safetensors + config.json, ``tokenizer/``, and copies of ``ids/``
     and ``trie/`` so inference needs nothing else, and ``feature_layout.json`` (the visual features it was
-    trained on, checked against the model config when loaded); written to a temp folder, then renamed.
+    trained on, checked against the model config when loaded), plus ``copies`` (export sub-folder → source
+    folder, e.g. the text tower that embeds queries); written to a temp folder, then renamed.
     """
     import torch.distributed as dist
 
@@ -309,7 +310,7 @@ def export_model(engine: Any, tokenizer: Any, cfg: Any, export_dir: Path, rank: 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_pretrained(engine.module, tmp, tokenizer=tokenizer, state=state)
-        for name, src in (("ids", cfg.ids_dir), ("trie", cfg.trie_dir)):
+        for name, src in (("ids", cfg.ids_dir), ("trie", cfg.trie_dir), *(copies or {}).items()):
             if src is not None and Path(src).is_dir():
                 shutil.copytree(src, tmp / name)
         save_config(tmp, cfg, name="train_config.json")

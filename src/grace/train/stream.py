@@ -93,7 +93,7 @@ def merge_left_padded(parts: list[dict[str, torch.Tensor]], pad_token_id: int) -
 
 class StreamingBatches:
     """Per micro-step: ``batch_size_i2id`` i2id + ``batch_size_t2id`` t2id rows, streamed (same interface
-    as :class:`grace.train.data.MixedBatches`: ``batch(micro_step) -> (tensors, i2id samples)``)."""
+    as :class:`grace.train.data.MixedBatches`: ``batch(micro_step) -> (tensors, every row's sample)``)."""
 
     def __init__(self, shards_dir: Path, tokenizer: Any, *, batch_size_i2id: int, batch_size_t2id: int,
                  seed: int, start_step: int, max_length: int, keep_images: bool, num_workers: int = 2,
@@ -119,11 +119,10 @@ class StreamingBatches:
             raise ValueError(f"streaming batches are read in order: expected micro-step {self.next_step}, "
                              f"got {micro_step}")
         self.next_step += 1
-        parts, i2id = [], []
-        for task in TASKS:
+        parts, rows = [], []
+        for task in TASKS:  # i2id rows first, then t2id: each row's sample, in row order
             if task in self.loaders:
                 tensors, samples = next(self.loaders[task])
                 parts.append(tensors)
-                if task == "i2id":
-                    i2id = list(samples)
-        return merge_left_padded(parts, self.pad_token_id), i2id
+                rows += list(samples)
+        return merge_left_padded(parts, self.pad_token_id), rows

@@ -12,29 +12,38 @@ import torch
 import grace.train.engine as E
 from grace.errors import InputError
 from grace.io_utils import save_config, seed_everything
+from grace.model.export import QUERY_ENCODER_DIR, QUERY_MEDIA_KEY
 from grace.train.config import TrainConfig, TrainResult
-from grace.train.data import MixedBatches, VisionSource
+from grace.train.data import MixedBatches, TextMedia, VisionSource
 
 log = logging.getLogger(__name__)
 
 
-def vision_batch(module: Any, vision: VisionSource, i2id: list, batch_size: int, device: str,
-                 dtype: torch.dtype, draw: int = 0) -> torch.Tensor:
-    """(B, 1, T, D): the i2id images' features (views of draw ``draw``) in the first rows, the model's null
-    image after them."""
+def vision_batch(module: Any, vision: VisionSource, rows: list, batch_size: int, device: str,
+                 dtype: torch.dtype, draw: int = 0, text_media: TextMedia | None = None) -> torch.Tensor:
+    """(B, 1, T, D) for a batch whose ``rows`` are its samples in row order (i2id first): the i2id images'
+    features (views of draw ``draw``) in the first rows; after them the model's null image, or with
+    ``text_media`` each t2id row's text embedding (the query's view in the joint space)."""
     out = module.null_vision_features(batch_size).to(device=device, dtype=dtype)
-    if i2id:
-        feats = vision.features(i2id, draw)  # (b, T, D)
+    i2id = [s for s in rows if s.task == "i2id"]
+    t2id = [s for s in rows if s.task != "i2id"]
+    parts = [(0, i2id, lambda: vision.features(i2id, draw))]
+    if text_media is not None:
+        parts.append((len(i2id), t2id, lambda: text_media.features(t2id, draw, vision)))
+    for first, samples, features in parts:
+        if not samples:
+            continue
+        feats = features()  # (b, T, D)
         if feats.shape[1:] != out.shape[2:]:
-            raise InputError(f"image features of shape {tuple(feats.shape[1:])} per image, but the model's visual "
-                             f"input is {tuple(out.shape[2:])} (n_visual_tokens, vis_dim)", entry=i2id[0].key)
-        out[: len(i2id), 0] = feats.to(device=device, dtype=dtype)
+            raise InputError(f"{samples[0].task} features of shape {tuple(feats.shape[1:])} per row, but the model's "
+                             f"visual input is {tuple(out.shape[2:])} (n_visual_tokens, vis_dim)", entry=samples[0].key)
+        out[first: first + len(samples), 0] = feats.to(device=device, dtype=dtype)
     return out
 
 
 def training_batches(cfg: TrainConfig, tokenizer: Any, *, rank: int, world: int, micro_step: int, keep_images: bool,
                      pin_memory: bool = False) -> Any:
-    """The batch source ``cfg.data_loader`` names, positioned at ``micro_step`` (``batch(m) -> (tensors, i2id)``)."""
+    """The batch source ``cfg.data_loader`` names, positioned at ``micro_step`` (``batch(m) -> (tensors, rows)``)."""
     if cfg.data_loader == "stream":
         from grace.train.stream import StreamingBatches
 
@@ -99,6 +108,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     vision = VisionSource(features_cache=cfg.features_cache, encoder=encoder, n_visual_tokens=n_tokens,
                           views=cfg.i2id_views, seed=cfg.seed, rank=rank)
     vision.check_layout(vis_dim, n_tokens, str(cfg.features_cache or cfg.image_encoder))
+    text_media = None
+    if cfg.t2id_media is not None:
+        text_media = TextMedia(cfg.t2id_media, mix=cfg.t2id_media_mix, seed=cfg.seed, rank=rank)
+        if (n_tokens, vis_dim) != (1, text_media.dim):
+            raise InputError(f"t2id_media holds {text_media.dim}-d text embeddings, one per row, but the model reads "
+                             f"n_visual_tokens={n_tokens} x vis_dim={vis_dim}", path=cfg.t2id_media)
     resume_dir = E.find_resume_point(cfg, ckpt_root)
     if cfg.init_from and resume_dir is None:  # a resumed run restores its own weights instead
         from grace.model.init_from import init_from
@@ -142,9 +157,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         t0 = time.perf_counter()
         total = torch.zeros((), dtype=torch.float32, device=dev)
         for _ in range(cfg.grad_accum):
-            batch, i2id = data.batch(micro_step)
+            batch, rows = data.batch(micro_step)
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            feats = vision_batch(engine.module, vision, i2id, batch["lang_x"].shape[0], dev, dtype, micro_step)
+            feats = vision_batch(engine.module, vision, rows, batch["lang_x"].shape[0], dev, dtype, micro_step,
+                                 text_media)
             output = engine(lang_x=batch["lang_x"], attention_mask=batch["attention_mask"],
                             position_ids=batch["position_ids"], vision_features=feats, labels=batch["labels"])
             engine.backward(output.loss)
@@ -176,8 +192,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         E.write_metrics(out / "metrics.json", losses, steps, seconds_per_step)
     export_dir = None
     if cfg.export and step >= cfg.steps:
-        export_dir = E.export_model(engine, tokenizer, cfg, out / "export", rank,
-                                    feature_layout=vision.layout(str(cfg.features_cache or cfg.image_encoder)))
+        layout = vision.layout(str(cfg.features_cache or cfg.image_encoder))
+        copies = {}
+        if text_media is not None:  # inference embeds queries with the same text tower: a copy travels with it
+            layout[QUERY_MEDIA_KEY] = text_media.describe()
+            copies[QUERY_ENCODER_DIR] = text_media.tower
+        export_dir = E.export_model(engine, tokenizer, cfg, out / "export", rank, feature_layout=layout,
+                                    copies=copies)
     if reporter is not None:
         reporter.finish()
     return TrainResult(losses=losses, steps=steps, seconds_per_step=seconds_per_step, export_dir=export_dir,

@@ -1,0 +1,125 @@
+"""``grace ablate --vision-space clip_faiss``: the generator reads the dense retriever's joint space (GENIUS).
+
+By default the generator's visual input is the image encoder's features for i2id rows and the null image for
+t2id rows and queries: a query reaches an image through its words alone. In the joint space, i2id rows read
+each image's LiT embedding (the side of CLIP-FAISS that indexes images), and t2id rows and queries read their
+text's LiT embedding (the side that embeds queries), so the generator learns to map a point of the space
+CLIP-FAISS searches to an identifier, as GENIUS does; with ``--query-mix W`` a t2id row's embedding is mixed
+with its gold image's (GENIUS's query augmentation, ``grace.train.data.TextMedia``). With ``rq`` ids over the
+same embedding (``--scheme-overrides embedding=clip_faiss``) a query and its image share a code prefix.
+
+What this writes (each folder with the ``stage.json`` it was built from):
+``RUN/features/joint_clip_faiss`` (the images' LiT embeddings: the training run's ``features_cache``),
+``RUN/features/joint_clip_faiss_texts`` (every t2id text's LiT embedding: ``t2id_media``) and
+``RUN/ckpt/<name>/model_config.json`` (the model config reading one ``dim``-wide token per row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from grace.errors import GraceError
+from grace.experiments.stage_record import reusable, save_record, stage_record
+from grace.io_utils import to_jsonable, write_json
+from grace.run_layout import RunLayout
+
+VISION_SPACES = ("features", "clip_faiss")
+IMAGE_FOLDER = "joint_clip_faiss"
+TEXT_FOLDER = "joint_clip_faiss_texts"
+
+
+def check_vision_space(vision_space: str, query_mix: float) -> None:
+    """One-line errors for an unknown space or a mix it cannot apply."""
+    if vision_space not in VISION_SPACES:
+        raise GraceError(f"--vision-space {vision_space!r}: known {', '.join(VISION_SPACES)}")
+    if not 0.0 <= query_mix <= 1.0:
+        raise GraceError(f"--query-mix must be in [0, 1] (got {query_mix})")
+    if query_mix and vision_space == "features":
+        raise GraceError("--query-mix mixes a text's joint-space embedding with its image's: it needs "
+                         "--vision-space clip_faiss")
+
+
+def joint_space_values(run: Path, scheme: str, *, encoder: str, seed: int, model: str, query_mix: float,
+                       name: str) -> dict:
+    """The ``grace train`` values that put ``scheme``'s generator (trained into RUN/ckpt/<name>) in CLIP-FAISS's
+    LiT space: ``features_cache``, ``t2id_media``, ``t2id_media_mix`` and ``model``. Trains the LiT heads on the
+    train pairs first when the run has none (the same heads CLIP-FAISS uses)."""
+    from grace.data_process.features import FeatureSet
+    from grace.experiments.baseline_stages import lit_heads
+
+    layout = RunLayout(run)
+    heads = lit_heads(run, layout.dataset, encoder=encoder, seed=seed, progress=False)
+    images = _image_embeddings(run, heads, encoder, seed)
+    texts = _text_embeddings(run, scheme, heads)
+    dim = int(FeatureSet.load(images).array.shape[1])
+    model_json = layout.ckpt(name) / "model_config.json"
+    write_json(model_json, joint_model_config(model, dim))
+    return {"features_cache": str(images), "t2id_media": str(texts), "t2id_media_mix": query_mix,
+            "model": str(model_json)}
+
+
+def joint_model_config(model: str, dim: int) -> dict:
+    """``model``'s config reading one ``dim``-wide visual token per row, with no image encoder of its own
+    (the perceiver's latents attend to that token only: over one pooled token they must, to read it)."""
+    from grace.model.config import resolve_config
+
+    config = resolve_config(model, vis_dim=dim, n_visual_tokens=1, vision_encoder=None,
+                            perceiver_latents_in_keys=False)
+    values = to_jsonable(dataclasses.asdict(config))
+    values["name"] = f"{config.name}-joint{dim}"
+    return values
+
+
+def _heads_record(heads: Path, settings: dict, **inputs: Path) -> dict:
+    """A stage record over the LiT heads' files (and ``inputs``): a retrained head rebuilds what it embedded."""
+    from grace.retrieval_baselines.clip_faiss.heads import WEIGHTS_NAME
+
+    return stage_record(settings, {"heads": heads / WEIGHTS_NAME, "heads_config": heads / "config.json", **inputs})
+
+
+def _image_embeddings(run: Path, heads: Path, encoder: str, seed: int) -> Path:
+    """RUN/features/joint_clip_faiss: every image's LiT embedding, rebuilt when the heads changed."""
+    from grace.data_process.dataset import load_karpathy
+    from grace.data_process.features import FeatureSet
+    from grace.experiments.baseline_stages import dense_image_embedding
+    from grace.experiments.pipeline import features_dir
+
+    layout = RunLayout(run)
+    folder = layout.features(IMAGE_FOLDER)
+    record = _heads_record(heads, {"encoder": encoder}, dataset=layout.dataset)
+    if reusable(folder, (folder / "meta.json").is_file(), record, stage="features/joint_clip_faiss"):
+        return folder
+    dataset = load_karpathy(layout.dataset, check_files=False)
+    features = FeatureSet.load(features_dir(run, encoder))
+    dense_image_embedding(run, layout.dataset, dataset, features, encoder=encoder, seed=seed,
+                          progress=False).save(folder)
+    save_record(folder, record)
+    return folder
+
+
+def _text_embeddings(run: Path, scheme: str, heads: Path) -> Path:
+    """RUN/features/joint_clip_faiss_texts: the LiT embedding of every t2id text of ``scheme``'s shards (and of
+    every text embedded before: schemes share their texts), keyed by text; rebuilt when the heads changed."""
+    import numpy as np
+
+    from grace.data_process.features import FeatureSet
+    from grace.retrieval_baselines.clip_faiss.dual_encoder import LitDualEncoder
+    from grace.train.data import load_samples
+
+    layout = RunLayout(run)
+    folder = layout.features(TEXT_FOLDER)
+    record = _heads_record(heads, {})
+    wanted = sorted({s.text for s in load_samples(layout.shards(scheme), "t2id", keep_images=False)})
+    cached = None
+    if reusable(folder, (folder / "meta.json").is_file(), record, stage="features/joint_clip_faiss_texts"):
+        cached = FeatureSet.load(folder, mmap=False)
+        if set(wanted) <= set(cached.ids):
+            return folder
+    new = sorted(set(wanted) - set(cached.ids if cached else ()))
+    embedded = LitDualEncoder(heads).encode_texts(new).astype(np.float32)
+    ids = [*(cached.ids if cached else ()), *new]
+    array = np.concatenate([np.asarray(cached.array), embedded]) if cached else embedded
+    FeatureSet(ids, array, f"lit:{heads}").save(folder)
+    save_record(folder, record)
+    return folder
