@@ -2,7 +2,8 @@
 re-scored by the dense retriever and fused with the weight the run chose on val), at each number of beams.
 
 At ``b`` beams the generative retriever returns its ``b`` beams (R@K for K > b counts only those, so R@10 at one
-beam is R@1), and the hybrid re-ranks exactly those ``b`` candidates: the beam's recall bounds the hybrid's.
+beam is R@1), and the hybrid re-ranks exactly those ``b`` candidates (with a ``union`` pool, together with the dense
+retriever's top ``depth``): a ``first``-pool hybrid's recall is bounded by the beam's.
 Both are scored on val and test from the same generated candidates; latency is per query over the whole set
 (the generation, and the generation plus the dense re-scoring). Nothing is chosen on test: the table marks the
 beam count with the best val R@1 of each row, and the plot shows both sets.
@@ -75,7 +76,7 @@ class SweptRun:
 
 def sweep_set(args: argparse.Namespace, swept: SweptRun, query_set) -> dict:
     """Every beam count on one query set: both rows' recall (with intervals) and per-query latency."""
-    from grace.fusion import Candidates, fuse
+    from grace.fusion import fuse, pool_candidates
     from grace.infer.evaluate import metrics
     from grace.retriever import Query
     from grace.stats import add_intervals
@@ -94,10 +95,9 @@ def sweep_set(args: argparse.Namespace, swept: SweptRun, query_set) -> dict:
         row = {"generative": metrics(ranked, query_set.gold, [1000 * generated_s / len(queries)], KS)}
         if config is not None:
             start = time.perf_counter()
-            rescored = second.score(queries, ranked)
+            candidates = pool_candidates(queries, hits, second, pool=config.pool, depth=config.depth)
             rescore_s = time.perf_counter() - start
-            fused = fuse(Candidates(ranked, [[h.score for h in r] for r in hits], rescored), config.weight,
-                         config.fusion)
+            fused = fuse(candidates, config.weight, config.fusion)
             row["hybrid"] = metrics([[h.image_id for h in r] for r in fused], query_set.gold,
                                     [1000 * (generated_s + rescore_s) / len(queries)], KS)
         for result in row.values():
@@ -107,7 +107,7 @@ def sweep_set(args: argparse.Namespace, swept: SweptRun, query_set) -> dict:
             f"{name} R@1 {100 * r['recall@1']:.1f} R@10 {100 * r['recall@10']:.1f} {r['latency_ms']:.1f} ms/q"
             for name, r in row.items()), flush=True)
     return {"beams": rows, "queries": query_set.provenance(),
-            "hybrid": None if config is None else {"name": args.hybrid, "weight": config.weight,
+            "hybrid": None if config is None else {"name": args.hybrid, "weight": config.weight, "pool": config.pool,
                                                    "fusion": config.fusion, "second": config.second}}
 
 
@@ -175,7 +175,8 @@ def render(report: dict) -> str:
     hybrid = next(iter(report["sets"].values()))["hybrid"]
     lines += [""]
     if hybrid:
-        lines.append(f"- hybrid: the {report['scheme']} beam's candidates re-scored by `{hybrid['second']}`, "
+        pool = " and its own top candidates" if hybrid.get("pool") == "union" else ""
+        lines.append(f"- hybrid: the {report['scheme']} beam's candidates{pool} re-scored by `{hybrid['second']}`, "
                      f"{hybrid['fusion']} fusion with weight {hybrid['weight']} (chosen on val by the run)")
     lines += ["- at b beams a row returns b candidates: R@K for K > b counts only those", f"- run: `{report['run']}`"
               + run_line(report.get("run_provenance", {})), *provenance_lines(report)]

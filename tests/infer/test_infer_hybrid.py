@@ -82,6 +82,47 @@ def test_hybrid_reranks_only_the_first_retrievers_candidates():
         other_corpus.search([Query(text="q")], 1)
 
 
+def test_a_candidate_the_first_retriever_did_not_return_gets_the_floor():
+    candidates = Candidates([["a", "b", "x"]], first=[[-1.0, -3.0, None]], second=[[0.0, 0.5, 1.0]])
+    assert [h.image_id for h in fuse(candidates, 0.0)[0]] == ["a", "b", "x"]  # x ties b at 0: candidate order
+    assert [h.image_id for h in fuse(candidates, 1.0)[0]] == ["x", "b", "a"]
+    # 0.6: a = 0.4 * 1 + 0, b = 0 + 0.6 * 0.5, x = 0 (floor) + 0.6 * 1
+    assert [h.image_id for h in fuse(candidates, 0.6)[0]] == ["x", "a", "b"]
+    # rrf: x has no first rank (0) and its second rank 1/61 alone: below b (1/62 on both sides)
+    assert [h.image_id for h in fuse(candidates, 0.5, "rrf")[0]] == ["a", "b", "x"]
+    first_only = candidates.of_first()
+    assert first_only.image_ids == [["a", "b"]] and first_only.second == [[0.0, 0.5]]
+
+
+def test_union_pool_keeps_what_the_second_retriever_ranks_high():
+    table = {"q": {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.9, "e": 0.8}}
+    second = TableRescorer(table)
+    union = HybridRetriever(ListRetriever(CORPUS), second,
+                            HybridConfig("x:first", "y:second", depth=3, weight=1.0, pool="union"))
+    candidates = union.candidates([Query(text="q")])
+    assert candidates.image_ids == [["a", "b", "c", "d", "e"]]  # the beam's 3, then the second's top 3 not in it
+    assert candidates.first[0][3:] == [None, None] and second.scored == 5
+    assert [h.image_id for h in union.search([Query(text="q")], 3)[0]] == ["d", "e", "c"]
+    at_zero = HybridRetriever(ListRetriever(CORPUS), second,
+                              HybridConfig("x:first", "y:second", depth=3, weight=0.0, pool="union"))
+    assert [h.image_id for h in at_zero.search([Query(text="q")], 3)[0]] == ["a", "b", "c"]
+    with pytest.raises(GraceError, match="unknown candidate pool"):
+        HybridConfig("x:a", "y:b", pool="all").check()
+
+
+def test_choose_weight_chooses_the_pool_on_val_too():
+    # q1's gold (d) is outside the first retriever's top 3: only the union pool can rank it
+    table = {"q1": {"d": 1.0, "a": 0.5}, "q2": {"a": 1.0}}
+    hybrid = HybridRetriever(ListRetriever(CORPUS), TableRescorer(table), HybridConfig("x:a", "y:b", depth=3))
+    choice = choose_weight(hybrid, [Query(text="q1"), Query(text="q2")], ["d", "a"], weights=[0.0, 1.0],
+                           pools=["first", "union"])
+    assert choice["recall@1"] == {"first/0.0": 0.5, "first/1.0": 0.5, "union/0.0": 0.5, "union/1.0": 1.0}
+    assert (choice["pool"], choice["weight"]) == ("union", 1.0)
+    assert (hybrid.config.pool, hybrid.config.weight) == ("union", 1.0)
+    only_first = HybridRetriever(ListRetriever(CORPUS), TableRescorer(table), HybridConfig("x:a", "y:b", depth=3))
+    assert choose_weight(only_first, [Query(text="q1")], ["d"], weights=[1.0])["pool"] == "first"
+
+
 def test_choose_weight_picks_the_best_weight_on_val_and_records_the_grid():
     # the first retriever ranks gold third for q1; the second puts it first: re-ranking wins on val
     table = {"q1": {"a": 0.0, "b": 0.0, "c": 1.0}, "q2": {"a": 1.0, "b": 0.0, "c": 0.0}}

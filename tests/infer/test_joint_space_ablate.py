@@ -3,6 +3,7 @@ and every loader (eval, search, hybrid) embeds the queries with the text tower i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_ablation_in_the_clip_faiss_joint_space(tmp_path):
     config = AblateConfig(run=tmp_path / "run", dataset=tmp_path / "data" / "dataset.json", schemes=["structured"],
                           steps=3, num_beams=4, baselines=["clip_faiss"], model="tiny-effnet", tokenizer="byte",
                           vision_space="clip_faiss", query_mix=0.3, hybrid=["clip_faiss"], hybrid_depth=10,
-                          publish=tmp_path / "published")
+                          training_seeds=[0, 1], publish=tmp_path / "published")
     results = run_ablation(config)
     assert {"structured", "clip_faiss", "structured+clip_faiss", "bm25", "random"} <= set(results)
     run = tmp_path / "run"
@@ -52,9 +53,20 @@ def test_ablation_in_the_clip_faiss_joint_space(tmp_path):
     saved = json.loads((tmp_path / "published" / "data-tiny-effnet-image-only-clip_faiss-space.json").read_text())
     assert saved["provenance"]["config"]["vision_space"] == "clip_faiss"
 
+    hybrid = json.loads((run / "results" / "structured+clip_faiss.json").read_text())
+    assert hybrid["pool"] in ("first", "union") and hybrid["weight_chosen_on"] == "val"
+    assert "candidates: the beam's" in table
+    # the hybrid is also scored over the second seed's checkpoint, its pool and weight chosen on that seed's val
+    assert results["structured+clip_faiss"]["training_seeds"]["seeds"] == [0, 1]
+    seed_hybrid = json.loads((run / "results" / "structured@seed1+clip_faiss.json").read_text())
+    assert seed_hybrid["weight_chosen_on"] == "val" and "Training seeds of `structured+clip_faiss`" in table
+    saved_seed = json.loads((run / "hybrid" / "structured@seed1+clip_faiss" / "hybrid.json").read_text())
+    assert saved_seed["first"].endswith("ckpt/structured@seed1/export")
+
     trained = (export / "model.safetensors").stat().st_mtime_ns
-    run_ablation(config)  # everything reused, the joint-space inputs included
+    run_ablation(dataclasses.replace(config, publish_name="best"))  # everything reused, the joint-space inputs too
     assert (export / "model.safetensors").stat().st_mtime_ns == trained
+    assert "| structured |" in (tmp_path / "published" / "data-best.md").read_text()
 
 
 def test_vision_space_bad_input_is_a_one_line_error(tmp_path):
@@ -64,3 +76,8 @@ def test_vision_space_bad_input_is_a_one_line_error(tmp_path):
         run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], query_mix=0.5))
     with pytest.raises(GraceError, match=r"\[0, 1\]"):
         run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], vision_space="clip_faiss", query_mix=2.0))
+    with pytest.raises(GraceError, match="--publish-name '../best' must be a plain file name"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], publish_name="../best"))
+    with pytest.raises(GraceError, match="--hybrid-pools all: choose among first, union"):
+        run_ablation(AblateConfig(run=tmp_path, schemes=["numeric"], baselines=["clip_faiss"], hybrid=["clip_faiss"],
+                                  select_on="val", hybrid_pools=["all"]))

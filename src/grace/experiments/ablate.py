@@ -23,6 +23,8 @@ from grace.run_layout import RunLayout
 from grace.train import TrainConfig
 
 KS = (1, 5, 10)
+#: how the table names a hybrid's candidate pool (``grace.fusion.POOLS``)
+POOL_WORDS = {"first": "the beam's", "union": "the beam's and the baseline's"}
 
 
 def scheme_artefacts(run: Path, scheme: str, dataset, features, pseudo_queries, config: AblateConfig,
@@ -101,8 +103,6 @@ def run_training_seeds(run: Path, scheme: str, dataset, artefacts: tuple, config
     ids, shards, data and queries; only the training seed differs: initialisation and data order) and scored on
     the test queries; ``first`` is its result under ``config.seed``. Returns the spread: per seed and mean /
     sample sd / min / max of each R@K."""
-    import statistics
-
     idmap, tokenizer, tries, _ = artefacts
     per_seed = {config.seed: first}
     for seed in dict.fromkeys(config.training_seeds):
@@ -114,6 +114,28 @@ def run_training_seeds(run: Path, scheme: str, dataset, artefacts: tuple, config
         per_seed[seed] = P.stage_eval(run, scheme, export, dataset, idmap, tokenizer, timer, sets=[test_set],
                                       tries=tries, num_beams=config.num_beams, name=name,
                                       stages=stages)[test_set.name]
+    return seed_spread(per_seed)
+
+
+def run_hybrid_seeds(run: Path, scheme: str, kind: str, dataset, config: AblateConfig, timer: P.StageTimer,
+                     sets: list, first: dict) -> dict:
+    """The hybrid ``scheme+kind`` over each checkpoint :func:`run_training_seeds` trained: each seed's pool and
+    weight chosen on its own val scores, then scored on test; ``first`` is the hybrid under ``config.seed``.
+    Returns the spread, as :func:`run_training_seeds` does."""
+    per_seed = {config.seed: first}
+    for seed in dict.fromkeys(config.training_seeds):
+        if seed != config.seed:
+            per_seed[seed] = stage_hybrid(
+                run, scheme, kind, dataset, timer, sets=[s for s in sets if s.name in ("test", "val")],
+                depth=config.hybrid_depth, fusion=config.hybrid_fusion, pools=config.hybrid_pools,
+                num_beams=config.num_beams, export_name=seed_name(scheme, seed))["test"]
+    return seed_spread(per_seed)
+
+
+def seed_spread(per_seed: dict[int, dict]) -> dict:
+    """Per seed and mean / sample sd / min / max of each R@K of ``{seed: test result}``."""
+    import statistics
+
     spread = {"seeds": list(per_seed)}
     for k in KS:
         values = [float(result[f"recall@{k}"]) for result in per_seed.values()]
@@ -247,8 +269,9 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
         rest += "\nHybrids (the scheme's top generated candidates re-scored by the baseline; fusion weight chosen on " \
                 "val, 0 = generative order, 1 = the baseline's order):\n\n" + "\n".join(
                     f"- {name}: weight {results[name]['weight']} ({results[name]['fusion']}, depth "
-                    f"{results[name]['depth']})" for name in hybrids) + "\n"
-    for name in schemes:
+                    f"{results[name]['depth']}, candidates: {POOL_WORDS[results[name].get('pool', 'first')]})"
+                    for name in hybrids) + "\n"
+    for name in [*schemes, *hybrids]:
         if "training_seeds" in results[name]:
             rest += seeds_markdown(name, results[name]["training_seeds"], selection["split"] if selection else None)
     if provenance and provenance.get("fallbacks"):
@@ -284,7 +307,7 @@ def baselines_to_score(names: list[str], protocol) -> list[str]:
 
 def check_hybrid(config: AblateConfig, baselines: list[str]) -> None:
     """One-line errors for ``--hybrid`` kinds that cannot re-score candidates or are not built in this run."""
-    from grace.fusion import FUSIONS
+    from grace.fusion import FUSIONS, POOLS
 
     for kind in config.hybrid:
         if kind not in HYBRID_KINDS:
@@ -296,6 +319,9 @@ def check_hybrid(config: AblateConfig, baselines: list[str]) -> None:
         raise GraceError("--hybrid chooses its fusion weight on val: it needs --select-on val")
     if config.hybrid_fusion not in FUSIONS:
         raise GraceError(f"--hybrid-fusion {config.hybrid_fusion!r}: known {', '.join(FUSIONS)}")
+    unknown = sorted(set(config.hybrid_pools) - set(POOLS))
+    if unknown or not config.hybrid_pools:
+        raise GraceError(f"--hybrid-pools {' '.join(unknown) or '(none)'}: choose among {', '.join(POOLS)}")
     if config.hybrid and config.hybrid_depth < max(KS):
         raise GraceError(f"--hybrid-depth {config.hybrid_depth} is below the largest K ({max(KS)}) it is scored at")
 
@@ -304,6 +330,7 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     """Every scheme, the baselines and the controls on every query set; returns the test results. ``stages``:
     the lower stages' entry points (default :data:`~grace.experiments.pipeline.REAL_STAGES`)."""
     from grace.data_process.protocol import get_protocol
+    from grace.experiments.publish import check_publish_name
     from grace.experiments.query_sets import check_select_on, query_sets
 
     unknown = sorted(set(config.schemes) - set(SCHEMES))
@@ -315,6 +342,7 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     check_hybrid(config, baselines)
     check_select_on(config.select_on)
     check_vision_space(config.vision_space, config.query_mix)
+    check_publish_name(config.publish_name)
     seed_everything(config.seed)
     stages = stages or P.REAL_STAGES
     run = Path(config.run)
@@ -352,6 +380,7 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
         for scheme in config.schemes:
             add(hybrid_name(scheme, kind), stage_hybrid(run, scheme, kind, dataset, timer, sets=sets,
                                                         depth=config.hybrid_depth, fusion=config.hybrid_fusion,
+                                                        pools=config.hybrid_pools,
                                                         num_beams=config.num_beams))
     add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
     if config.training_seeds:
@@ -362,6 +391,10 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
         for scheme in [chosen] if chosen else schemes:
             by_set["test"][scheme]["training_seeds"] = run_training_seeds(
                 run, scheme, dataset, artefacts[scheme], config, timer, sets[0], by_set["test"][scheme], stages)
+            for kind in config.hybrid:  # the hybrid over every seed's checkpoint
+                name = hybrid_name(scheme, kind)
+                by_set["test"][name]["training_seeds"] = run_hybrid_seeds(
+                    run, scheme, kind, dataset, config, timer, sets, by_set["test"][name])
     provenance = run_provenance(config, pq_provenance, sets)
     tables = write_ablation(run, by_set, sets, config, provenance)
     print(tables, end="")

@@ -124,6 +124,9 @@ class AblateConfig:
     hybrid_depth: int = field(default=20, metadata={"help": "generated candidates a hybrid re-scores (beams ≥ it)"})
     hybrid_fusion: str = field(default="interpolate", metadata={
         "help": "interpolate (min-max normalised scores) or rrf (reciprocal ranks)"})
+    hybrid_pools: list[str] = field(default_factory=lambda: ["first", "union"], metadata={
+        "help": "candidate pools chosen among on val: first (the beam's top --hybrid-depth) and union (with the "
+                "baseline's top --hybrid-depth)"})
     training_seeds: list[int] = field(default_factory=list, metadata={
         "help": "more training seeds for the generative row selected on val (every scheme under --select-on none): "
                 "retrained on the same ids, data and queries and scored on test; the table gives each seed's recall "
@@ -132,6 +135,9 @@ class AblateConfig:
     publish: Path | None = field(default=None, metadata={
         "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>-<protocol>.{md,json,png} with the command, "
                 "machine and wall time (e.g. docs/results)"})
+    publish_name: str = field(default="", metadata={
+        "help": "the published files' name after <benchmark>- (e.g. best: DIR/<benchmark>-best.{md,json,png}); "
+                "default <model>-<protocol>[-<space>-space]"})
 
 
 @dataclass

@@ -1,16 +1,23 @@
 """``grace ablate --publish DIR``: the ablation's table, JSON and plot copied to
-``DIR/<benchmark>-<model>-<protocol>[-<space>-space].{md,json,png}`` with the command, machine, wall time and
-commit that made them."""
+``DIR/<benchmark>-<model>-<protocol>[-<space>-space].{md,json,png}`` (``--publish-name N``:
+``DIR/<benchmark>-N.*``) with the command, machine, wall time and commit that made them."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from grace.errors import GraceError
 from grace.experiments import pipeline as P
 from grace.experiments.configs import AblateConfig
 from grace.io_utils import write_json
 from grace.run_layout import RunLayout
+
+
+def check_publish_name(name: str) -> None:
+    """A one-line error unless ``--publish-name`` is empty or a plain file name."""
+    if name and (Path(name).name != name or name.startswith(".")):
+        raise GraceError(f"--publish-name {name!r} must be a plain file name (e.g. best)")
 
 
 def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: P.StageTimer) -> list[Path]:
@@ -22,8 +29,9 @@ def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: 
     from grace.io_utils import atomic_write_text, read_json
     from grace.provenance import machine_description
 
+    check_publish_name(config.publish_name)
     space = "" if config.vision_space == "features" else f"-{config.vision_space}-space"
-    name = f"{_benchmark_name(config)}-{Path(config.model).stem}-{config.protocol}{space}"
+    name = f"{_benchmark_name(config)}-" + (config.publish_name or f"{Path(config.model).stem}-{config.protocol}{space}")
     out = Path(config.publish)
     out.mkdir(parents=True, exist_ok=True)
     args = shlex.join(sys.argv[1:])
