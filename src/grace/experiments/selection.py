@@ -1,6 +1,7 @@
 """Choices on val, test scored once: pick the best generative and the best non-generative row by their
 val recall, then state the verdict on test — the chosen generative row against the chosen non-generative
-row and against the BM25 lexical control, each as a paired difference with its 95% interval."""
+row, the best dense and late-interaction rows, and the BM25 lexical control, each as a paired difference with
+its 95% interval."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from grace.stats import compare_to
 
 #: the order rows are ranked in on val: R@1, then R@5, then R@10 to break ties
 SELECTION_KEYS = ("recall@1", "recall@5", "recall@10")
+#: the non-generative families whose best row (on val) the verdict also names: a row's kind without ``_expanded``
+FAMILIES = {"dense": "clip_faiss", "late_interaction": "late_interaction"}
 
 
 def best_on(results: dict[str, dict], names: Sequence[str]) -> str | None:
@@ -20,19 +23,25 @@ def best_on(results: dict[str, dict], names: Sequence[str]) -> str | None:
 
 def select_on(results: dict[str, dict], generative: Sequence[str], non_generative: Sequence[str],
               split: str = "val") -> dict:
-    """``{"split", "keys", "generative", "non_generative", "scores"}``: the rows chosen on ``split``."""
+    """``{"split", "keys", "generative", "non_generative", "families", "scores"}``: the rows chosen on ``split``
+    (``families``: the best row of each of :data:`FAMILIES` present, e.g. ``{"dense": "clip_faiss_expanded"}``)."""
     scores = {name: {key: results[name][key] for key in SELECTION_KEYS}
               for name in [*generative, *non_generative] if name in results}
+    families = {family: best_on(results, [n for n in non_generative if n.removesuffix("_expanded") == kind])
+                for family, kind in FAMILIES.items()}
     return {"split": split, "keys": list(SELECTION_KEYS), "generative": best_on(results, generative),
-            "non_generative": best_on(results, non_generative), "scores": scores}
+            "non_generative": best_on(results, non_generative),
+            "families": {family: best for family, best in families.items() if best}, "scores": scores}
 
 
 def verdict(test: dict[str, dict], selection: dict, ks: Sequence[int], *, clusters: Sequence | None = None,
             seed: int = 0, control: str = "bm25") -> dict:
-    """The chosen generative row against the chosen non-generative row and the lexical control, on test."""
+    """The chosen generative row against the chosen non-generative row, the best row of each family (dense, late
+    interaction; chosen on val too) and the lexical control, on test."""
     chosen = selection.get("generative")
     out = {"generative": chosen, "selected_on": selection.get("split"), "against": {}}
-    for reference in dict.fromkeys([selection.get("non_generative"), control]):
+    families = selection.get("families", {}).values()
+    for reference in dict.fromkeys([selection.get("non_generative"), *families, control]):
         if chosen and reference in test and chosen in test:
             out["against"][reference] = compare_to(test, [chosen], reference, ks, clusters=clusters, seed=seed)[chosen]
     return out
