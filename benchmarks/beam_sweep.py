@@ -108,6 +108,7 @@ def sweep_set(args: argparse.Namespace, swept: SweptRun, query_set) -> dict:
             for name, r in row.items()), flush=True)
     return {"beams": rows, "queries": query_set.provenance(),
             "hybrid": None if config is None else {"name": args.hybrid, "weight": config.weight, "pool": config.pool,
+                                                   "depth": config.depth,
                                                    "fusion": config.fusion, "second": config.second}}
 
 
@@ -175,7 +176,7 @@ def render(report: dict) -> str:
     hybrid = next(iter(report["sets"].values()))["hybrid"]
     lines += [""]
     if hybrid:
-        pool = " and its own top candidates" if hybrid.get("pool") == "union" else ""
+        pool = f" joined with the re-scorer's own top {hybrid.get('depth')}" if hybrid.get("pool") == "union" else ""
         lines.append(f"- hybrid: the {report['scheme']} beam's candidates{pool} re-scored by `{hybrid['second']}`, "
                      f"{hybrid['fusion']} fusion with weight {hybrid['weight']} (chosen on val by the run)")
     lines += ["- at b beams a row returns b candidates: R@K for K > b counts only those", f"- run: `{report['run']}`"
