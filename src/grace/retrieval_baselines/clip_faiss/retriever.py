@@ -35,11 +35,16 @@ class ClipFaissRetriever(Rescorer):
             raise InputError(f"encoder {encoder.spec} gives {encoder.dim}-d vectors, the index holds {index.dim}-d")
         expanded = "+expansion" if index.config.get("expansion") else ""
         self.name = f"clip_faiss[{index.config.get('index', 'Flat')},{index.config.get('feature_mode', 'image')}{expanded}]"
+        #: the last text-only batch embedded: a hybrid's search and re-scoring of one batch encode it once
+        self._last_embedded: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def embed(self, queries: list[Query]) -> np.ndarray:
-        """(Q, D) L2-normalised query vectors."""
+        """(Q, D) L2-normalised query vectors (read-only; the last text-only batch is reused as embedded)."""
         from grace.retrieval_baselines.clip_faiss.dual_encoder import open_images
 
+        key = tuple(q.text for q in queries) if all(q.image is None for q in queries) else None
+        if key is not None and self._last_embedded is not None and self._last_embedded[0] == key:
+            return self._last_embedded[1]
         out = np.zeros((len(queries), self.index.dim), np.float32)
         text_rows = [i for i, q in enumerate(queries) if q.text is not None and q.text.strip()]
         image_rows = [i for i, q in enumerate(queries) if q.image is not None]
@@ -47,7 +52,11 @@ class ClipFaissRetriever(Rescorer):
             out[text_rows] += self.encoder.encode_texts([queries[i].text for i in text_rows])
         if image_rows:
             out[image_rows] += self.encoder.encode_images(open_images([queries[i].image for i in image_rows]))
-        return unit_rows(out)
+        out = unit_rows(out)
+        out.flags.writeable = False
+        if key is not None:
+            self._last_embedded = (key, out)
+        return out
 
     def search_rows(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (row, score) per query vector, rows of distinct images."""
