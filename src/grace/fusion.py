@@ -76,18 +76,19 @@ def pool_candidates(queries: list[Query], first_hits: list[list[Hit]], second: R
     (default: as many as the first returned at most), every one scored by ``second``."""
     ids = [[h.image_id for h in row] for row in first_hits]
     first = [[h.score for h in row] for row in first_hits]
-    if pool == "union":
-        depth = depth or max((len(row) for row in ids), default=0)
-        for row_ids, row_scores, hits in zip(ids, first, second.search(queries, depth) if depth else []):
-            seen = set(row_ids)
-            for hit in hits:
-                if hit.image_id not in seen:
-                    seen.add(hit.image_id)
-                    row_ids.append(hit.image_id)
-                    row_scores.append(None)
-    elif pool != "first":
+    if pool not in POOLS:
         raise GraceError(f"unknown candidate pool {pool!r}; known: {', '.join(POOLS)}")
-    return Candidates(ids, first, second.score(queries, ids))
+    with second.one_batch():  # the union's search and the re-scoring read the same query vectors
+        if pool == "union":
+            depth = depth or max((len(row) for row in ids), default=0)
+            for row_ids, row_scores, hits in zip(ids, first, second.search(queries, depth) if depth else []):
+                seen = set(row_ids)
+                for hit in hits:
+                    if hit.image_id not in seen:
+                        seen.add(hit.image_id)
+                        row_ids.append(hit.image_id)
+                        row_scores.append(None)
+        return Candidates(ids, first, second.score(queries, ids))
 
 
 def minmax(scores: Sequence[float]) -> list[float]:

@@ -8,6 +8,7 @@ interaction (``grace.retrieval_baselines.late_interaction``), BM25, random and t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,8 @@ class Rescorer(Retriever):
     def score(self, queries: list[Query], candidates: list[list[str]]) -> list[list[float]]:
         """The score (higher is better, on :meth:`search`'s scale) of each query's candidate images; an image
         outside this retriever's corpus is an :class:`~grace.errors.InputError`."""
+
+    def one_batch(self) -> AbstractContextManager:
+        """A block in which :meth:`search` and :meth:`score` are called on the same queries (a hybrid's union
+        pool): a retriever may embed them once there. By default nothing is shared."""
+        return nullcontext()

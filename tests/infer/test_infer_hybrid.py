@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 
@@ -99,7 +100,10 @@ def test_union_pool_keeps_what_the_second_retriever_ranks_high():
     second = TableRescorer(table)
     union = HybridRetriever(ListRetriever(CORPUS), second,
                             HybridConfig("x:first", "y:second", depth=3, weight=1.0, pool="union"))
+    blocks = []
+    second.one_batch = lambda: contextlib.nullcontext(blocks.append("one batch"))
     candidates = union.candidates([Query(text="q")])
+    assert blocks == ["one batch"]  # the second's search and scoring share one block (one query embedding)
     assert candidates.image_ids == [["a", "b", "c", "d", "e"]]  # the beam's 3, then the second's top 3 not in it
     assert candidates.first[0][3:] == [None, None] and second.scored == 5
     assert [h.image_id for h in union.search([Query(text="q")], 3)[0]] == ["d", "e", "c"]

@@ -140,16 +140,19 @@ def test_score_gives_search_scores_for_any_candidate(shared_tiny_dataset, lit_fe
             assert scored[::-1] == [pytest.approx(h.score, abs=1e-4) for h in row], (mode, index)
         with pytest.raises(InputError, match="not in this index's corpus"):
             retriever.score(queries[:1], [["no-such-image"]])
-    # a hybrid searches and re-scores one batch: its texts go through the text tower once
+    # a hybrid's union pool searches and re-scores one batch: its texts go through the text tower once
     encoded = []
     real_encode = lit_encoder.encode_texts
     lit_encoder.encode_texts = lambda texts, *a, **kw: encoded.append(list(texts)) or real_encode(texts, *a, **kw)
     try:
         fresh = ClipFaissRetriever.load(tmp_path / "image-Flat", encoder=lit_encoder, use_gpu=False)
-        hits = fresh.search(queries, 3)
-        fresh.score(queries, [[h.image_id for h in row] for row in hits])
-        assert encoded == [texts[:4]]
-        fresh.score(queries[:2], [[h.image_id for h in row] for row in hits[:2]])  # another batch: encoded anew
-        assert encoded == [texts[:4], texts[:2]]
+        with fresh.one_batch():
+            hits = fresh.search(queries, 3)
+            fresh.score(queries, [[h.image_id for h in row] for row in hits])
+            assert encoded == [texts[:4]]
+            fresh.score(queries[:2], [[h.image_id for h in row] for row in hits[:2]])  # another batch: encoded
+            assert encoded == [texts[:4], texts[:2]]
+        fresh.score(queries, [[h.image_id for h in row] for row in hits])  # outside the block nothing is kept
+        assert encoded == [texts[:4], texts[:2], texts[:4]]
     finally:
         lit_encoder.encode_texts = real_encode

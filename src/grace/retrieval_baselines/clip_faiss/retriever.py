@@ -7,6 +7,8 @@ queries are embedded with the image tower. Hits are distinct images, best first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +37,17 @@ class ClipFaissRetriever(Rescorer):
             raise InputError(f"encoder {encoder.spec} gives {encoder.dim}-d vectors, the index holds {index.dim}-d")
         expanded = "+expansion" if index.config.get("expansion") else ""
         self.name = f"clip_faiss[{index.config.get('index', 'Flat')},{index.config.get('feature_mode', 'image')}{expanded}]"
-        #: the last text-only batch embedded: a hybrid's search and re-scoring of one batch encode it once
-        self._last_embedded: tuple[tuple[str, ...], np.ndarray] | None = None
+        #: inside :meth:`one_batch`: the text-only batch embedded there, so it is encoded once
+        self._batch_vectors: dict[tuple[str, ...], np.ndarray] | None = None
 
     def embed(self, queries: list[Query]) -> np.ndarray:
-        """(Q, D) L2-normalised query vectors (read-only; the last text-only batch is reused as embedded)."""
+        """(Q, D) L2-normalised query vectors (read-only; inside :meth:`one_batch` a text batch is embedded once)."""
         from grace.retrieval_baselines.clip_faiss.dual_encoder import open_images
 
+        memo = self._batch_vectors
         key = tuple(q.text for q in queries) if all(q.image is None for q in queries) else None
-        if key is not None and self._last_embedded is not None and self._last_embedded[0] == key:
-            return self._last_embedded[1]
+        if memo is not None and key in memo:
+            return memo[key]
         out = np.zeros((len(queries), self.index.dim), np.float32)
         text_rows = [i for i, q in enumerate(queries) if q.text is not None and q.text.strip()]
         image_rows = [i for i, q in enumerate(queries) if q.image is not None]
@@ -54,9 +57,18 @@ class ClipFaissRetriever(Rescorer):
             out[image_rows] += self.encoder.encode_images(open_images([queries[i].image for i in image_rows]))
         out = unit_rows(out)
         out.flags.writeable = False
-        if key is not None:
-            self._last_embedded = (key, out)
+        if memo is not None and key is not None:
+            memo[key] = out
         return out
+
+    @contextmanager
+    def one_batch(self) -> Iterator[None]:
+        """Within the block, a batch of text queries is embedded once (a hybrid's dense search and re-scoring)."""
+        self._batch_vectors = {}
+        try:
+            yield
+        finally:
+            self._batch_vectors = None
 
     def search_rows(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (row, score) per query vector, rows of distinct images."""
