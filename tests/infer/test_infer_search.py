@@ -10,6 +10,7 @@ import pytest
 
 from grace.errors import InputError
 from grace.experiments.retrievers import load_service
+from grace.infer.search import run_search
 from grace.retriever import Query
 from grace.run_layout import RunLayout, retriever_name
 
@@ -39,7 +40,10 @@ def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
     hybrid = {r["image_id"] for r in out["hybrid/structured+clip_faiss"]["results"]}
     generated = {h.image_id for h in service.retrievers["generative/structured"].search([Query(text="a small red "
                                                                                                  "circle")], 10)[0]}
-    assert len(hybrid) == 4 and hybrid <= generated  # the hybrid re-ranks the generated candidates only
+    hybrid_retriever = service.retrievers["hybrid/structured+clip_faiss"]
+    if hybrid_retriever.config.pool == "union":  # (val chose to join the dense retriever's top candidates)
+        generated |= {h.image_id for h in hybrid_retriever.second.search([Query(text="a small red circle")], 10)[0]}
+    assert len(hybrid) == 4 and hybrid <= generated  # the hybrid ranks its candidate pool only
     generative = out["generative/structured"]["results"]
     assert [r["rank"] for r in generative] == list(range(1, len(generative) + 1)) and len(generative) == 4
     retriever = service.retrievers["generative/structured"]
@@ -62,6 +66,8 @@ def test_bad_requests_are_refused_with_one_line_errors(service):
             service.search(Query(text="red"), **kwargs)
     with pytest.raises(InputError, match="characters long"):
         service.search(Query(text="x" * 100_000))
+    with pytest.raises(InputError, match=r"--k 6 is more than the beams of generative/structured \(5\)"):
+        run_search(service, ["red"], k=6)  # `grace search`: a beam narrower than k is refused, not widened
     with pytest.raises(InputError, match="text queries only"):
         service.search(Query(image=next(iter(service.files.values()))))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grace.errors import GraceError, InputError
-from grace.infer.retriever import GeneratedHit
+from grace.infer.retriever import GeneratedHit, GenerativeRetriever
 from grace.retriever import Hit, Query, Retriever
 
 #: most characters a text query may have (a longer one is refused, not truncated)
@@ -172,6 +172,11 @@ def run_search(service: SearchService, texts: list[str], *, k: int = 10, image: 
     names = service.check_request(names, k, queries[0])
     for q in queries[1:]:
         service.check_request(names, k, q)
+    narrow = {n: service.retrievers[n].num_beams for n in names
+              if isinstance(service.retrievers[n], GenerativeRetriever) and service.retrievers[n].num_beams < k}
+    if narrow:  # (the server widens the beam to a request's k instead)
+        raise InputError(f"--k {k} is more than the beams of {', '.join(f'{n} ({b})' for n, b in narrow.items())}: "
+                         "beam search returns one identifier per beam (raise --num-beams)")
     per_name = {name: service.search_one(name, queries, k) for name in names}
     if as_json:
         return json.dumps([{"query": q.text, "image": str(q.image) if q.image else None,
