@@ -122,10 +122,32 @@ def _train(tmp_path: Path, values: dict) -> Path:
     return Path(values["output_dir"]) / "export"
 
 
-def test_generator_in_the_joint_space_retrieves_through_the_query_embedding(tmp_path, shared_tiny_dataset):
+def _rq_ids(root: Path, dataset, by_id: dict[str, np.ndarray]) -> None:
+    """Replace the run's numeric ids (and its trie and shards) by rq ids over the joint image embeddings, as
+    ``grace ablate --vision-space clip_faiss --schemes rq`` builds them: 2 levels of 4 codes, then a position."""
+    import shutil
+
+    from grace.data_process.shards import write_shards
+    from grace.identifiers import build_trie, create_scheme
+
+    ids = [r.image_id for r in dataset.images]
+    idmap = create_scheme("rq", levels=2, codebook=4, seed=0, tokenizer="byte").build(
+        dataset, FeatureSet(ids, np.stack([by_id[i] for i in ids]), "joint-test"))
+    assert len(set(idmap.identifiers())) == len(ids) and all(i.startswith("<Q0_") for i in idmap.identifiers())
+    for folder in ("ids", "trie", "shards"):
+        shutil.rmtree(root / folder)
+    idmap.save(root / "ids")
+    build_trie(idmap, idmap.tokenizer()).save(root / "trie")
+    queries = {r.image_id: r.meta["keywords"][:2] for r in dataset.images if r.split == "test"}
+    write_shards(dataset, idmap, root / "shards", pseudo_queries=queries, progress=False)
+
+
+@pytest.mark.parametrize("scheme", ["numeric", "rq"])
+def test_generator_in_the_joint_space_retrieves_through_the_query_embedding(tmp_path, shared_tiny_dataset, scheme):
     """Trained on image embeddings (i2id) and text embeddings near them (t2id), the model retrieves each of the 24
     images from a query whose words it never saw, given the query's embedding (near its image's): far above
-    chance (1/24), and it follows the embedding: a query given another image's embedding finds that image."""
+    chance (1/24), and it follows the embedding: a query given another image's embedding finds that image. With
+    ``rq`` ids (the residual codes of those embeddings) this is the rq learning test."""
     from grace.identifiers import IdentifierMap, Trie
     from grace.infer.retriever import GenerativeRetriever, query_media_spec
     from grace.model.config import CONFIG_DIR
@@ -133,6 +155,8 @@ def test_generator_in_the_joint_space_retrieves_through_the_query_embedding(tmp_
 
     values = build_tiny_run(tmp_path, shared_tiny_dataset)
     by_id = _joint_inputs(tmp_path, values)
+    if scheme == "rq":
+        _rq_ids(tmp_path, shared_tiny_dataset, by_id)
     tiny = json.loads((CONFIG_DIR / "tiny.json").read_text())
     model_json = tmp_path / "tiny-joint.json"
     model_json.write_text(json.dumps(dict(tiny, name="tiny-joint", vis_dim=DIM, n_visual_tokens=1,
@@ -161,6 +185,7 @@ def test_generator_in_the_joint_space_retrieves_through_the_query_embedding(tmp_
     def top1(query_media) -> list[str]:
         retriever = GenerativeRetriever.load(export, device="cpu", num_beams=4, query_media=query_media)
         assert isinstance(retriever.idmap, IdentifierMap) and isinstance(retriever.trie, Trie)
+        assert retriever.idmap.scheme == scheme
         return [hits[0].image_id for hits in retriever.search([Query(text=words[i]) for i in ids], k=1)]
 
     own = top1(media(lambda gold: gold))
