@@ -125,11 +125,19 @@ def run_hybrid_seeds(run: Path, scheme: str, kind: str, dataset, config: AblateC
     per_seed = {config.seed: first}
     for seed in dict.fromkeys(config.training_seeds):
         if seed != config.seed:
-            per_seed[seed] = stage_hybrid(
-                run, scheme, kind, dataset, timer, sets=[s for s in sets if s.name in ("test", "val")],
-                depth=config.hybrid_depth, fusion=config.hybrid_fusion, pools=config.hybrid_pools,
-                num_beams=config.num_beams, export_name=seed_name(scheme, seed))["test"]
+            per_seed[seed] = score_hybrid(run, scheme, kind, dataset, config, timer,
+                                          [s for s in sets if s.name in ("test", "val")],
+                                          export_name=seed_name(scheme, seed))["test"]
     return seed_spread(per_seed)
+
+
+def score_hybrid(run: Path, scheme: str, kind: str, dataset, config: AblateConfig, timer: P.StageTimer,
+                 sets: list, export_name: str | None = None) -> dict[str, dict]:
+    """:func:`~grace.experiments.hybrid.stage_hybrid` under the ablation's hybrid settings (depth, fusion, pools,
+    beams)."""
+    return stage_hybrid(run, scheme, kind, dataset, timer, sets=sets, depth=config.hybrid_depth,
+                        fusion=config.hybrid_fusion, pools=config.hybrid_pools, num_beams=config.num_beams,
+                        export_name=export_name)
 
 
 def seed_spread(per_seed: dict[int, dict]) -> dict:
@@ -378,10 +386,7 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
         add(kind, scored)
     for kind in config.hybrid:
         for scheme in config.schemes:
-            add(hybrid_name(scheme, kind), stage_hybrid(run, scheme, kind, dataset, timer, sets=sets,
-                                                        depth=config.hybrid_depth, fusion=config.hybrid_fusion,
-                                                        pools=config.hybrid_pools,
-                                                        num_beams=config.num_beams))
+            add(hybrid_name(scheme, kind), score_hybrid(run, scheme, kind, dataset, config, timer, sets))
     add("random", {query_set.name: P.random_baseline(dataset, query_set, seed=config.seed) for query_set in sets})
     if config.training_seeds:
         from grace.experiments.selection import select_on

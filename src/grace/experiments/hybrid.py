@@ -34,8 +34,8 @@ def choose_weight(hybrid: HybridRetriever, queries: Sequence, gold: Sequence, *,
     ``pools`` defaults to the config's. Returns ``{"split", "pool", "weight", "recall@K": {weight: recall}}``
     (with several pools the keys are ``"pool/weight"``), also kept in ``hybrid.config.chosen``."""
     pools = list(pools or [hybrid.config.pool])
-    union = hybrid.candidates(list(queries), pool="union" if "union" in pools else "first")
-    by_pool = {pool: union if pool == "union" else union.of_first() for pool in pools}
+    widest = hybrid.candidates(list(queries), pool="union" if "union" in pools else "first")
+    by_pool = {pool: widest if pool == "union" else widest.of_first() for pool in pools}
     table: dict[str, dict[str, float]] = {f"recall@{k}": {} for k in KS}
     best, best_key = None, None
     for pool, candidates in by_pool.items():

@@ -44,10 +44,11 @@ class ClipFaissRetriever(Rescorer):
         """(Q, D) L2-normalised query vectors (read-only; inside :meth:`one_batch` a text batch is embedded once)."""
         from grace.retrieval_baselines.clip_faiss.dual_encoder import open_images
 
-        memo = self._batch_vectors
-        key = tuple(q.text for q in queries) if all(q.image is None for q in queries) else None
-        if memo is not None and key in memo:
-            return memo[key]
+        memo, key = self._batch_vectors, None
+        if memo is not None and all(q.image is None for q in queries):  # only text batches, only inside one_batch
+            key = tuple(q.text for q in queries)
+            if key in memo:
+                return memo[key]
         out = np.zeros((len(queries), self.index.dim), np.float32)
         text_rows = [i for i, q in enumerate(queries) if q.text is not None and q.text.strip()]
         image_rows = [i for i, q in enumerate(queries) if q.image is not None]
@@ -57,7 +58,7 @@ class ClipFaissRetriever(Rescorer):
             out[image_rows] += self.encoder.encode_images(open_images([queries[i].image for i in image_rows]))
         out = unit_rows(out)
         out.flags.writeable = False
-        if memo is not None and key is not None:
+        if key is not None:
             memo[key] = out
         return out
 
