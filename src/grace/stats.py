@@ -162,3 +162,34 @@ def summarise(results: dict[str, dict], ks: Sequence[int], *, candidates: Sequen
         return {"reference": None, "by_retriever": {}}
     return {"reference": reference,
             "by_retriever": compare_to(results, candidates, reference, ks, clusters=clusters, seed=seed)}
+
+
+#: a difference is called significant only when McNemar's exact test gives p below this (on every seed)
+SIGNIFICANCE = 0.05
+
+
+def seeds_comparison(ranks_by_seed: Sequence[Sequence[int]], ref_ranks: Sequence[int], k: int, *,
+                     clusters: Sequence | None = None, n_boot: int = N_BOOT, alpha: float = ALPHA,
+                     seed: int = 0) -> dict:
+    """A row trained under several seeds against one reference on the same queries, at one K.
+
+    ``diff`` is the mean over seeds of Recall@K(A) − Recall@K(B), with ``sd`` over seeds; ``low`` / ``high`` is the
+    paired bootstrap interval of each query's hit averaged over the seeds minus the reference's hit (clusters
+    resampled as :func:`paired_comparison` does); ``per_seed`` holds each seed's own paired comparison (McNemar
+    included). ``significant``: every seed's McNemar p is below :data:`SIGNIFICANCE`, all on the same side."""
+    if not ranks_by_seed:
+        raise ValueError("seeds_comparison needs at least one seed's ranks")
+    per_seed = [paired_comparison(ranks, ref_ranks, k, clusters=clusters, n_boot=n_boot, alpha=alpha, seed=seed)
+                for ranks in ranks_by_seed]
+    mean_hits = np.mean([hits_from_ranks(r, k) for r in ranks_by_seed], axis=0)
+    ref = hits_from_ranks(ref_ranks, k)
+    boots = _boot_means(mean_hits - ref, clusters, n_boot, seed) if ref.size else np.zeros(1)
+    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    diffs = [c.diff for c in per_seed]
+    same_side = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    return {"k": k, "seeds": len(per_seed), "diff": float(np.mean(diffs)),
+            "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+            "low": float(low), "high": float(high), "recall_b": float(ref.mean()) if ref.size else 0.0,
+            "recall_a_mean": float(mean_hits.mean()) if mean_hits.size else 0.0,
+            "significant": bool(same_side and all(c.p_mcnemar < SIGNIFICANCE for c in per_seed)),
+            "per_seed": [c.as_dict() for c in per_seed]}

@@ -20,7 +20,7 @@ def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, capsys):
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric", "structured"], steps=1,
                           num_beams=4, baselines=["none"])
     results = ablate(config)
-    assert set(results) == {"numeric", "structured", "bm25", "random"}  # the controls are in every table
+    assert set(results) == {"numeric", "structured", "bm25", "sibling", "random"}  # the controls are in every table
     saved = json.loads((tmp_path / "run" / "results" / "ablation.json").read_text())
     val = tiny_with_val.split("val")
     assert saved["query_sets"]["val"]["structured"]["num_queries"] == len(val) == 4
@@ -29,8 +29,9 @@ def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, capsys):
     assert (tmp_path / "run" / "results" / "val" / "bm25.json").is_file()
     selection = saved["selection"]
     assert selection["split"] == "val" and selection["generative"] in ("numeric", "structured")
-    assert selection["non_generative"] == "bm25" and saved["comparisons"]["reference"] == "bm25"
-    assert set(saved["verdict"]["against"]) == {"bm25"}
+    assert selection["non_generative"] in ("bm25", "sibling")  # the controls are the only non-generative rows
+    assert saved["comparisons"]["reference"] == selection["non_generative"]
+    assert set(saved["verdict"]["against"]) == {"bm25", "sibling"}
     for scheme in ("numeric", "structured"):
         assert results[scheme]["num_queries"] == len(tiny_with_val.split("test"))
         ranks = results[scheme]["gold_ranks"]  # the recalls are the ones the per-query ranks give
@@ -40,6 +41,7 @@ def test_ablation_smoke_with_stand_in_stages(tiny_with_val, tmp_path, capsys):
     out = tmp_path / "run" / "results"
     table = (out / "ablation.md").read_text()
     assert "| numeric |" in table and "| random |" in table and "| bm25 |" in table and "train_s" in table
+    assert "| sibling |" in table and "one training seed: an anecdote" in table
     assert "Protocol `image-only`, pseudo-queries from `knn-captions`" in table
     assert "(selected)" in table and "Verdict on test" in table and "Query set `val`" in table
     provenance = json.loads((out / "ablation.json").read_text())["provenance"]

@@ -25,8 +25,8 @@ def test_a_run_names_its_generative_and_baseline_retrievers(small_run, tmp_path)
     run, _ = small_run
     built = RunLayout(run).retrievers()
     specs = list(built.values())
-    # bm25: the lexical control; the hybrid: the generative candidates re-scored by CLIP-FAISS
-    assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss", "hybrid"]
+    # bm25 and sibling: the controls; the hybrid: the generative candidates re-scored by CLIP-FAISS
+    assert [s.partition(":")[0] for s in specs] == ["generative", "bm25", "clip_faiss", "sibling", "hybrid"]
     assert list(built) == [retriever_name(spec) for spec in specs]  # one naming, whoever names
     assert retriever_name(specs[-1]) == "hybrid/structured+clip_faiss"
     assert RunLayout(tmp_path).retrievers() == {}
@@ -36,7 +36,7 @@ def test_a_run_names_its_generative_and_baseline_retrievers(small_run, tmp_path)
 
 def test_generative_hits_carry_their_identifier_path_and_step_scores(service):
     out = service.search(Query(text="a small red circle"), k=4)
-    assert set(out) == {"generative/structured", "bm25", "clip_faiss", "hybrid/structured+clip_faiss"}
+    assert set(out) == {"generative/structured", "bm25", "clip_faiss", "sibling", "hybrid/structured+clip_faiss"}
     hybrid = {r["image_id"] for r in out["hybrid/structured+clip_faiss"]["results"]}
     generated = {h.image_id for h in service.retrievers["generative/structured"].search([Query(text="a small red "
                                                                                                  "circle")], 10)[0]}
@@ -92,9 +92,10 @@ def test_search_cli_loads_each_retriever_once_for_many_queries(small_run, tmp_pa
                  "--k", "3", "--json", "a small red circle"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["query"] for p in printed] == ["a small red circle", "blue square", "large green triangle"]
-    assert len(loads) == 4 + 2  # once for all queries: the four retrievers, and the hybrid's own two inside it
+    assert len(loads) == 5 + 2  # once for all queries: the five retrievers, and the hybrid's own two inside it
     for entry in printed:
-        assert set(entry["results"]) == {"generative/structured", "bm25", "clip_faiss", "hybrid/structured+clip_faiss"}
+        assert set(entry["results"]) == {"generative/structured", "bm25", "clip_faiss", "sibling",
+                                         "hybrid/structured+clip_faiss"}
         assert all(len(rows) == 3 for rows in entry["results"].values())
     assert main(["search", "--run", str(run), "--dataset", str(dataset_json), "--k", "2", "red circle"]) == 0
     table = capsys.readouterr().out

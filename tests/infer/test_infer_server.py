@@ -44,7 +44,7 @@ def test_health_and_loaded_retrievers(client):
     assert client.get("/healthz").json()["status"] == "ok"
     info = client.get("/api/retrievers").json()
     assert {r["name"]: r["modalities"] for r in info["retrievers"]} == {
-        "generative/structured": ["text"], "bm25": ["text"], "clip_faiss": ["text", "image"],
+        "generative/structured": ["text"], "bm25": ["text"], "sibling": ["text"], "clip_faiss": ["text", "image"],
         "hybrid/structured+clip_faiss": ["text"]}
     assert info["corpus_size"] == 16
     names = {f["name"] for f in client.get("/api/run").json()["files"]}
@@ -58,7 +58,7 @@ def test_search_returns_every_retriever_with_thumbnails_and_identifiers(client):
     response = client.post("/api/search", json={"query": "a small red circle", "k": 3})
     assert response.status_code == 200, response.text
     data = response.json()["retrievers"]
-    assert set(data) == {"generative/structured", "bm25", "clip_faiss", "hybrid/structured+clip_faiss"}
+    assert set(data) == {"generative/structured", "bm25", "clip_faiss", "sibling", "hybrid/structured+clip_faiss"}
     for res in data.values():
         assert len(res["results"]) == 3 and res["latency_ms"] > 0
         thumb = client.get(f"/images/{res['results'][0]['image_id']}")

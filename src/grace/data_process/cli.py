@@ -11,7 +11,7 @@ from typing import Optional
 from grace.config import IMAGE_ROOT_HELP
 from grace.data_process.protocol import DEFAULT_PROTOCOL
 
-BENCHMARKS = ("emoji", "openclipart", "synthetic")
+BENCHMARKS = ("emoji", "openclipart", "synthetic", "karpathy")
 
 
 @dataclass
@@ -25,6 +25,14 @@ class DataBuildConfig:
     test_fraction: float = field(default=0.12, metadata={"help": "share of images held out as test"})
     drop_skin_tones: bool = field(default=True, metadata={"help": "emoji: drop skin-tone variants"})
     n_images: int = field(default=64, metadata={"help": "synthetic: number of shapes (at most 64)"})
+    source: Optional[Path] = field(default=None, metadata={
+        "help": "karpathy: your own Karpathy-form JSON, re-split group-aware by --group-by into OUT/dataset.json"})
+    image_root: Path | None = field(default=None, metadata=IMAGE_ROOT_HELP)
+    group_by: str = field(default="", metadata={
+        "help": "karpathy: what puts images in one group (never split across train / val / test): an entry field "
+                "(e.g. author, album) or re:REGEX over the file name (its first group, e.g. 're:^(.+?)_\\d+')"})
+    image_cosine: float = field(default=0.95, metadata={
+        "help": "emoji, openclipart: images whose features have this cosine or more share a group (0: off)"})
 
 
 @dataclass
@@ -37,6 +45,13 @@ class DataCheckConfig:
     workers: int = field(default=8, metadata={"help": "threads checking images"})
     report: Path | None = field(default=None, metadata={"help": "full JSON report (default: DATASET.check.json beside it)"})
     show: int = field(default=10, metadata={"help": "problems printed per kind"})
+    near_duplicates: bool = field(default=True, metadata={
+        "help": "also report near-duplicates across splits (exit status 1 when any cross-split variant group)"})
+    image_pairs: bool = field(default=True, metadata={"help": "near-duplicates: also compare image features"})
+    features: Path | None = field(default=None, metadata={
+        "help": "near-duplicates: features cache folder (built there if absent; default DATASET_DIR/features/ENCODER)"})
+    encoder: str = field(default="efficientnet-lite0", metadata={"help": "near-duplicates: image encoder of the cache"})
+    image_cosine: float = field(default=0.95, metadata={"help": "near-duplicates: feature cosine of an image pair"})
 
 
 @dataclass
@@ -117,17 +132,25 @@ def _data_build(args: argparse.Namespace) -> int:
         from grace.data_process.emoji import build_emoji
 
         dataset = build_emoji(cfg.out, drop_skin_tones=cfg.drop_skin_tones, test_fraction=cfg.test_fraction,
-                              seed=cfg.seed, limit=cfg.limit or None, **size)
+                              seed=cfg.seed, limit=cfg.limit or None, image_cosine=cfg.image_cosine, **size)
     elif args.benchmark == "openclipart":
         from grace.data_process.openclipart import build_openclipart
 
         dataset = build_openclipart(cfg.out, test_fraction=cfg.test_fraction, seed=cfg.seed,
-                                    limit=cfg.limit or None, **size)
+                                    limit=cfg.limit or None, image_cosine=cfg.image_cosine, **size)
+    elif args.benchmark == "karpathy":
+        from grace.data_process.groups import regroup_karpathy
+
+        require(cfg, "source", "group_by")
+        dataset = regroup_karpathy(cfg.source, cfg.out, cfg.group_by, image_root=cfg.image_root,
+                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     else:
         from grace.data_process.synthetic import build_synthetic
 
         dataset = build_synthetic(cfg.out, n_images=cfg.n_images, **size)
-    save_config(cfg.out, {"benchmark": args.benchmark, **vars(cfg), "out": str(cfg.out)}, name="build_config.json")
+    save_config(cfg.out, {"benchmark": args.benchmark, **vars(cfg), "out": str(cfg.out),
+                          "source": str(cfg.source) if cfg.source else None,
+                          "image_root": str(cfg.image_root) if cfg.image_root else None}, name="build_config.json")
     texts = sum(len(r.texts) for r in dataset.images)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(dataset.split_counts().items()))
     print(f"{args.benchmark}: {len(dataset)} images ({splits}), {texts} texts, "
@@ -145,10 +168,23 @@ def _data_check(args: argparse.Namespace) -> int:
     require(cfg, "dataset")
     dataset = load_karpathy(cfg.dataset, cfg.image_root, check_files=False)  # the JSON's own errors first
     report = check_images(dataset, decode=cfg.decode, workers=cfg.workers)
+    if cfg.near_duplicates:
+        from grace.data_process.near_duplicates import format_near_duplicates, near_duplicate_report
+
+        features = None
+        if cfg.image_pairs and not problems(report):
+            from grace.data_process.features import encoder_folder, image_features
+
+            cache = cfg.features or Path(cfg.dataset).parent / "features" / encoder_folder(cfg.encoder)
+            features = image_features(dataset, encoder=cfg.encoder, cache_dir=cache)
+        report["near_duplicates"] = near_duplicate_report(dataset, features, threshold=cfg.image_cosine)
     path = write_json(cfg.report or default_report_path(cfg.dataset), report)
     print(format_report(report, cfg.show))
+    if cfg.near_duplicates:
+        print(format_near_duplicates(report["near_duplicates"]))
     print(f"report -> {path}")
-    return 1 if problems(report) else 0
+    leaks = report.get("near_duplicates", {}).get("cross_split_groups", 0)
+    return 1 if problems(report) or leaks else 0
 
 
 def _features(args: argparse.Namespace) -> int:

@@ -21,6 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grace.data_process.dataset import Dataset, ImageRecord, save_karpathy
+from grace.data_process.groups import (
+    IMAGE_COSINE,
+    VAL_FRACTION,
+    assign_group_splits,
+    connected_groups,
+    look_alike_keys,
+    name_key,
+    write_groups,
+)
 from grace.errors import GraceError
 from grace.io_utils import atomic_path, write_json
 
@@ -30,7 +39,6 @@ FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 CLDR_DIR = Path("/usr/share/unicode/cldr")
 EMOJI_INSTALL_HINT = "install it with: apt-get install fonts-noto-color-emoji unicode-cldr-core"
 FONT_SIZE = 109  # the only size of the CBDT bitmap strikes in Noto Color Emoji
-VAL_FRACTION = 0.12  # val as large as test (as Karpathy's Flickr30K/COCO splits): choices are made on it
 HELD_OUT = ("test", "val")
 SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
 # joiners, selectors, keycap, tags: not glyphs of their own, so not looked up in the font's cmap
@@ -61,21 +69,10 @@ def unique_texts(texts: Iterable[str]) -> list[str]:
 
 def assign_splits(ids: list[str], *, test_fraction: float, seed: int,
                   val_fraction: float = VAL_FRACTION) -> dict[str, str]:
-    """Deterministic ``{id: split}``: ids ordered by a seeded hash; the first ``round(n*test_fraction)``
-    are test (at least one when ``test_fraction > 0`` and n >= 2), the next ``round(n*val_fraction)``
-    val, the rest train. The same ids and seed always give the same splits."""
-    if not 0.0 <= test_fraction < 1.0:
-        raise GraceError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    n = len(ids)
-    order = sorted(ids, key=lambda i: hashlib.sha1(f"{seed}:{i}".encode()).hexdigest())
-    n_test = round(n * test_fraction)
-    if test_fraction > 0 and n >= 2:
-        n_test = max(1, n_test)
-    n_val = min(round(n * val_fraction), max(0, n - n_test - 1))
-    splits = {i: "train" for i in ids}
-    splits.update({i: "test" for i in order[:n_test]})
-    splits.update({i: "val" for i in order[n_test:n_test + n_val]})
-    return splits
+    """Deterministic ``{id: split}``, every id a group of its own (:func:`~grace.data_process.groups.
+    assign_group_splits`): ids ordered by a seeded hash; the first ``round(n*test_fraction)`` are test (at least
+    one when ``test_fraction > 0`` and n >= 2), the next ``round(n*val_fraction)`` val, the rest train."""
+    return assign_group_splits({i: i for i in ids}, test_fraction=test_fraction, seed=seed, val_fraction=val_fraction)
 
 
 def split_texts(queries: list[str], keywords: list[str], split: str) -> tuple[list[str], list[str]]:
@@ -119,6 +116,14 @@ def reusable_png(path: Path, size: int) -> bool:
         return False
 
 
+def pixel_digest(path: Path) -> str:
+    """A digest of an image's decoded RGB pixels: equal for images drawn alike (flags that share a design)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return hashlib.sha1(image.convert("RGB").tobytes()).hexdigest()[:16]
+
+
 def fit_square(image, size: int, *, margin: float = 0.0):
     """Crop an RGBA image to its visible content, fit it into a ``size`` square on white, as RGB."""
     from PIL import Image
@@ -142,6 +147,28 @@ def progress_bar(iterable, *, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit="img", file=sys.stderr)
+
+
+def grouped_splits(out_dir: Path, keys: dict[str, list[str]], paths: dict[str, Path], rule: str, *,
+                   test_fraction: float, seed: int, encoder: str, image_cosine: float,
+                   progress: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """``(groups, splits)`` of a built benchmark: ``keys`` joined with the images' pixel digests and, when
+    ``image_cosine`` > 0, with the images that look alike under ``encoder`` (features cached in
+    OUT/features/<encoder>); written to OUT/groups.json with the rule."""
+    from grace.data_process.features import encoder_folder
+
+    keys = {i: [*k, f"pixels:{pixel_digest(paths[i])}"] for i, k in keys.items()}
+    if image_cosine > 0:
+        records = [ImageRecord(i, paths[i], "train") for i in keys]
+        looks = look_alike_keys(Dataset(records, root=out_dir / "images"), encoder=encoder, threshold=image_cosine,
+                                cache_dir=out_dir / "features" / encoder_folder(encoder), progress=progress)
+        keys = {i: k + looks[i] for i, k in keys.items()}
+    groups = connected_groups(keys)
+    splits = assign_group_splits(groups, test_fraction=test_fraction, seed=seed)
+    write_groups(out_dir, groups, splits, {"rule": rule, "test_fraction": test_fraction, "seed": seed,
+                                           "encoder": encoder if image_cosine > 0 else None,
+                                           "image_cosine": image_cosine or None})
+    return groups, splits
 
 
 def finish_build(out_dir: Path, records: list[ImageRecord], name: str, skipped: dict[str, int],
@@ -183,6 +210,46 @@ class EmojiEntry:
     @property
     def has_skin_tone(self) -> bool:
         return any(ord(c) in SKIN_TONES for c in self.chars)
+
+    @property
+    def is_flag(self) -> bool:
+        """A country or subdivision flag (regional-indicator pair, or a black flag with tag characters)."""
+        return all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in self.chars) or (
+            len(self.chars) > 1 and self.chars[0] == "\U0001F3F4" and 0xE0020 <= ord(self.chars[1]) < 0xE0080)
+
+    @property
+    def is_keycap(self) -> bool:
+        return "\u20e3" in self.chars
+
+    @property
+    def zwj_base(self) -> str:
+        """The sequence's first element without skin tones (the entry itself when it has no joiner)."""
+        return "".join(c for c in self.chars.split("\u200d")[0] if ord(c) not in SKIN_TONES)
+
+
+#: how ``build_emoji`` groups its images (written into groups.json)
+EMOJI_GROUP_RULE = ("one group per name without gender, person, family-member and skin-tone qualifiers; a ZWJ "
+                    "sequence with its base (unless the base is a person); flags each a group of their own; keycaps "
+                    "one group; images with identical pixels, or whose features have cosine >= image_cosine, joined")
+
+
+def emoji_group_keys(entries: list[EmojiEntry]) -> dict[str, list[str]]:
+    """``{image id: keys}`` for :func:`~grace.data_process.groups.connected_groups` (:data:`EMOJI_GROUP_RULE`,
+    less the pixels, which :func:`build_emoji` adds)."""
+    by_chars = {e.chars: e for e in entries}
+    keys: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.is_flag:
+            keys[entry.image_id] = [f"flag:{entry.image_id}"]
+        elif entry.is_keycap:
+            keys[entry.image_id] = ["keycap"]
+        else:
+            base = by_chars.get(entry.zwj_base)
+            own = [name_key(entry.name), f"seq:{entry.image_id}"]
+            if base is not None and base is not entry and not base.is_flag and name_key(base.name) != "name:(person)":
+                own.append(f"seq:{base.image_id}")
+            keys[entry.image_id] = own
+    return keys
 
 
 def _find_cldr_file(cldr_dir: Path, folder: str) -> Path | None:
@@ -269,12 +336,14 @@ def render_emoji(chars: str, font, image_size: int):
 def build_emoji(out_dir: str | Path, *, drop_skin_tones: bool = True, image_size: int = 72,
                 test_fraction: float = 0.12, seed: int = 0, limit: int | None = None,
                 font_path: str | Path | None = None, cldr_dir: str | Path | None = None,
+                encoder: str = "efficientnet-lite0", image_cosine: float = IMAGE_COSINE,
                 progress: bool = True) -> Dataset:
     """Render the CLDR-annotated emoji of Noto Color Emoji to ``out_dir/images/*.png`` and write
     ``out_dir/dataset.json`` (Karpathy form) last.
 
     ``limit`` keeps an evenly spread deterministic subset of the candidates. Already-written PNGs of
-    the right size are reused, so an interrupted build can simply be re-run.
+    the right size are reused, so an interrupted build can simply be re-run. Splits are group-aware
+    (:data:`EMOJI_GROUP_RULE`; ``image_cosine`` 0 leaves out the look-alike images, and the encoder).
     """
     from PIL import ImageFont
 
@@ -296,13 +365,16 @@ def build_emoji(out_dir: str | Path, *, drop_skin_tones: bool = True, image_size
                 continue
             save_png(image, path)
         rendered.append((entry, path))
-    splits = assign_splits([e.image_id for e, _ in rendered], test_fraction=test_fraction, seed=seed)
+    groups, splits = grouped_splits(out_dir, emoji_group_keys([e for e, _ in rendered]),
+                                    {e.image_id: path for e, path in rendered}, EMOJI_GROUP_RULE,
+                                    test_fraction=test_fraction, seed=seed, encoder=encoder,
+                                    image_cosine=image_cosine, progress=progress)
     records = []
     for entry, path in rendered:
         split = splits[entry.image_id]
         texts, keywords = split_texts([entry.name], list(entry.keywords), split)
         meta = {"name": entry.name, "keywords": keywords, "codepoints": entry.codepoints,
-                "emoji": entry.chars}
+                "emoji": entry.chars, "group": groups[entry.image_id]}
         records.append(ImageRecord(entry.image_id, path, split, texts, meta))
     skipped = {"not_in_font": not_in_font, "unrenderable": blank}
     return finish_build(out_dir, records, "noto-emoji", skipped, started, progress=progress)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from grace.data_process.dataset import Dataset, ImageRecord
 from grace.data_process.emoji import (
-    assign_splits,
     clean_text,
     even_subset,
     finish_build,
     fit_square,
+    grouped_splits,
     norm_key,
     progress_bar,
     reusable_png,
@@ -36,6 +36,8 @@ from grace.data_process.emoji import (
     split_texts,
     unique_texts,
 )
+from grace.data_process.groups import IMAGE_COSINE, name_key
+from grace.data_process.leak_filter import word_bag
 from grace.errors import GraceError
 
 SVG_ROOT = Path("/usr/share/openclipart/svg")
@@ -120,10 +122,37 @@ class Clip:
     path: Path
     queries: list[str]
     keywords: list[str]
+    creator: str = ""
 
 
 def _useful(text: str, drop: set[str] | frozenset[str]) -> bool:
     return bool(text) and norm_key(text) not in drop and not text.isdigit() and not re.search(r"@|https?:", text)
+
+
+#: a trailing series number: "rocket_04", "Rocket 05", "star-3b", "tree (2)"
+_SERIES_NUMBER = re.compile(r"[\s_\-.#]*\(?\d+\)?[a-z]?$", re.IGNORECASE)
+#: how ``build_openclipart`` groups its clips (written into groups.json)
+CLIP_GROUP_RULE = ("one group per series stem (a query or file name less its trailing number) and per query word "
+                   "bag without qualifiers (near-identical titles, by one author or several; the author is kept in "
+                   "meta.creator); images with identical "
+                   "pixels, or whose features have cosine >= image_cosine, joined")
+
+
+def series_stem(text: str) -> str:
+    """``text`` less a trailing series number, separators as spaces ("rocket_04" → "rocket")."""
+    return clean_text(re.sub(r"[_\-]+", " ", _SERIES_NUMBER.sub("", clean_text(text))))
+
+
+def clip_group_keys(clip: Clip) -> list[str]:
+    """The keys that put ``clip`` in a group (:data:`CLIP_GROUP_RULE`): its queries' variant bags, with and
+    without a series number, and its file name's series stem (under 3 letters: no key). A collection's shared
+    title is no key: it names an icon set, not a family."""
+    texts = [t for t in dict.fromkeys([*clip.queries, *map(series_stem, clip.queries)]) if word_bag(t)]
+    keys = [name_key(t) for t in texts]
+    stem = series_stem(clip.path.stem).casefold()
+    if len(re.sub(r"\W", "", stem)) >= 3:
+        keys.append(f"file:{stem}")
+    return list(dict.fromkeys(keys))
 
 
 def clip_texts(meta: ClipMeta) -> tuple[list[str], list[str]]:
@@ -146,10 +175,11 @@ def collect_clips(svg_root: Path) -> tuple[list[Clip], dict[str, int]]:
     """
     skipped = {"unreadable": 0, "no_text": 0, "duplicate": 0, "collection_cap": 0}
     seen: set[tuple[str, str]] = set()
-    parsed: list[tuple[Path, list[str], list[str]]] = []
+    parsed: list[tuple[Path, list[str], list[str], ClipMeta]] = []
     for path in sorted({p.resolve(): p for p in svg_root.rglob("*.svg")}.values()):
         try:
-            queries, keywords = clip_texts(parse_svg_metadata(path.read_bytes()))
+            meta = parse_svg_metadata(path.read_bytes())
+            queries, keywords = clip_texts(meta)
         except Exception:  # noqa: BLE001 - unreadable file or malformed XML
             skipped["unreadable"] += 1
             continue
@@ -161,10 +191,10 @@ def collect_clips(svg_root: Path) -> tuple[list[Clip], dict[str, int]]:
         if not queries:
             skipped["no_text"] += 1
             continue
-        parsed.append((path, queries, keywords))
-    shared = Counter(k for _, queries, _ in parsed for k in {norm_key(q) for q in queries})
+        parsed.append((path, queries, keywords, meta))
+    shared = Counter(k for _, queries, _, _ in parsed for k in {norm_key(q) for q in queries})
     groups: dict[str, list[Clip]] = {}
-    for path, queries, keywords in parsed:
+    for path, queries, keywords, meta in parsed:
         own = [q for q in queries if shared[norm_key(q)] <= MAX_SHARED_QUERY]
         collection = [q for q in queries if shared[norm_key(q)] > MAX_SHARED_QUERY]
         in_collection = shared[norm_key(queries[0])] > MAX_SHARED_QUERY
@@ -175,7 +205,7 @@ def collect_clips(svg_root: Path) -> tuple[list[Clip], dict[str, int]]:
             continue
         named = [c for c in collection if len(c.split()) <= 4]  # "Lemon SVG theme", not "Part of ... 2004)"
         group = norm_key(queries[0]) if in_collection else f"file:{path}"
-        groups.setdefault(group, []).append(Clip(path, own, named + keywords))
+        groups.setdefault(group, []).append(Clip(path, own, named + keywords, clean_text(meta.creator)))
     clips = []
     for members in groups.values():
         kept = even_subset(members, MAX_PER_COLLECTION)
@@ -246,6 +276,7 @@ def _render_one(job: tuple[str, str, int]) -> tuple[str, str]:
 
 def build_openclipart(out_dir: str | Path, *, image_size: int = 128, test_fraction: float = 0.12,
                       seed: int = 0, limit: int | None = None, svg_root: str | Path | None = None,
+                      encoder: str = "efficientnet-lite0", image_cosine: float = IMAGE_COSINE,
                       progress: bool = True) -> Dataset:
     """Render the openclipart SVGs to ``out_dir/images/*.png`` and write ``out_dir/dataset.json`` last.
 
@@ -253,7 +284,8 @@ def build_openclipart(out_dir: str | Path, *, image_size: int = 128, test_fracti
     (or not within :data:`RENDER_TIMEOUT_S`) or that render blank are skipped and counted in
     ``build_summary.json``. ``limit`` keeps an evenly spread subset of the usable clips (the
     metadata-stage counts - unreadable, no_text, duplicate, collection_cap - always cover the whole
-    folder). Rendering uses every CPU core for large builds; already-written PNGs are reused.
+    folder). Rendering uses every CPU core for large builds; already-written PNGs are reused. Splits are
+    group-aware (:data:`CLIP_GROUP_RULE`; ``image_cosine`` 0 leaves out the look-alike images).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -282,11 +314,15 @@ def build_openclipart(out_dir: str | Path, *, image_size: int = 128, test_fracti
         if pool is not None:
             pool.terminate()
     kept = [c for c in clips if str(c.path) in done]
-    splits = assign_splits([ids[c.path] for c in kept], test_fraction=test_fraction, seed=seed)
+    groups, splits = grouped_splits(out_dir, {ids[c.path]: clip_group_keys(c) for c in kept},
+                                    {ids[c.path]: out_dir / "images" / f"{ids[c.path]}.png" for c in kept},
+                                    CLIP_GROUP_RULE, test_fraction=test_fraction, seed=seed, encoder=encoder,
+                                    image_cosine=image_cosine, progress=progress)
     records = []
     for clip in kept:
         image_id = ids[clip.path]
         texts, meta_keywords = split_texts(clip.queries, clip.keywords, splits[image_id])
-        meta = {"name": clip.queries[0], "keywords": meta_keywords, "source": _source(clip.path, svg_root)}
+        meta = {"name": clip.queries[0], "keywords": meta_keywords, "source": _source(clip.path, svg_root),
+                "creator": clip.creator, "group": groups[image_id]}
         records.append(ImageRecord(image_id, out_dir / "images" / f"{image_id}.png", splits[image_id], texts, meta))
     return finish_build(out_dir, records, "openclipart", skipped, started, progress=progress)

@@ -307,7 +307,8 @@ class PseudoQuerySet:
         return (f"pseudo-queries ({self.generator}, {'+'.join(self.splits)}): {len(self.queries)} images, "
                 f"{sum(map(len, self.queries.values()))} texts; leak filter dropped {self.leak.dropped} of "
                 f"{self.leak.checked} ({self.leak.dropped_equal} same words as a held-out query, "
-                f"{self.leak.dropped_contains} containing one; {self.leak.dropped_own_image} the image's own); "
+                f"{self.leak.dropped_contains} containing one, {self.leak.dropped_variant} a qualifier variant of one; "
+                f"{self.leak.dropped_own_image} the image's own); "
                 f"{empty} images without any")
 
 

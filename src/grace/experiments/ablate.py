@@ -14,7 +14,7 @@ from grace.config import key_values
 from grace.errors import GraceError
 from grace.experiments import pipeline as P
 from grace.experiments.baseline_stages import stage_baseline
-from grace.experiments.configs import BASELINES, HYBRID_KINDS, SCHEMES, AblateConfig
+from grace.experiments.configs import BASELINES, CONTROLS, HYBRID_KINDS, SCHEMES, AblateConfig
 from grace.experiments.hybrid import hybrid_name, stage_hybrid
 from grace.experiments.joint_space import check_vision_space
 from grace.identifiers.schemes import SchemeConfig
@@ -141,10 +141,13 @@ def score_hybrid(run: Path, scheme: str, kind: str, dataset, config: AblateConfi
 
 
 def seed_spread(per_seed: dict[int, dict]) -> dict:
-    """Per seed and mean / sample sd / min / max of each R@K of ``{seed: test result}``."""
+    """Per seed and mean / sample sd / min / max of each R@K of ``{seed: test result}``, and each seed's
+    ``gold_ranks`` (the verdict's paired tests over seeds read them)."""
     import statistics
 
-    spread = {"seeds": list(per_seed)}
+    spread = {"seeds": list(per_seed),
+              "gold_ranks": {str(seed): list(result["gold_ranks"]) for seed, result in per_seed.items()
+                             if result.get("gold_ranks") is not None}}
     for k in KS:
         values = [float(result[f"recall@{k}"]) for result in per_seed.values()]
         spread[f"recall@{k}"] = {"values": values, "mean": statistics.fmean(values),
@@ -177,9 +180,9 @@ def stage_seconds(run: Path, timer: P.StageTimer, stage: str, name: str) -> floa
 
 
 def row_kinds(results: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """``(generative rows, non-generative rows)`` among ``results``: the schemes; the baselines and BM25."""
+    """``(generative rows, non-generative rows)`` among ``results``: the schemes; the baselines and the controls."""
     return ([name for name in results if name in SCHEMES],
-            [name for name in results if name in BASELINES or name == "bm25"])
+            [name for name in results if name in BASELINES or name in CONTROLS])
 
 
 def hybrid_rows(results: dict[str, dict]) -> list[str]:
@@ -198,9 +201,14 @@ def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> di
             | {"leak_filter": leak},
             "queries": sets[0].provenance(), "query_sets": {s.name: s.provenance() for s in sets[1:]},
             "selected_on": config.select_on,
-            "seeds": {"training": list(dict.fromkeys([config.seed, *config.training_seeds])), "data_split": config.seed,
+            "seeds": {"training": list(dict.fromkeys([config.seed, *config.training_seeds])), "data_split": split_seed(config),
                       "bootstrap": config.seed},
             "git": git_state(), "fallbacks": run_fallbacks(config)}
+
+
+def split_seed(config: AblateConfig) -> int:
+    """The seed of the run's train / val / test split: ``--split-seed``, else ``--seed``."""
+    return config.split_seed if config.split_seed >= 0 else config.seed
 
 
 def run_fallbacks(config: AblateConfig) -> list[dict]:
@@ -301,9 +309,10 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
 
 
 def baselines_to_score(names: list[str], protocol) -> list[str]:
-    """The baselines asked for (bm25, a control, is always scored apart; 'none' = none) plus, under a protocol
-    that ``expand_documents``, each one's ``_expanded`` twin: the same information for every retriever."""
-    baselines = [b for b in names if b not in ("none", "bm25")]
+    """The baselines asked for (the controls, bm25 and sibling, are always scored apart; 'none' = none) plus,
+    under a protocol that ``expand_documents``, each one's ``_expanded`` twin: the same information for every
+    retriever."""
+    baselines = [b for b in names if b not in ("none", *CONTROLS)]
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise GraceError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
@@ -351,13 +360,16 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
     check_select_on(config.select_on)
     check_vision_space(config.vision_space, config.query_mix)
     check_publish_name(config.publish_name)
+    if config.group_by and config.dataset is None:
+        raise GraceError("--group-by re-splits your own --dataset; the built-in benchmarks are split by groups already")
     seed_everything(config.seed)
     stages = stages or P.REAL_STAGES
     run = Path(config.run)
     timer = P.StageTimer()
     started = time.perf_counter()
-    dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=config.seed,
-                              benchmark=config.benchmark, image_root=config.image_root, force=config.force)
+    dataset = P.stage_dataset(run, timer, dataset=config.dataset, limit=config.limit, seed=split_seed(config),
+                              benchmark=config.benchmark, image_root=config.image_root, force=config.force,
+                              group_by=config.group_by)
     sets = query_sets(dataset, max_queries=config.max_queries, select_on=config.select_on,
                       natural_queries=config.natural_queries)
     features = P.stage_features(run, dataset, config.encoder, timer,
@@ -379,9 +391,9 @@ def run_ablation(config: AblateConfig, stages: P.StageFunctions | None = None) -
                                              [query_set.split for query_set in sets], stages)
         add(scheme, run_scheme(run, scheme, dataset, artefacts[scheme], config, timer, sets, stages))
     dataset_json = RunLayout(run).dataset
-    for kind in [*baselines, "bm25"]:
+    for kind in [*baselines, *CONTROLS]:
         scored = stage_baseline(run, kind, dataset_json, dataset, timer, encoder=config.encoder, sets=sets,
-                                seed=config.seed)
+                                seed=config.seed, features=features)
         scored["test"]["train_s"] = stage_seconds(run, timer, f"build/{kind}", kind)  # training + indexing
         add(kind, scored)
     for kind in config.hybrid:

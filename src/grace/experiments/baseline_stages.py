@@ -158,6 +158,28 @@ def build_bm25(run: Path, dataset_json: Path, *, encoder: str = "", seed: int = 
     return BM25Retriever.load(BM25Retriever.from_pseudo_queries(queries, corpus, seed=seed, source=source).save(index))
 
 
+def build_sibling(run: Path, dataset, features, *, seed: int = 0, split: str = "test") -> Retriever:
+    """The no-training control over the ``split`` images: BM25 over the training images' own texts picks the
+    query's sibling, and the images nearest to it by the run's pooled image ``features`` are the answer
+    (:class:`~grace.retrieval_baselines.sibling.SiblingRetriever`), saved in RUN/baselines/sibling/index[-split]."""
+    from grace.retrieval_baselines.sibling import SiblingRetriever
+
+    built = SiblingRetriever.from_dataset(dataset, features, corpus_split=split, seed=seed,
+                                          source={"features": features.encoder})
+    return SiblingRetriever.load(built.save(RunLayout(run).baseline_index("sibling", split)))
+
+
+def features_digest(features) -> str:
+    """A short fingerprint of a FeatureSet's ids and rows (what a stage built from it depends on)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha1("\n".join(features.ids).encode())
+    digest.update(np.ascontiguousarray(np.asarray(features.array, dtype=np.float32)).tobytes())
+    return digest.hexdigest()[:16]
+
+
 BASELINES: dict[str, Callable[..., Retriever]] = {
     "clip_faiss": build_clip_faiss,
     "late_interaction": build_late_interaction,
@@ -168,14 +190,17 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
 
 
 def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, sets: list,
-                   seed: int = 0) -> dict[str, dict]:
+                   seed: int = 0, features=None) -> dict[str, dict]:
     """Build (or reuse) one baseline over each query set's corpus and evaluate it on those queries →
-    ``{set name: result}``, each written to ``RunLayout.result``."""
+    ``{set name: result}``, each written to ``RunLayout.result``. ``sibling`` is built from ``features`` (the
+    run's pooled image features), every other kind by its :data:`BASELINES` builder."""
     from grace.infer.evaluate import evaluate
     from grace.io_utils import write_json
 
-    if kind not in BASELINES:
-        raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
+    if kind not in BASELINES and kind != "sibling":
+        raise GraceError(f"unknown baseline {kind!r}; known: {sorted([*BASELINES, 'sibling'])}")
+    if kind == "sibling" and features is None:
+        raise GraceError("the sibling control is built from the run's image features: pass features=")
     out: dict[str, dict] = {}
     for split in dict.fromkeys(query_set.split for query_set in sets):
         index_dir = RunLayout(run).baseline_index(kind, split)
@@ -183,10 +208,16 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
         inputs = {"dataset": dataset_json}
         if kind.endswith("_expanded"):  # the index holds the run's pseudo-queries too
             inputs["pseudo_queries"] = RunLayout(run).pseudo_queries
-        record = stage_record({"encoder": encoder, "seed": seed, "split": split}, inputs)
+        settings = {"encoder": encoder, "seed": seed, "split": split}
+        if kind == "sibling":  # its answers are the run's image features
+            settings["features"] = features_digest(features)
+        record = stage_record(settings, inputs)
 
         def build(split=split, index_dir=index_dir, record=record) -> Retriever:  # reuses what its folder holds
-            built = BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed, split=split)
+            if kind == "sibling":
+                built = build_sibling(Path(run), dataset, features, seed=seed, split=split)
+            else:
+                built = BASELINES[kind](Path(run), Path(dataset_json), encoder=encoder, seed=seed, split=split)
             save_record(index_dir, record)
             return built
 

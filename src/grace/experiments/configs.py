@@ -17,6 +17,9 @@ DEFAULT_SCHEMES = SCHEMES[:5]
 #: protocol whose pseudo-queries are the images' own metadata (``tagged``)
 BASELINES = ("clip_faiss", "late_interaction", "clip_faiss_expanded", "late_interaction_expanded")
 DEFAULT_BASELINES = ("clip_faiss", "late_interaction")
+#: the controls every table scores beside ``random``: word matching over the pseudo-queries (bm25) and the
+#: no-training lookup of a training neighbour (sibling); a generative row must beat both
+CONTROLS = ("bm25", "sibling")
 #: baselines that can re-score generative candidates (``grace.retriever.Rescorer``): ``grace ablate --hybrid``
 HYBRID_KINDS = ("clip_faiss", "clip_faiss_expanded")
 BENCHMARKS = ("emoji", "openclipart")
@@ -79,6 +82,12 @@ class AblateConfig:
     benchmark: str = field(default="emoji", metadata={"help": "offline benchmark built into RUN/data when no dataset is given",
                                                        "choices": list(BENCHMARKS)})
     limit: int = field(default=0, metadata={"help": "images to build when the dataset is absent (0 = all)"})
+    split_seed: int = field(default=-1, metadata={
+        "help": "seed of the group-aware train/val/test split (-1: --seed); docs/protocol.md says which split seed is "
+                "held back for a recipe's final verdict"})
+    group_by: str = field(default="", metadata={
+        "help": "with --dataset: re-split it group-aware under the split seed, an entry field (e.g. author) or re:REGEX over "
+                "the file name putting images in one group (RUN/data/groups.json)"})
     encoder: str = field(default="efficientnet-lite0", metadata={"help": "image encoder for features"})
     tokenizer: str = field(default="smollm2", metadata={"help": "base tokenizer of the ids (smollm2, byte, HF id)"})
     model: str = field(default="tiny", metadata={"help": "model config (tiny, smollm2-effnet, ...)"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from grace.experiments.configs import DEFAULT_SCHEMES, AblateConfig, DemoConfig
+from grace.experiments.configs import CONTROLS, DEFAULT_SCHEMES, AblateConfig, DemoConfig
 
 #: quick: a subset of emoji (900 images: 108 held-out queries, so the intervals mean something), the
 #: structured (k-means) scheme, a CPU run of the packaged `tiny-effnet` (a randomly initialised LM) over
@@ -63,7 +63,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
     n = random["num_queries"]
     print(f"\nHeld-out test queries ({n}), Recall@K in % [95% bootstrap interval] vs the random ranking's "
           f"expectation:")
-    for scheme in [*ablate.schemes, *(b for b in [*ablate.baselines, "bm25"] if b in results)]:
+    for scheme in [*ablate.schemes, *(b for b in [*ablate.baselines, *CONTROLS] if b in results)]:
         res = results[scheme]
         parts = []
         for k in (1, 5, 10):

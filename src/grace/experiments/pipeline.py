@@ -109,24 +109,32 @@ BENCHMARK_BUILDERS: dict[str, Callable[..., Any]] = {"emoji": build_emoji, "open
 
 
 def stage_dataset(run: Path, timer: StageTimer, *, dataset: Path | None = None, limit: int = 0, seed: int = 0,
-                  benchmark: str = "emoji", image_root: Path | None = None, force: bool = False):
+                  benchmark: str = "emoji", image_root: Path | None = None, force: bool = False,
+                  group_by: str = ""):
     """RUN/data/dataset.json: the offline ``benchmark`` (emoji or openclipart) built there when no dataset is
     given; else a copy of ``dataset`` whose image paths are resolved against ``image_root`` (absolute), so
     every later stage and command reads the run's copy without an image root (its source in
-    RUN/data/source.json)."""
+    RUN/data/source.json). ``group_by`` (a field or ``re:REGEX``) re-splits that copy group-aware
+    (:func:`grace.data_process.groups.regroup_karpathy`, RUN/data/groups.json) under ``seed``."""
     layout = RunLayout(run)
     target = layout.dataset
     if dataset is not None:
         source = {"dataset": str(Path(dataset).resolve()),
                   "image_root": str(Path(image_root).resolve()) if image_root else None}
+        if group_by:
+            source |= {"group_by": group_by, "split_seed": seed}
         source_file = layout.data / "source.json"
         done = target.is_file() and source_file.is_file() and read_json(source_file) == source
 
         def copy():
-            loaded = load_karpathy(source["dataset"], source["image_root"])
-            save_karpathy(loaded, target)
+            if group_by:
+                from grace.data_process.groups import regroup_karpathy
+
+                regroup_karpathy(source["dataset"], layout.data, group_by, image_root=source["image_root"], seed=seed)
+            else:
+                save_karpathy(load_karpathy(source["dataset"], source["image_root"]), target)
             save_config(layout.data, source, name="source.json")
-            return load_karpathy(target, check_files=False)  # ``loaded`` just checked every image
+            return load_karpathy(target, check_files=False)  # the copy just checked every image
 
         return timer.run("data", done, copy, lambda: load_karpathy(target))
     if benchmark not in BENCHMARK_BUILDERS:

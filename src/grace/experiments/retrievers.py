@@ -62,6 +62,12 @@ def _bm25(path: str, **kwargs: Any) -> Retriever:
     return BM25Retriever.load(path, **kwargs)
 
 
+def _sibling(path: str, **kwargs: Any) -> Retriever:
+    from grace.retrieval_baselines.sibling import SiblingRetriever
+
+    return SiblingRetriever.load(path, **kwargs)
+
+
 def _random(path: str, **kwargs: Any) -> Retriever:
     from grace.retrieval_baselines.random import RandomRetriever
 
@@ -81,6 +87,7 @@ LOADERS: dict[str, Callable[..., Retriever]] = {
     "clip_faiss": _clip_faiss,
     "late_interaction": _late_interaction,
     "bm25": _bm25,
+    "sibling": _sibling,
     "random": _random,
     "hybrid": _hybrid,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from grace.stats import compare_to
+from grace.stats import SIGNIFICANCE, compare_to, seeds_comparison
 
 #: the order rows are ranked in on val: R@1, then R@5, then R@10 to break ties
 SELECTION_KEYS = ("recall@1", "recall@5", "recall@10")
@@ -35,16 +35,29 @@ def select_on(results: dict[str, dict], generative: Sequence[str], non_generativ
 
 
 def verdict(test: dict[str, dict], selection: dict, ks: Sequence[int], *, clusters: Sequence | None = None,
-            seed: int = 0, control: str = "bm25") -> dict:
+            seed: int = 0, controls: Sequence[str] = ("bm25", "sibling")) -> dict:
     """The chosen generative row against the chosen non-generative row, the best row of each family (dense, late
-    interaction; chosen on val too) and the lexical control, on test."""
+    interaction; chosen on val too) and the controls (lexical, sibling), on test."""
     chosen = selection.get("generative")
     out = {"generative": chosen, "selected_on": selection.get("split"), "against": {}}
     families = selection.get("families", {}).values()
-    for reference in dict.fromkeys([selection.get("non_generative"), *families, control]):
+    by_seed = (test.get(chosen, {}).get("training_seeds") or {}).get("gold_ranks") if chosen else None
+    if by_seed:
+        out["seeds"] = [int(s) for s in by_seed]
+        out["over_seeds"] = {}
+    for reference in dict.fromkeys([selection.get("non_generative"), *families, *controls]):
         if chosen and reference in test and chosen in test:
             out["against"][reference] = compare_to(test, [chosen], reference, ks, clusters=clusters, seed=seed)[chosen]
+            if by_seed:
+                out["over_seeds"][reference] = {
+                    f"R@{k}": seeds_comparison(list(by_seed.values()), test[reference]["gold_ranks"], k,
+                                               clusters=clusters, seed=seed) for k in ks}
     return out
+
+
+def significance_words(p_mcnemar: float) -> str:
+    """How a result file words a difference: significant only at McNemar p < 0.05."""
+    return "significant" if p_mcnemar < SIGNIFICANCE else "not significant"
 
 
 def verdict_markdown(result: dict, ks: Sequence[int]) -> str:
@@ -52,11 +65,27 @@ def verdict_markdown(result: dict, ks: Sequence[int]) -> str:
     if not result.get("generative") or not result["against"]:
         return ""
     k = min(ks)
-    lines = [f"\nVerdict on test ({result['generative']}, chosen on {result['selected_on']}):\n"]
+    over_seeds = result.get("over_seeds")
+    if over_seeds:
+        seeds = ", ".join(map(str, result["seeds"]))
+        lines = [(f"\nVerdict on test ({result['generative']}, chosen on {result['selected_on']}; over training seeds "
+                  f"{seeds}: ΔR@{k} mean ± sd over seeds, [95% paired bootstrap interval of each query's mean hit "
+                  f"over the seeds], then each seed's Δ and McNemar p; significant only when every seed's McNemar p "
+                  f"< {SIGNIFICANCE} on the same side):\n")]
+        for reference, comparison in over_seeds.items():
+            c = comparison[f"R@{k}"]
+            each = ", ".join(f"{100 * s['diff']:+.1f} (p {s['p_mcnemar']:.2g})" for s in c["per_seed"])
+            lines.append(f"- vs {reference}: ΔR@{k} {100 * c['diff']:+.1f} ± {100 * c['sd']:.1f} "
+                         f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] points; per seed {each}: "
+                         f"{'significant' if c['significant'] else 'not significant'}")
+        return "\n".join(lines) + "\n"
+    lines = [(f"\nVerdict on test ({result['generative']}, chosen on {result['selected_on']}; one training seed: an "
+              "anecdote until --training-seeds adds two more):\n")]
     for reference, comparison in result["against"].items():
         c = comparison[f"R@{k}"]
         floor = 1.0 / c.get("n_boot", 10_000)  # no resample crossed 0: p is below the bootstrap's resolution
         p_boot = f"<{floor:.0e}" if c["p_bootstrap"] < floor else f"{c['p_bootstrap']:.3g}"
         lines.append(f"- vs {reference}: ΔR@{k} {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
-                     f"points (paired bootstrap p {p_boot}, McNemar p {c['p_mcnemar']:.3g})")
+                     f"points (paired bootstrap p {p_boot}, McNemar p {c['p_mcnemar']:.3g}: "
+                     f"{significance_words(c['p_mcnemar'])})")
     return "\n".join(lines) + "\n"
