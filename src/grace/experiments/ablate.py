@@ -18,11 +18,11 @@ from grace.experiments.configs import BASELINES, CONTROLS, HYBRID_KINDS, SCHEMES
 from grace.experiments.hybrid import hybrid_name, stage_hybrid
 from grace.experiments.joint_space import check_vision_space
 from grace.identifiers.schemes import SchemeConfig
+from grace.infer.evaluate import DEFAULT_KS as KS
 from grace.io_utils import read_json, save_config, seed_everything, write_json
 from grace.run_layout import RunLayout
 from grace.train import TrainConfig
 
-KS = (1, 5, 10)
 #: how the table names a hybrid's candidate pool (``grace.fusion.POOLS``)
 POOL_WORDS = {"first": "the beam's", "union": "the beam's and the baseline's"}
 
@@ -159,8 +159,8 @@ def seed_spread(per_seed: dict[int, dict]) -> dict:
 def seeds_markdown(name: str, spread: dict, selected_on: str | None) -> str:
     """One line per R@K: mean ± sd over the training seeds, and each seed's value."""
     how = f"selected on {selected_on}" if selected_on else "every scheme (no selection on val)"
-    lines = [f"\nTraining seeds of `{name}` ({how}; the same ids, data and queries, seeds "
-             f"{', '.join(map(str, spread['seeds']))}):\n"]
+    seeds = ", ".join(map(str, spread["seeds"]))
+    lines = [f"\nTraining seeds of `{name}` ({how}; the same ids, data and queries, seeds {seeds}):\n"]
     for k in KS:
         s = spread[f"recall@{k}"]
         each = " / ".join(f"{100 * v:.1f}" for v in s["values"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from grace.experiments.configs import CONTROLS, DEFAULT_SCHEMES, AblateConfig, DemoConfig
+from grace.infer.evaluate import DEFAULT_KS
 
 #: quick: a subset of emoji (900 images: 108 held-out queries, so the intervals mean something), the
 #: structured (k-means) scheme, a CPU run of the packaged `tiny-effnet` (a randomly initialised LM) over
@@ -66,7 +67,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict]:
     for scheme in [*ablate.schemes, *(b for b in [*ablate.baselines, *CONTROLS] if b in results)]:
         res = results[scheme]
         parts = []
-        for k in (1, 5, 10):
+        for k in DEFAULT_KS:
             low, high = res.get(f"recall@{k}_ci", (float("nan"), float("nan")))
             parts.append(f"R@{k} {100 * res[f'recall@{k}']:.1f} [{100 * low:.1f}, {100 * high:.1f}] "
                          f"(random {100 * random['expected'][f'recall@{k}']:.1f})")

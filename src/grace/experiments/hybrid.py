@@ -13,12 +13,12 @@ from pathlib import Path
 
 from grace.errors import GraceError
 from grace.fusion import HybridConfig, HybridRetriever, fuse
+from grace.infer.evaluate import DEFAULT_KS as KS
 from grace.infer.evaluate import gold_rank
 from grace.run_layout import RunLayout
 
 #: the weights :func:`choose_weight` tries by default (0: the generative order; 1: the re-ranker's)
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-KS = (1, 5, 10)
 
 
 def hybrid_name(scheme: str, kind: str) -> str:

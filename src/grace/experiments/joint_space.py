@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from grace.errors import GraceError
+from grace.experiments.stage import Stage, ensure
 from grace.experiments.stage_record import reusable, save_record, stage_record
 from grace.io_utils import to_jsonable, write_json
 from grace.run_layout import RunLayout
@@ -79,23 +80,23 @@ def _heads_record(heads: Path, settings: dict, **inputs: Path) -> dict:
 
 
 def _image_embeddings(run: Path, heads: Path, encoder: str, seed: int) -> Path:
-    """RUN/features/joint_clip_faiss: every image's LiT embedding, rebuilt when the heads changed."""
+    """RUN/features/joint_clip_faiss: every image's LiT embedding (a :class:`Stage` on the heads' record)."""
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.features import FeatureSet
     from grace.experiments.baseline_stages import dense_image_embedding
     from grace.experiments.pipeline import features_dir
 
     layout = RunLayout(run)
-    folder = layout.features(IMAGE_FOLDER)
-    record = _heads_record(heads, {"encoder": encoder}, dataset=layout.dataset)
-    if reusable(folder, (folder / "meta.json").is_file(), record, stage="features/joint_clip_faiss"):
+
+    def build(folder: Path) -> Path:
+        dataset = load_karpathy(layout.dataset, check_files=False)
+        features = FeatureSet.load(features_dir(run, encoder))
+        dense_image_embedding(run, layout.dataset, dataset, features, encoder=encoder, seed=seed,
+                              progress=False).save(folder)
         return folder
-    dataset = load_karpathy(layout.dataset, check_files=False)
-    features = FeatureSet.load(features_dir(run, encoder))
-    dense_image_embedding(run, layout.dataset, dataset, features, encoder=encoder, seed=seed,
-                          progress=False).save(folder)
-    save_record(folder, record)
-    return folder
+
+    return ensure(Stage(f"features/{IMAGE_FOLDER}", layout.features(IMAGE_FOLDER), build, lambda folder: folder,
+                        settings={"encoder": encoder}, inputs={"heads": heads, "dataset": layout.dataset}))
 
 
 def _text_embeddings(run: Path, scheme: str, heads: Path) -> Path:

@@ -16,9 +16,8 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,13 @@ from grace.data_process.pseudo_queries import (
 )
 from grace.data_process.shards import write_shards
 from grace.errors import GraceError
+from grace.experiments.stage import StageTimer
 from grace.experiments.stage_record import reusable, save_record, stage_record
 from grace.identifiers.idmap import IdentifierMap
 from grace.identifiers.schemes import SchemeConfig, create_scheme, held_out_texts, reads_held_out_texts
 from grace.identifiers.tokenization import IdentifierTokenizer
 from grace.identifiers.trie import Trie, build_trie
-from grace.infer.evaluate import evaluate
+from grace.infer.evaluate import DEFAULT_KS, evaluate
 from grace.infer.retriever import GenerativeRetriever
 from grace.io_utils import folder_bytes, read_json, save_config, write_json
 from grace.model.config import resolve_config
@@ -54,27 +54,6 @@ from grace.run_layout import RunLayout
 from grace.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageTimer:
-    """Seconds per stage (``skipped`` when reused) — printed by the demo and the ablation."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    skipped: set[str] = field(default_factory=set)
-
-    def run(self, name: str, done: bool, fn: Callable[[], Any], load: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        if done:
-            self.skipped.add(name)
-            result = load()
-            print(f"[{name}] reused (already built)")
-        else:
-            result = fn()
-        self.seconds[name] = time.perf_counter() - t0
-        if not done:
-            print(f"[{name}] built in {self.seconds[name]:.1f} s")
-        return result
 
 
 def features_dir(run: Path, encoder: str) -> Path:
@@ -351,5 +330,5 @@ def random_baseline(dataset, query_set, *, seed: int = 0) -> dict:
     """Recall of the random ranking over the query set's corpus (+ its analytic expectation K/N)."""
     corpus = [r.image_id for r in dataset.split(query_set.split)]
     res = evaluate(RandomRetriever(corpus, seed=seed), query_set.texts, query_set.gold, progress=False)
-    res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in (1, 5, 10)}
+    res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in DEFAULT_KS}
     return res

@@ -1,0 +1,154 @@
+"""One reuse rule for every run-folder stage: a :class:`Stage` is reused only when its record matches.
+
+A stage is a name, a folder, its settings, its inputs (upstream stage folders or plain files), a build function
+and a load function. Its record, ``folder/stage.json``, holds the settings, the digest of each input (an upstream
+stage's own ``stage.json``, or the file) and a token drawn at build time, and is written last:
+
+- the stage is reused when the record is there and its settings and input digests equal the wanted ones;
+- otherwise the folder is emptied and rebuilt, and the log names what changed (or, for stages that must not be
+  silently replaced — the data, a trained model — the run stops with a one-line error naming it);
+- a rebuilt stage draws a new token, so every stage that lists it as an input sees a changed digest and is
+  rebuilt in turn: forcing one stage (``force``) rebuilds it and everything downstream of it;
+- a crash mid-build leaves no record, so the next run rebuilds the stage.
+
+The builders record their own output paths in their configs, so a stage is built in place (emptied first)
+rather than in a temporary folder renamed at the end; the record written last gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grace.errors import GraceError
+from grace.experiments.stage_record import RECORD, differences
+from grace.io_utils import file_digest, read_json, write_json
+from grace.run_layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimer:
+    """Seconds per stage (``skipped`` when reused, ``built`` in build order) — printed by the demo and the
+    ablation."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+    built: list[str] = field(default_factory=list)
+
+    def run(self, name: str, done: bool, fn: Callable[[], Any], load: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        if done:
+            self.skipped.add(name)
+            result = load()
+            print(f"[{name}] reused (already built)")
+        else:
+            self.skipped.discard(name)
+            result = fn()
+            self.built.append(name)
+        self.seconds[name] = time.perf_counter() - t0
+        if not done:
+            print(f"[{name}] built in {self.seconds[name]:.1f} s")
+        return result
+
+    @contextmanager
+    def group(self, name: str) -> Iterator[None]:
+        """Time the stages run inside as one entry ``name``: built when any of them was built, else reused."""
+        t0, before = time.perf_counter(), len(self.built)
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+        if len(self.built) > before:
+            self.skipped.discard(name)
+        else:
+            self.skipped.add(name)
+
+
+@dataclass
+class Stage:
+    """One run-folder stage. ``build(folder)`` writes the stage's outputs into ``folder`` (which does not exist
+    when it is called) and returns what ``load(folder)`` would; ``inputs`` name upstream stage folders (their
+    ``stage.json`` is what is digested) or files. ``on_change="error"`` stops the run instead of rebuilding."""
+
+    name: str
+    folder: Path
+    build: Callable[[Path], Any]
+    load: Callable[[Path], Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Path] = field(default_factory=dict)
+    on_change: str = "rebuild"
+
+    def wanted(self) -> dict:
+        """The record this stage would have if built now (without its build token)."""
+        return {"settings": dict(self.settings), "inputs": {k: input_digest(p) for k, p in self.inputs.items()}}
+
+
+def input_digest(path: Path) -> str:
+    """An upstream stage's record digest (its folder's ``stage.json``), or the digest of a plain file; a missing
+    input is an error naming it (the stage that makes it has not run)."""
+    path = Path(path)
+    record = path / RECORD if path.is_dir() else path
+    if not record.is_file():
+        raise GraceError(f"{path}: a stage's input is missing (its stage has not been built)")
+    return file_digest(record)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether stage ``name`` is named by one of ``patterns`` (itself, or a stage under it: ``build/clip_faiss``
+    names ``build/clip_faiss/heads``; ``all`` names every stage)."""
+    return any(p == "all" or name == p or name.startswith(p.rstrip("/") + "/") for p in patterns)
+
+
+def ensure(stage: Stage, *, timer: StageTimer | None = None, force: Iterable[str] = ()) -> Any:
+    """Reuse ``stage`` when its record matches and it is not forced, else (re)build it; returns what its
+    build or load function returns."""
+    timer = timer or StageTimer()
+    want = stage.wanted()
+    path = stage.folder / RECORD
+    found = differences(read_json(path) if path.is_file() else None, want)
+    forced = matches(stage.name, force)
+    if found and path.is_file() and stage.on_change == "error" and not forced:
+        raise GraceError(f"{stage.folder} ({stage.name}) was built from something else: {'; '.join(found)}. "
+                         "Use another --run folder, or force it to rebuild it and everything after it")
+    if found and path.is_file():
+        print(f"[{stage.name}] stale ({'; '.join(found)}): rebuilding")
+    elif forced and not found:
+        print(f"[{stage.name}] forced: rebuilding")
+
+    def build() -> Any:
+        shutil.rmtree(stage.folder, ignore_errors=True)
+        stage.folder.parent.mkdir(parents=True, exist_ok=True)
+        built = stage.build(stage.folder)
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**want, "built": uuid.uuid4().hex})  # last: a crash before this leaves no record
+        return built
+
+    return timer.run(stage.name, not found and not forced, build, lambda: stage.load(stage.folder))
+
+
+@dataclass
+class RunContext:
+    """What every stage of one run shares, passed once: the run folder (and its :class:`RunLayout`), the timer,
+    the seed, the progress flag, the device, and the stages to rebuild whatever their records say (``force``)."""
+
+    run: Path
+    timer: StageTimer = field(default_factory=StageTimer)
+    seed: int = 0
+    progress: bool = True
+    device: str = "auto"
+    force: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.run = Path(self.run)
+        self.layout = RunLayout(self.run)
+
+    def stage(self, stage: Stage) -> Any:
+        """:func:`ensure` ``stage`` with this run's timer and forced stages."""
+        return ensure(stage, timer=self.timer, force=self.force)
