@@ -53,8 +53,11 @@ def rows_of(result: dict) -> list[tuple[str, str]]:
     rows += [(LABELS.get(dense, dense), dense), ("CLIP-FAISS", "clip_faiss"), (LABELS.get(late, late), late),
              ("sibling: no training (control)", "sibling"), ("BM25 over the same pseudo-queries (control)", "bm25"),
              ("random", "random")]
-    seen: set[str] = set()
-    return [(label, name) for label, name in rows if name in result and not (name in seen or seen.add(name))]
+    labels: dict[str, str] = {}
+    for label, name in rows:
+        if name in result:
+            labels.setdefault(name, label)  # a row named twice (the chosen dense row is also itself) once
+    return [(label, name) for name, label in labels.items()]
 
 
 def verdict_line(result: dict, key: str, against: str) -> str:
@@ -66,26 +69,19 @@ def verdict_line(result: dict, key: str, against: str) -> str:
 
 def render(results: dict[str, dict]) -> str:
     """The markdown block (table, then the verdict lines over seeds) for ``{benchmark: best.json}``."""
-    first = next(iter(results.values()))
-    header = "| row | " + " | ".join(f"{title} test R@1 | natural val R@1" for key, title in BENCHMARKS
-                                      if key in results) + " |"
-    lines = [header, "|---|" + "---|---|" * len(results)]
-    for label, name in rows_of(first):
+    present = [(results[key], title) for key, title in BENCHMARKS if key in results]
+    header = "| row | " + " | ".join(f"{title} test R@1 | natural val R@1" for _, title in present) + " |"
+    lines = [header, "|---|" + "---|---|" * len(present)]
+    for label, name in rows_of(present[0][0]):
         cells = []
-        for key, _ in BENCHMARKS:
-            if key not in results:
-                continue
-            result = results[key]
+        for result, _ in present:
             natural = result.get("query_sets", {}).get("val-natural", {}).get(name)
             cells += [test_cell(result[name]) if name in result else "", _pct(natural["recall@1"]) if natural else ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     note = ("Test R@1 in %: mean ± sd over the training seeds for the generative and hybrid rows, else [95% "
             "bootstrap interval]; natural val: the hand-written val queries (seed 0).")
     lines += ["", note, ""]
-    for key, title in BENCHMARKS:
-        if key not in results:
-            continue
-        result = results[key]
+    for result, title in present:
         dense = result["selection"]["non_generative"]
         parts = [f"generative − dense {verdict_line(result, 'verdict', dense)}"]
         if "verdict_hybrid" in result:

@@ -11,7 +11,7 @@ from pathlib import Path
 from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
 from grace.experiments.pipeline import features_dir
-from grace.experiments.stage import RunContext, Stage, StageTimer, ensure
+from grace.experiments.stage import RunContext, Stage, ensure
 from grace.io_utils import folder_bytes, read_json, write_json
 from grace.retriever import Retriever
 from grace.run_layout import RunLayout, split_suffix
@@ -40,10 +40,9 @@ def heads_stage(run: Path, dataset_json: Path, *, encoder: str, seed: int, progr
                  settings={"encoder": encoder, "seed": seed}, inputs={"dataset": dataset_json})
 
 
-def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool,
-              timer: StageTimer | None = None) -> Path:
+def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool) -> Path:
     """The LiT heads' folder (:func:`heads_stage`, built or reused)."""
-    return ensure(heads_stage(run, dataset_json, encoder=encoder, seed=seed, progress=progress), timer=timer)
+    return ensure(heads_stage(run, dataset_json, encoder=encoder, seed=seed, progress=progress))
 
 
 def _clip_faiss_features(ctx: RunContext, dataset_json: Path, *, encoder: str, split: str) -> Path:
@@ -65,7 +64,7 @@ def _clip_faiss_features(ctx: RunContext, dataset_json: Path, *, encoder: str, s
 
 
 def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, encoder: str, seed: int = 0,
-                          progress: bool = True, timer: StageTimer | None = None):
+                          progress: bool = True):
     """The dense retriever's image embedding of every image (LiT's image head over the run's image features:
     the space CLIP-FAISS searches), as a FeatureSet in dataset order, for ids that live in that space (``rq``
     with ``embedding: clip_faiss``). Trains the LiT heads on the train pairs first when the run has none."""
@@ -75,7 +74,7 @@ def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, e
     from grace.data_process.features import FeatureSet
     from grace.retrieval_baselines.clip_faiss.heads import LitHeads
 
-    heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress, timer=timer)
+    heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress)
     ids = [r.image_id for r in dataset.images]
     base = np.asarray(features.rows(ids), dtype=np.float32)
     if base.ndim == 3:  # token features: LiT's heads read the pooled vector
