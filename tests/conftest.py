@@ -34,3 +34,11 @@ def shared_tiny_dataset(tmp_path_factory):
     from grace.data_process.synthetic import build_synthetic
 
     return build_synthetic(tmp_path_factory.mktemp("shared") / "data", n_images=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_with_val(tmp_path_factory):
+    """24 synthetic images: 4 test, 4 val (choices are made on it), 16 train (do not modify it)."""
+    from grace.data_process.synthetic import build_synthetic
+
+    return build_synthetic(tmp_path_factory.mktemp("with_val") / "data", n_images=24, val_every=5)

@@ -52,7 +52,7 @@ def test_fallback_bf16_on_cpu_reaches_the_training_metrics(tmp_path):
 
 
 def test_fallbacks_of_evaluation_and_of_each_training_reach_the_ablation_provenance(tmp_path):
-    from grace.experiments.ablate import run_fallbacks
+    from grace.experiments.ablation_report import run_fallbacks
     from grace.experiments.configs import AblateConfig
 
     record_fallback("late-interaction search", "plaid", "exact", "no PLAID index")

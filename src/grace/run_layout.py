@@ -1,7 +1,7 @@
 """The run folder: every path that ``grace ablate`` / ``grace demo`` write and ``grace search``, ``serve`` and
 ``eval`` read, in one place (docs/DESIGN.md, "Run layout").
 
-    RUN/data/dataset.json, pseudo_queries.json     RUN/features/<encoder>
+    RUN/data/dataset.json   RUN/pseudo_queries/pseudo_queries.json   RUN/features/<encoder>
     RUN/ids/<scheme>    RUN/trie/<scheme>[-<split>]  RUN/shards/<scheme>
     RUN/ckpt/<name>/export                         RUN/baselines/<kind>/index[-<split>]
     RUN/hybrid/<scheme>+<kind>                     RUN/results/[<query set>/]<row>.json
@@ -41,7 +41,8 @@ class RunLayout:
 
     @property
     def pseudo_queries(self) -> Path:
-        return self.data / "pseudo_queries.json"
+        """RUN/pseudo_queries/pseudo_queries.json (its provenance and any generator's state beside it)."""
+        return self.root / "pseudo_queries" / "pseudo_queries.json"
 
     def features(self, encoder_folder: str) -> Path:
         """RUN/features/<encoder_folder> (the encoder's folder-safe name, ``data_process.features.encoder_folder``)."""

@@ -95,12 +95,14 @@ def test_stage_commands_take_image_root(tmp_path, capsys):
 
 
 def test_ablate_keeps_a_resolved_copy_of_the_dataset(tmp_path):
-    from grace.experiments.pipeline import StageTimer, stage_dataset
+    from grace.experiments.pipeline import stage_dataset
+    from grace.experiments.stage import RunContext
 
     json_path, root = _write_karpathy(tmp_path, coco=True)
     run = tmp_path / "run"
-    timer = StageTimer()
-    dataset = stage_dataset(run, timer, dataset=json_path, image_root=root)
+    ctx = RunContext(run)
+    timer = ctx.timer
+    dataset = stage_dataset(ctx, dataset=json_path, image_root=root)
     copy = run / "data" / "dataset.json"
     assert copy.is_file() and "data" not in timer.skipped
     reloaded = load_karpathy(copy)  # no image root needed any more
@@ -109,10 +111,10 @@ def test_ablate_keeps_a_resolved_copy_of_the_dataset(tmp_path):
     assert reloaded.images[0].meta["cocoid"] == 391895 and reloaded.split_counts() == dataset.split_counts()
     source = json.loads((run / "data" / "source.json").read_text())
     assert source == {"dataset": str(json_path.resolve()), "image_root": str(root.resolve())}
-    stage_dataset(run, timer, dataset=json_path, image_root=root)
+    stage_dataset(ctx, dataset=json_path, image_root=root)
     assert "data" in timer.skipped  # same source: reused
     moved = tmp_path / "moved"
     root.rename(moved)
-    again = StageTimer()
-    assert stage_dataset(run, again, dataset=json_path, image_root=moved).images[0].path.is_relative_to(moved)
-    assert "data" not in again.skipped  # a new image root: copied again
+    again = RunContext(run)
+    assert stage_dataset(again, dataset=json_path, image_root=moved).images[0].path.is_relative_to(moved)
+    assert "data" not in again.timer.skipped  # a new image root: copied again

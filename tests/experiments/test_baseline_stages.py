@@ -7,7 +7,7 @@ import json
 
 from grace.experiments.baseline_stages import stage_baseline
 from grace.experiments.query_sets import split_queries
-from grace.experiments.stage import StageTimer
+from grace.experiments.stage import RunContext
 
 DENSE = ["build/clip_faiss/heads", "build/clip_faiss/features", "build/clip_faiss/index"]
 
@@ -17,9 +17,10 @@ def test_a_changed_seed_rebuilds_heads_features_and_index(shared_tiny_dataset, t
     sets = [split_queries(shared_tiny_dataset)]
 
     def run(seed, force=()):
-        timer = StageTimer()
-        result = stage_baseline(tmp_path, "clip_faiss", dataset_json, shared_tiny_dataset, timer,
-                                encoder="efficientnet-lite0", sets=sets, seed=seed, force=force)["test"]
+        ctx = RunContext(tmp_path, seed=seed, force=force)
+        timer = ctx.timer
+        result = stage_baseline(ctx, "clip_faiss", dataset_json, shared_tiny_dataset, encoder="efficientnet-lite0",
+                                sets=sets)["test"]
         timer.built = [name for name in timer.built if name.startswith("build/")]  # not the evaluations
         return timer, result
 
@@ -50,10 +51,10 @@ def test_the_sibling_control_is_a_registered_baseline_reused_until_the_features_
     sets = [split_queries(shared_tiny_dataset)]
 
     def run(features):
-        timer = StageTimer()
-        stage_baseline(tmp_path, "sibling", dataset_json, shared_tiny_dataset, timer, encoder="random", sets=sets,
+        ctx = RunContext(tmp_path)
+        stage_baseline(ctx, "sibling", dataset_json, shared_tiny_dataset, encoder="random", sets=sets,
                        features=features)
-        return [name for name in timer.built if name.startswith("build/")]
+        return [name for name in ctx.timer.built if name.startswith("build/")]
 
     assert run(features) == ["build/sibling/index"]
     assert run(features) == []  # reused: loaded, not rebuilt

@@ -75,18 +75,32 @@ def test_a_stage_killed_mid_build_is_rebuilt_on_the_next_run(tmp_path):
     assert run_chain(tmp_path, RunContext(tmp_path)) == (["count"], "4")  # upper was finished: reused
 
 
-def test_a_stage_that_must_not_be_replaced_stops_the_run_naming_the_difference(tmp_path):
-    def stage(limit):
-        return Stage("data", tmp_path / "data", lambda f: f.mkdir(parents=True), lambda f: None,
-                     settings={"limit": limit}, on_change="error")
+def test_a_resumable_stage_continues_an_interrupted_build_made_for_the_same_record(tmp_path):
+    calls = []
 
-    ensure(stage(5))
-    record = json.loads((tmp_path / "data" / "stage.json").read_text())
-    assert record["settings"] == {"limit": 5} and len(record["built"]) == 32
-    with pytest.raises(GraceError, match=r"\(data\) was built from something else: limit=5, now 6"):
-        ensure(stage(6))
-    ensure(stage(6), force=("data",))  # forcing it is the way through
-    assert json.loads((tmp_path / "data" / "stage.json").read_text())["settings"] == {"limit": 6}
+    def stage(steps, crash=False):
+        def build(folder):
+            done = sorted(p.name for p in folder.iterdir() if p.name.startswith("step"))
+            calls.append(done)
+            for step in range(len(done), steps):
+                if crash and step == 2:
+                    raise RuntimeError("killed mid-build")
+                (folder / f"step{step}").write_text("")
+            return steps
+        return Stage("train", tmp_path / "train", build, lambda f: steps, settings={"steps": steps, "out": tmp_path},
+                     resumable=True)
+
+    with pytest.raises(RuntimeError):
+        ensure(stage(4, crash=True))
+    assert ensure(stage(4)) == 4 and calls[-1] == ["step0", "step1"]  # resumed from the two finished steps
+    record = json.loads((tmp_path / "train" / "stage.json").read_text())
+    assert record["settings"] == {"steps": 4, "out": str(tmp_path)} and len(record["built"]) == 32
+    assert not (tmp_path / "train" / "stage.building.json").exists()
+    with pytest.raises(RuntimeError):
+        ensure(stage(6, crash=True), force=("train",))  # forced: from scratch
+    assert calls[-1] == []
+    ensure(stage(5))  # interrupted for another record (steps 6): started again, not resumed
+    assert calls[-1] == [] and ensure(stage(5)) == 5 and len(calls) == 4
 
 
 def test_a_missing_input_names_the_stage_that_has_not_run(tmp_path):

@@ -21,11 +21,3 @@ def small_run(tmp_path_factory):
                               baselines=["clip_faiss"], model="tiny-effnet", tokenizer="byte", hybrid=["clip_faiss"],
                               hybrid_depth=10))
     return root / "run", dataset_json
-
-
-@pytest.fixture(scope="session")
-def tiny_with_val(tmp_path_factory):
-    """24 synthetic images: 4 test, 4 val (choices are made on it), 16 train (do not modify it)."""
-    from grace.data_process.synthetic import build_synthetic
-
-    return build_synthetic(tmp_path_factory.mktemp("with_val") / "data", n_images=24, val_every=5)

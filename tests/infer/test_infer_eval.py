@@ -69,7 +69,7 @@ def test_generative_retriever_returns_distinct_valid_images():
 
 
 def _run(cmd):
-    env = dict(os.environ, PYTHONPATH=str(HERE), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]), OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, check=False, cwd=HERE, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -176,10 +176,11 @@ def test_trust_image_paths_outside_the_image_root_are_refused(tmp_path, escape):
 def test_trust_a_runs_dataset_copy_serves_images_from_its_source_root(shared_tiny_dataset, tmp_path):
     """``grace ablate --dataset`` keeps the images where they are (absolute paths in RUN/data/dataset.json);
     their source root, in RUN/data/source.json, is the one they may lie under."""
-    from grace.experiments.pipeline import StageTimer, stage_dataset
+    from grace.experiments.pipeline import stage_dataset
+    from grace.experiments.stage import RunContext
     from grace.infer.search import corpus_files
 
     source = shared_tiny_dataset.root.parent / "dataset.json"
-    stage_dataset(tmp_path, StageTimer(), dataset=source)
+    stage_dataset(RunContext(tmp_path), dataset=source)
     files, _ = corpus_files(tmp_path / "data" / "dataset.json")
     assert files and all(p.is_relative_to(shared_tiny_dataset.root.resolve()) for p in files.values())

@@ -11,7 +11,7 @@ from pathlib import Path
 from grace.data_process.dataset import load_karpathy
 from grace.errors import GraceError
 from grace.experiments.pipeline import features_dir
-from grace.experiments.stage import RunContext, Stage, ensure
+from grace.experiments.stage import RunContext, Stage
 from grace.io_utils import folder_bytes, read_json, write_json
 from grace.retriever import Retriever
 from grace.run_layout import RunLayout, split_suffix
@@ -40,9 +40,9 @@ def heads_stage(run: Path, dataset_json: Path, *, encoder: str, seed: int, progr
                  settings={"encoder": encoder, "seed": seed}, inputs={"dataset": dataset_json})
 
 
-def lit_heads(run: Path, dataset_json: Path, *, encoder: str, seed: int, progress: bool) -> Path:
+def lit_heads(ctx: RunContext, dataset_json: Path, *, encoder: str) -> Path:
     """The LiT heads' folder (:func:`heads_stage`, built or reused)."""
-    return ensure(heads_stage(run, dataset_json, encoder=encoder, seed=seed, progress=progress))
+    return ctx.stage(heads_stage(ctx.run, dataset_json, encoder=encoder, seed=ctx.seed, progress=ctx.progress))
 
 
 def _clip_faiss_features(ctx: RunContext, dataset_json: Path, *, encoder: str, split: str) -> Path:
@@ -50,7 +50,7 @@ def _clip_faiss_features(ctx: RunContext, dataset_json: Path, *, encoder: str, s
     from grace.retrieval_baselines.clip_faiss.configs import ExtractConfig
     from grace.retrieval_baselines.clip_faiss.extract import extract_chunk, merge_chunks
 
-    heads = ctx.stage(heads_stage(ctx.run, dataset_json, encoder=encoder, seed=ctx.seed, progress=ctx.progress))
+    heads = lit_heads(ctx, dataset_json, encoder=encoder)
 
     def build(folder: Path) -> Path:
         extract_chunk(ExtractConfig(source=dataset_json, out=folder, model=f"lit:{heads}", split=split,
@@ -63,8 +63,7 @@ def _clip_faiss_features(ctx: RunContext, dataset_json: Path, *, encoder: str, s
                            settings={"split": split}, inputs={"heads": heads, "dataset": dataset_json}))
 
 
-def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, encoder: str, seed: int = 0,
-                          progress: bool = True):
+def dense_image_embedding(ctx: RunContext, dataset_json: Path, dataset, features, *, encoder: str):
     """The dense retriever's image embedding of every image (LiT's image head over the run's image features:
     the space CLIP-FAISS searches), as a FeatureSet in dataset order, for ids that live in that space (``rq``
     with ``embedding: clip_faiss``). Trains the LiT heads on the train pairs first when the run has none."""
@@ -74,7 +73,7 @@ def dense_image_embedding(run: Path, dataset_json: Path, dataset, features, *, e
     from grace.data_process.features import FeatureSet
     from grace.retrieval_baselines.clip_faiss.heads import LitHeads
 
-    heads = lit_heads(run, dataset_json, encoder=encoder, seed=seed, progress=progress)
+    heads = lit_heads(ctx, dataset_json, encoder=encoder)
     ids = [r.image_id for r in dataset.images]
     base = np.asarray(features.rows(ids), dtype=np.float32)
     if base.ndim == 3:  # token features: LiT's heads read the pooled vector
@@ -182,19 +181,19 @@ def build_late_interaction_expanded(ctx: RunContext, dataset_json: Path, dataset
 
 
 def run_pseudo_queries(run: Path, dataset, split: str) -> tuple[dict[str, list[str]], dict]:
-    """The run's pseudo-queries (RUN/data/pseudo_queries.json, checked against ``dataset``) and a record of
+    """The run's pseudo-queries (RUN/pseudo_queries/pseudo_queries.json, checked against ``dataset``) and a record of
     where they came from, for the baselines that read them (``source``: file, digest, protocol, generator,
     split)."""
     from grace.data_process.pseudo_queries import load_pseudo_queries
 
     queries, provenance = load_pseudo_queries(RunLayout(run).pseudo_queries, dataset)
-    return queries, {"pseudo_queries": "data/pseudo_queries.json", "digest": provenance["digest"],
+    return queries, {"pseudo_queries": "pseudo_queries/pseudo_queries.json", "digest": provenance["digest"],
                      "protocol": provenance["protocol"], "generator": provenance["generator"], "split": split}
 
 
 def build_bm25(ctx: RunContext, dataset_json: Path, dataset=None, features=None, *, encoder: str = "",
                split: str = "test") -> Retriever:
-    """The lexical control: BM25 over the run's pseudo-queries (RUN/data/pseudo_queries.json), one document per
+    """The lexical control: BM25 over the run's pseudo-queries (RUN/pseudo_queries/pseudo_queries.json), one document per
     ``split`` image; rebuilt when those pseudo-queries changed."""
     from grace.retrieval_baselines.lexical.bm25 import BM25Retriever
 
@@ -253,8 +252,8 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
 }
 
 
-def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, encoder: str, sets: list,
-                   seed: int = 0, features=None, force: tuple[str, ...] = ()) -> dict[str, dict]:
+def stage_baseline(ctx: RunContext, kind: str, dataset_json: Path, dataset, *, encoder: str, sets: list,
+                   features=None) -> dict[str, dict]:
     """Build (or reuse) one baseline over each query set's corpus and evaluate it on those queries →
     ``{set name: result}``, each written to ``RunLayout.result``. ``features``: the run's image features (the
     sibling control's answers)."""
@@ -262,7 +261,7 @@ def stage_baseline(run: Path, kind: str, dataset_json: Path, dataset, timer, *, 
 
     if kind not in BASELINES:
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
-    ctx = RunContext(Path(run), timer, seed=seed, force=force)
+    timer = ctx.timer
     out: dict[str, dict] = {}
     for split in dict.fromkeys(query_set.split for query_set in sets):
         with timer.group(f"build/{kind}" if split == "test" else f"build/{kind}/{split}"):

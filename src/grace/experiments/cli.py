@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 
@@ -84,6 +85,13 @@ def _add_retriever_flag(parser: argparse.ArgumentParser, help_text: str) -> None
                         help=help_text)
 
 
+class _ForceAction(argparse.Action):
+    """``--force [STAGE ...]``: the stages named, or every stage (``all``) when the flag stands alone."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, list(values) or ["all"])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the experiment floor's subcommands (dataclasses imported lazily for their flags)."""
     from grace.config import add_command
@@ -99,7 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "serve", ServeConfig, _serve, conflict_handler="resolve",
                     help="web page + JSON API over a run's retrievers (FastAPI, uvicorn)")
     _add_retriever_flag(p, "KIND:PATH of a retriever, repeatable (default: every retriever of --run)")
-    add_command(subparsers, "ablate", AblateConfig, _ablate,
-                help="identifier schemes: ids → shards → trie → train → eval, one table")
+    p = add_command(subparsers, "ablate", AblateConfig, _ablate, conflict_handler="resolve",
+                    help="identifier schemes: ids → shards → trie → train → eval, one table")
+    p.add_argument("--force", dest="force", nargs="*", action=_ForceAction, default=argparse.SUPPRESS,
+                   metavar="STAGE", help={f.name: f for f in dataclasses.fields(AblateConfig)}["force"].metadata["help"])
     add_command(subparsers, "demo", DemoConfig, _demo,
                 help="the whole pipeline on the embedded emoji benchmark (--quick on CPU)")

@@ -140,13 +140,22 @@ class AblateConfig:
         "help": "more training seeds for the generative row selected on val (every scheme under --select-on none): "
                 "retrained on the same ids, data and queries and scored on test; the table gives each seed's recall "
                 "and their mean and sd with --seed's"})
-    force: bool = field(default=False, metadata={"help": "rebuild artefacts even when present"})
+    force: list[str] = field(default_factory=list, metadata={
+        "help": "stages to rebuild, with everything downstream of them, whatever their records say: data, features, "
+                "pseudo-queries, ids/<scheme>, shards/<scheme>, trie/<scheme>, train/<name>, build/<baseline>[/<part>] "
+                "(a prefix names the stages under it; --force alone or 'all': every stage)"})
     publish: Path | None = field(default=None, metadata={
         "help": "also write the table, JSON and plot as DIR/<benchmark>-<model>-<protocol>.{md,json,png} with the command, "
                 "machine and wall time (e.g. docs/results)"})
     publish_name: str = field(default="", metadata={
         "help": "the published files' name after <benchmark>- (e.g. best: DIR/<benchmark>-best.{md,json,png}); "
                 "default <model>-<protocol>[-<space>-space]"})
+
+
+def split_seed(config: AblateConfig) -> int:
+    """The seed of the run's train / val / test split: ``--split-seed``, else ``--seed``."""
+    return config.split_seed if config.split_seed >= 0 else config.seed
+
 
 
 @dataclass

@@ -104,11 +104,13 @@ def _run_eval(config: EvalConfig, world: int, rank: int) -> dict[str, dict]:
 
 def check_protocol(name: str, dataset_json: Path) -> str:
     """The protocol of an evaluation: a known name, and — when the dataset sits in a run folder whose
-    pseudo-queries record one (RUN/data/pseudo_queries.config.json) — the same one."""
+    pseudo-queries record one (RUN/pseudo_queries/pseudo_queries.config.json) — the same one."""
     from grace.data_process.protocol import get_protocol
+    from grace.data_process.pseudo_queries import config_path
+    from grace.run_layout import RunLayout
 
     protocol = get_protocol(name).name
-    made = dataset_json.parent / "pseudo_queries.config.json"
+    made = config_path(RunLayout(dataset_json.parent.parent).pseudo_queries)
     if made.is_file():
         built = read_json(made).get("protocol")
         if built and built != protocol:

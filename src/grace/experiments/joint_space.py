@@ -11,7 +11,8 @@ same embedding (``--scheme-overrides embedding=clip_faiss``) a query and its ima
 What this writes (each folder with the ``stage.json`` it was built from):
 ``RUN/features/joint_clip_faiss`` (the images' LiT embeddings: the training run's ``features_cache``),
 ``RUN/features/joint_clip_faiss_texts`` (every t2id text's LiT embedding: ``t2id_media``) and
-``RUN/ckpt/<name>/model_config.json`` (the model config reading one ``dim``-wide token per row).
+``RUN/ckpt/<name>.model_config.json`` (the model config reading one ``dim``-wide token per row, beside the
+training's folder: an input of its stage).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import dataclasses
 from pathlib import Path
 
 from grace.errors import GraceError
-from grace.experiments.stage import Stage, ensure
-from grace.experiments.stage_record import reusable, save_record, stage_record
+from grace.experiments.stage import RunContext, Stage
 from grace.io_utils import to_jsonable, write_json
-from grace.run_layout import RunLayout
 
 VISION_SPACES = ("features", "clip_faiss")
 IMAGE_FOLDER = "joint_clip_faiss"
@@ -41,7 +40,7 @@ def check_vision_space(vision_space: str, query_mix: float) -> None:
                          "--vision-space clip_faiss")
 
 
-def joint_space_values(run: Path, scheme: str, *, encoder: str, seed: int, model: str, query_mix: float,
+def joint_space_values(ctx: RunContext, scheme: str, *, encoder: str, model: str, query_mix: float,
                        name: str) -> dict:
     """The ``grace train`` values that put ``scheme``'s generator (trained into RUN/ckpt/<name>) in CLIP-FAISS's
     LiT space: ``features_cache``, ``t2id_media``, ``t2id_media_mix`` and ``model``. Trains the LiT heads on the
@@ -49,12 +48,11 @@ def joint_space_values(run: Path, scheme: str, *, encoder: str, seed: int, model
     from grace.data_process.features import FeatureSet
     from grace.experiments.baseline_stages import lit_heads
 
-    layout = RunLayout(run)
-    heads = lit_heads(run, layout.dataset, encoder=encoder, seed=seed, progress=False)
-    images = _image_embeddings(run, heads, encoder, seed)
-    texts = _text_embeddings(run, scheme, heads)
+    heads = lit_heads(ctx, ctx.layout.dataset, encoder=encoder)
+    images = _image_embeddings(ctx, heads, encoder)
+    texts = _text_embeddings(ctx, scheme, heads)
     dim = int(FeatureSet.load(images).array.shape[1])
-    model_json = layout.ckpt(name) / "model_config.json"
+    model_json = ctx.layout.ckpt(name).with_name(f"{name}.model_config.json")
     write_json(model_json, joint_model_config(model, dim))
     return {"features_cache": str(images), "t2id_media": str(texts), "t2id_media_mix": query_mix,
             "model": str(model_json)}
@@ -72,55 +70,39 @@ def joint_model_config(model: str, dim: int) -> dict:
     return values
 
 
-def _heads_record(heads: Path, settings: dict, **inputs: Path) -> dict:
-    """A stage record over the LiT heads' files (and ``inputs``): a retrained head rebuilds what it embedded."""
-    from grace.retrieval_baselines.clip_faiss.heads import WEIGHTS_NAME
-
-    return stage_record(settings, {"heads": heads / WEIGHTS_NAME, "heads_config": heads / "config.json", **inputs})
-
-
-def _image_embeddings(run: Path, heads: Path, encoder: str, seed: int) -> Path:
+def _image_embeddings(ctx: RunContext, heads: Path, encoder: str) -> Path:
     """RUN/features/joint_clip_faiss: every image's LiT embedding (a :class:`Stage` on the heads' record)."""
     from grace.data_process.dataset import load_karpathy
     from grace.data_process.features import FeatureSet
     from grace.experiments.baseline_stages import dense_image_embedding
     from grace.experiments.pipeline import features_dir
 
-    layout = RunLayout(run)
-
     def build(folder: Path) -> Path:
-        dataset = load_karpathy(layout.dataset, check_files=False)
-        features = FeatureSet.load(features_dir(run, encoder))
-        dense_image_embedding(run, layout.dataset, dataset, features, encoder=encoder, seed=seed,
-                              progress=False).save(folder)
+        dataset = load_karpathy(ctx.layout.dataset, check_files=False)
+        features = FeatureSet.load(features_dir(ctx.run, encoder))
+        dense_image_embedding(ctx, ctx.layout.dataset, dataset, features, encoder=encoder).save(folder)
         return folder
 
-    return ensure(Stage(f"features/{IMAGE_FOLDER}", layout.features(IMAGE_FOLDER), build, lambda folder: folder,
-                        settings={"encoder": encoder}, inputs={"heads": heads, "dataset": layout.dataset}))
+    return ctx.stage(Stage(f"features/{IMAGE_FOLDER}", ctx.layout.features(IMAGE_FOLDER), build, lambda f: f,
+                           settings={"encoder": encoder}, inputs={"heads": heads, "dataset": ctx.layout.dataset}))
 
 
-def _text_embeddings(run: Path, scheme: str, heads: Path) -> Path:
-    """RUN/features/joint_clip_faiss_texts: the LiT embedding of every t2id text of ``scheme``'s shards (and of
-    every text embedded before: schemes share their texts), keyed by text; rebuilt when the heads changed."""
+def _text_embeddings(ctx: RunContext, scheme: str, heads: Path) -> Path:
+    """RUN/features/joint_clip_faiss_texts: the LiT embedding of every t2id text of ``scheme``'s shards, keyed by
+    text (the t2id texts are the train captions and the held-out images' pseudo-queries, whatever the scheme:
+    one stage over the dataset, the pseudo-queries and the heads serves every scheme)."""
     import numpy as np
 
     from grace.data_process.features import FeatureSet
     from grace.retrieval_baselines.clip_faiss.dual_encoder import LitDualEncoder
     from grace.train.data import load_samples
 
-    layout = RunLayout(run)
-    folder = layout.features(TEXT_FOLDER)
-    record = _heads_record(heads, {})
-    wanted = sorted({s.text for s in load_samples(layout.shards(scheme), "t2id", keep_images=False)})
-    cached = None
-    if reusable(folder, (folder / "meta.json").is_file(), record, stage="features/joint_clip_faiss_texts"):
-        cached = FeatureSet.load(folder, mmap=False)
-        if set(wanted) <= set(cached.ids):
-            return folder
-    new = sorted(set(wanted) - set(cached.ids if cached else ()))
-    embedded = LitDualEncoder(heads).encode_texts(new).astype(np.float32)
-    ids = [*(cached.ids if cached else ()), *new]
-    array = np.concatenate([np.asarray(cached.array), embedded]) if cached else embedded
-    FeatureSet(ids, array, f"lit:{heads}").save(folder)
-    save_record(folder, record)
-    return folder
+    def build(folder: Path) -> Path:
+        texts = sorted({s.text for s in load_samples(ctx.layout.shards(scheme), "t2id", keep_images=False)})
+        embedded = LitDualEncoder(heads).encode_texts(texts).astype(np.float32)
+        FeatureSet(texts, embedded, f"lit:{heads}").save(folder)
+        return folder
+
+    return ctx.stage(Stage(f"features/{TEXT_FOLDER}", ctx.layout.features(TEXT_FOLDER), build, lambda f: f,
+                           inputs={"heads": heads, "dataset": ctx.layout.dataset,
+                                   "pseudo_queries": ctx.layout.pseudo_queries.parent}))

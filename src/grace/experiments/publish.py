@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from grace.errors import GraceError
-from grace.experiments import pipeline as P
 from grace.experiments.configs import AblateConfig
+from grace.experiments.stage import StageTimer
 from grace.io_utils import write_json
 from grace.run_layout import RunLayout
 
@@ -20,7 +20,7 @@ def check_publish_name(name: str) -> None:
         raise GraceError(f"--publish-name {name!r} must be a plain file name (e.g. best)")
 
 
-def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: P.StageTimer) -> list[Path]:
+def publish(run: Path, config: AblateConfig, tables: str, wall_s: float, timer: StageTimer) -> list[Path]:
     """Copy the ablation to ``config.publish/<benchmark>-<model>.{md,json,png}`` with its provenance."""
     import shlex
     import shutil

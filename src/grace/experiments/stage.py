@@ -5,11 +5,12 @@ and a load function. Its record, ``folder/stage.json``, holds the settings, the 
 stage's own ``stage.json``, or the file) and a token drawn at build time, and is written last:
 
 - the stage is reused when the record is there and its settings and input digests equal the wanted ones;
-- otherwise the folder is emptied and rebuilt, and the log names what changed (or, for stages that must not be
-  silently replaced — the data, a trained model — the run stops with a one-line error naming it);
+- otherwise the folder is emptied and rebuilt, and the log names what changed;
 - a rebuilt stage draws a new token, so every stage that lists it as an input sees a changed digest and is
   rebuilt in turn: forcing one stage (``force``) rebuilds it and everything downstream of it;
-- a crash mid-build leaves no record, so the next run rebuilds the stage.
+- a crash mid-build leaves no record, so the next run rebuilds the stage — from scratch, or, for a
+  ``resumable`` stage (training, shards, pseudo-queries: they continue from what they wrote), from the
+  interrupted build's files when it was started for the same record (``stage.building.json``).
 
 The builders record their own output paths in their configs, so a stage is built in place (emptied first)
 rather than in a temporary folder renamed at the end; the record written last gives the same guarantee.
@@ -17,7 +18,7 @@ rather than in a temporary folder renamed at the end; the record written last gi
 
 from __future__ import annotations
 
-import logging
+import json
 import shutil
 import time
 import uuid
@@ -28,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from grace.errors import GraceError
-from grace.experiments.stage_record import RECORD, differences
-from grace.io_utils import file_digest, read_json, write_json
+from grace.io_utils import file_digest, read_json, to_jsonable, write_json
 from grace.run_layout import RunLayout
 
-log = logging.getLogger(__name__)
+#: a stage's record, in its folder, written last
+RECORD = "stage.json"
+#: the record a resumable stage's build started from (removed when the build's record is written)
+BUILDING = "stage.building.json"
 
 
 @dataclass
@@ -73,9 +76,10 @@ class StageTimer:
 
 @dataclass
 class Stage:
-    """One run-folder stage. ``build(folder)`` writes the stage's outputs into ``folder`` (which does not exist
-    when it is called) and returns what ``load(folder)`` would; ``inputs`` name upstream stage folders (their
-    ``stage.json`` is what is digested) or files. ``on_change="error"`` stops the run instead of rebuilding."""
+    """One run-folder stage. ``build(folder)`` writes the stage's outputs into ``folder`` (absent when it is
+    called; for a ``resumable`` stage, there and holding the interrupted build's files) and returns what
+    ``load(folder)`` would; ``inputs`` name upstream stage folders (their ``stage.json`` is what is digested) or
+    files; ``settings`` are compared as JSON (tuples as lists, paths as strings)."""
 
     name: str
     folder: Path
@@ -83,11 +87,26 @@ class Stage:
     load: Callable[[Path], Any]
     settings: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Path] = field(default_factory=dict)
-    on_change: str = "rebuild"
+    resumable: bool = False
 
     def wanted(self) -> dict:
         """The record this stage would have if built now (without its build token)."""
-        return {"settings": dict(self.settings), "inputs": {k: input_digest(p) for k, p in self.inputs.items()}}
+        settings = json.loads(json.dumps(to_jsonable(dict(self.settings)), sort_keys=True))
+        return {"settings": settings, "inputs": {k: input_digest(p) for k, p in self.inputs.items()}}
+
+
+def differences(have: dict | None, want: dict) -> list[str]:
+    """What differs between a saved record and the wanted one, one phrase per item."""
+    if have is None:
+        return ["no stage record (built by an older grace)"]
+    out = []
+    for part in ("settings", "inputs"):
+        saved, wanted = have.get(part, {}), want[part]
+        for key in sorted(set(saved) | set(wanted)):
+            if saved.get(key) != wanted.get(key):
+                out.append(f"{key}={saved.get(key)!r}, now {wanted.get(key)!r}" if part == "settings"
+                           else f"input {key} changed")
+    return out
 
 
 def input_digest(path: Path) -> str:
@@ -111,23 +130,28 @@ def ensure(stage: Stage, *, timer: StageTimer | None = None, force: Iterable[str
     build or load function returns."""
     timer = timer or StageTimer()
     want = stage.wanted()
-    path = stage.folder / RECORD
+    path, building = stage.folder / RECORD, stage.folder / BUILDING
     found = differences(read_json(path) if path.is_file() else None, want)
     forced = matches(stage.name, force)
-    if found and path.is_file() and stage.on_change == "error" and not forced:
-        raise GraceError(f"{stage.folder} ({stage.name}) was built from something else: {'; '.join(found)}. "
-                         "Use another --run folder, or force it to rebuild it and everything after it")
+    resume = (stage.resumable and not forced and not path.is_file() and building.is_file()
+              and read_json(building) == want)
     if found and path.is_file():
         print(f"[{stage.name}] stale ({'; '.join(found)}): rebuilding")
     elif forced and not found:
         print(f"[{stage.name}] forced: rebuilding")
+    elif resume:
+        print(f"[{stage.name}] resuming the interrupted build")
 
     def build() -> Any:
-        shutil.rmtree(stage.folder, ignore_errors=True)
+        if not resume:
+            shutil.rmtree(stage.folder, ignore_errors=True)
         stage.folder.parent.mkdir(parents=True, exist_ok=True)
+        if stage.resumable:
+            write_json(building, want)
         built = stage.build(stage.folder)
         stage.folder.mkdir(parents=True, exist_ok=True)
         write_json(path, {**want, "built": uuid.uuid4().hex})  # last: a crash before this leaves no record
+        building.unlink(missing_ok=True)
         return built
 
     return timer.run(stage.name, not found and not forced, build, lambda: stage.load(stage.folder))

@@ -6,7 +6,7 @@ import json
 from functools import partial
 
 import pytest
-from infer_fakes import CALLS, fake_stages
+from pipeline_fakes import CALLS, fake_stages
 
 from grace.errors import GraceError
 from grace.experiments.ablate import run_ablation
@@ -97,12 +97,11 @@ def test_ablation_rejects_unknown_scheme_and_baseline(tmp_path):
 def test_clip_faiss_baseline_is_scored_on_the_test_corpus(shared_tiny_dataset, tmp_path):
     """The dense baseline stage: LiT heads on train pairs, index over the test images, same queries."""
     from grace.experiments.baseline_stages import stage_baseline
-    from grace.experiments.pipeline import StageTimer
+    from grace.experiments.query_sets import split_queries
+    from grace.experiments.stage import RunContext
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
-    from grace.experiments.query_sets import split_queries
-
-    result = stage_baseline(tmp_path, "clip_faiss", dataset_json, shared_tiny_dataset, StageTimer(),
+    result = stage_baseline(RunContext(tmp_path), "clip_faiss", dataset_json, shared_tiny_dataset,
                             encoder="efficientnet-lite0", sets=[split_queries(shared_tiny_dataset)])["test"]
     assert result["num_queries"] == sum(len(r.texts) for r in shared_tiny_dataset.split("test"))
     # ranked within the 4 test images: an index over the 24 images of every split would rank some gold lower
@@ -144,38 +143,33 @@ def test_an_export_without_its_trie_is_an_error(tmp_path):
         GenerativeRetriever.load(tmp_path / "export")
 
 
-def test_pseudo_query_settings_are_saved_beside_and_a_change_is_an_error(tiny_with_val, tmp_path,
-                                                                       monkeypatch):
+def test_pseudo_query_settings_are_recorded_and_a_change_rebuilds_what_was_made_from_them(tiny_with_val, tmp_path,
+                                                                                         capsys):
     ablate = partial(run_ablation, stages=fake_stages())
     dataset_json = tiny_with_val.root.parent / "dataset.json"
     config = AblateConfig(run=tmp_path / "run", dataset=dataset_json, schemes=["numeric"], steps=1, num_beams=4,
                           baselines=["none"], protocol="tagged", pseudo_queries=["pairs=true", "max_queries=20"])
     ablate(config)
-    data = tmp_path / "run" / "data"
-    saved = json.loads((data / "pseudo_queries.config.json").read_text())
+    folder = tmp_path / "run" / "pseudo_queries"
+    saved = json.loads((folder / "pseudo_queries.config.json").read_text())
     assert {k: saved[k] for k in ("protocol", "generator", "options")} == \
         {"protocol": "tagged", "generator": "keywords", "options": {"pairs": True, "max_queries": 20}}
     assert saved["leak_filter"]["checked"] > 0 and saved["splits"] == ["test", "val"]
-    with_pairs = json.loads((data / "pseudo_queries.json").read_text())
-    record = tiny_with_val.split("test")[0]
-    words = " ".join(record.meta["keywords"]).split()
-    assert f"{words[1]} {words[0]}" in with_pairs[record.image_id]  # a reversed pair: only pairs=True makes it
+    record = json.loads((folder / "stage.json").read_text())
+    assert record["settings"] == {"generator": "keywords", "options": {"max_queries": 20, "pairs": True},
+                                  "protocol": "tagged"}
+    with_pairs = json.loads((folder / "pseudo_queries.json").read_text())
+    test_record = tiny_with_val.split("test")[0]
+    words = " ".join(test_record.meta["keywords"]).split()
+    assert f"{words[1]} {words[0]}" in with_pairs[test_record.image_id]  # a reversed pair: only pairs=True makes it
     ablate(config)  # the same settings: reused
-    with pytest.raises(GraceError, match="was made with"):
-        ablate(AblateConfig(**{**config.__dict__, "pseudo_queries": []}))
-    with pytest.raises(GraceError, match="was made with"):  # the default protocol: another generator
-        ablate(AblateConfig(**{**config.__dict__, "protocol": "image-only", "pseudo_queries": []}))
-    # a pseudo-query file for another dataset (a run folder copied over) is refused by its digest
-    other = tmp_path / "other"
-    (other / "data").mkdir(parents=True)
-    for name in ("pseudo_queries.json", "pseudo_queries.config.json"):
-        (other / "data" / name).write_text((data / name).read_text())
-    smaller = tiny_with_val.subset(tiny_with_val.image_ids()[:12])
-    from grace.data_process.dataset import save_karpathy
-
-    save_karpathy(smaller, other / "dataset.json")
-    with pytest.raises(GraceError, match="made for another dataset"):
-        ablate(AblateConfig(**{**config.__dict__, "run": other, "dataset": other / "dataset.json"}))
+    assert CALLS["shards"] == 1 and CALLS["train"] == 1
+    capsys.readouterr()
+    ablate(AblateConfig(**{**config.__dict__, "pseudo_queries": []}))  # other options: rebuilt, and what read them
+    out = capsys.readouterr().out
+    assert "[pseudo-queries] stale (options={'max_queries': 20, 'pairs': True}, now {}): rebuilding" in out
+    assert CALLS["shards"] == 2 and CALLS["train"] == 2 and CALLS["ids:numeric"] == 1  # numeric ids read no text
+    assert f"{words[1]} {words[0]}" not in json.loads((folder / "pseudo_queries.json").read_text())[test_record.image_id]
     with pytest.raises(GraceError, match="bad pseudo-query options .* knn-captions"):
         ablate(AblateConfig(**{**config.__dict__, "run": tmp_path / "knn", "protocol": "image-only"}))
     with pytest.raises(GraceError, match="--pseudo-queries takes KEY=VALUE"):
@@ -198,24 +192,27 @@ def test_i2id_views_build_view_caches_and_reach_training(tiny_with_val, tmp_path
 
 
 def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tiny_dataset, tmp_path):
-    from grace.experiments.pipeline import StageTimer, stage_ids
+    from grace.data_process.dataset import save_karpathy
+    from grace.experiments.pipeline import stage_ids
+    from grace.experiments.stage import RunContext
 
+    save_karpathy(shared_tiny_dataset, tmp_path / "data" / "dataset.json")
     test_ids = [r.image_id for r in shared_tiny_dataset.split("test")]
     first = {i: [f"first text {n}"] for n, i in enumerate(test_ids)}
-    built = stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, StageTimer(), pseudo_queries=first,
+    built = stage_ids(RunContext(tmp_path), "semantic", shared_tiny_dataset, None, pseudo_queries=first,
                       tokenizer="byte")
     assert built.to_id(test_ids[0]) == "first text 0"
-    timer = StageTimer()
-    stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, timer, pseudo_queries=first, tokenizer="byte")
-    assert "ids/semantic" in timer.skipped  # the same texts: reused
-    timer = StageTimer()
-    other = stage_ids(tmp_path, "semantic", shared_tiny_dataset, None, timer,
+    ctx = RunContext(tmp_path)
+    stage_ids(ctx, "semantic", shared_tiny_dataset, None, pseudo_queries=first, tokenizer="byte")
+    assert "ids/semantic" in ctx.timer.skipped  # the same texts: reused
+    ctx = RunContext(tmp_path)
+    other = stage_ids(ctx, "semantic", shared_tiny_dataset, None,
                       pseudo_queries={i: [f"other text {n}"] for n, i in enumerate(test_ids)}, tokenizer="byte")
-    assert "ids/semantic" not in timer.skipped and other.to_id(test_ids[0]) == "other text 0"
-    timer = StageTimer()  # numeric ids read no text: the pseudo-queries do not matter
-    stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries=first, tokenizer="byte")
-    stage_ids(tmp_path, "numeric", shared_tiny_dataset, None, timer, pseudo_queries={}, tokenizer="byte")
-    assert "ids/numeric" in timer.skipped
+    assert "ids/semantic" not in ctx.timer.skipped and other.to_id(test_ids[0]) == "other text 0"
+    ctx = RunContext(tmp_path)  # numeric ids read no text: the pseudo-queries do not matter
+    stage_ids(ctx, "numeric", shared_tiny_dataset, None, pseudo_queries=first, tokenizer="byte")
+    stage_ids(ctx, "numeric", shared_tiny_dataset, None, pseudo_queries={}, tokenizer="byte")
+    assert "ids/numeric" in ctx.timer.skipped
 
 
 def test_tagged_protocol_adds_the_expanded_baselines():
@@ -239,17 +236,17 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
         save_pseudo_queries,
     )
     from grace.experiments.baseline_stages import stage_baseline
-    from grace.experiments.pipeline import StageTimer
     from grace.experiments.query_sets import split_queries
+    from grace.experiments.stage import RunContext
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     sets = [split_queries(shared_tiny_dataset)]
 
     def score(max_queries):
         made = build_pseudo_queries(shared_tiny_dataset, KeywordPseudoQueries(max_queries=max_queries))
-        saved = save_pseudo_queries(tmp_path / "data" / "pseudo_queries.json", made, shared_tiny_dataset,
+        saved = save_pseudo_queries(tmp_path / "pseudo_queries" / "pseudo_queries.json", made, shared_tiny_dataset,
                                     protocol="tagged")
-        result = stage_baseline(tmp_path, "clip_faiss_expanded", dataset_json, shared_tiny_dataset, StageTimer(),
+        result = stage_baseline(RunContext(tmp_path), "clip_faiss_expanded", dataset_json, shared_tiny_dataset,
                                 encoder="efficientnet-lite0", sets=sets)["test"]
         index_config = json.loads((tmp_path / "baselines" / "clip_faiss_expanded" / "index" /
                                    "index_config.json").read_text())
@@ -300,19 +297,23 @@ def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_datase
 
     from grace.data_process.dataset import save_karpathy
     from grace.experiments.ablate import rq_embedding
-    from grace.experiments.pipeline import StageTimer, stage_features
+    from grace.experiments.pipeline import stage_features
+    from grace.experiments.stage import RunContext
     from grace.identifiers import create_scheme
 
     run = tmp_path / "run"
+    ctx = RunContext(run)
     save_karpathy(shared_tiny_dataset, run / "data" / "dataset.json")  # absolute paths to the shared images
-    features = stage_features(run, shared_tiny_dataset, "efficientnet-lite0", StageTimer())
+    features = stage_features(ctx, shared_tiny_dataset, "efficientnet-lite0")
     config = AblateConfig(run=run, schemes=["rq"])
-    assert rq_embedding(run, shared_tiny_dataset, features, config, "features") is features
-    embedded = rq_embedding(run, shared_tiny_dataset, features, config, "clip_faiss")
+    assert rq_embedding(ctx, shared_tiny_dataset, features, config, "features") == (features, run / "features" /
+                                                                                   "efficientnet-lite0")
+    embedded, stage = rq_embedding(ctx, shared_tiny_dataset, features, config, "clip_faiss")
+    assert stage == run / "baselines" / "clip_faiss" / "heads" and (stage / "stage.json").is_file()
     assert embedded.ids == shared_tiny_dataset.image_ids() and embedded.array.shape[0] == len(shared_tiny_dataset)
     assert np.allclose(np.linalg.norm(embedded.array, axis=1), 1.0, atol=1e-5)
     assert (run / "baselines" / "clip_faiss" / "heads" / "train_config.json").is_file()
     idmap = create_scheme("rq", levels=2, codebook=4, tokenizer="byte").build(shared_tiny_dataset, embedded)
     assert len(set(idmap.identifiers())) == len(shared_tiny_dataset)
     with pytest.raises(GraceError, match="use 'features' or 'clip_faiss'"):
-        rq_embedding(run, shared_tiny_dataset, features, config, "openclip")
+        rq_embedding(ctx, shared_tiny_dataset, features, config, "openclip")

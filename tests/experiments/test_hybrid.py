@@ -10,7 +10,7 @@ import pytest
 
 from grace.errors import GraceError
 from grace.experiments.hybrid import choose_weight, stage_hybrid
-from grace.experiments.pipeline import StageTimer
+from grace.experiments.stage import StageTimer
 from grace.fusion import Candidates, HybridConfig, HybridRetriever, fuse, minmax
 from grace.retriever import Hit, Query, Rescorer, Retriever
 

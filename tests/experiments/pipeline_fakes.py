@@ -8,10 +8,9 @@ import json
 import types
 from pathlib import Path
 
-from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
-
 from grace.data_process.features import FeatureSet, view_cache_dir  # the real type and layout
 from grace.experiments.pipeline import StageFunctions
+from infer_helpers import CharTokenizer, DictTrie, random_sequences, tiny_llama
 
 CALLS: dict[str, int] = {}
 

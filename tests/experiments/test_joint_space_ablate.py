@@ -32,7 +32,7 @@ def test_ablation_in_the_clip_faiss_joint_space(tmp_path):
     assert request["features_cache"] == str(run / "features" / "joint_clip_faiss")
     assert request["t2id_media"] == str(run / "features" / "joint_clip_faiss_texts")
     assert request["t2id_media_mix"] == 0.3
-    model = json.loads((run / "ckpt" / "structured" / "model_config.json").read_text())
+    model = json.loads((run / "ckpt" / "structured.model_config.json").read_text())
     images = FeatureSet.load(run / "features" / "joint_clip_faiss")
     assert model["vis_dim"] == images.array.shape[1] != 1280 and model["n_visual_tokens"] == 1
     np.testing.assert_allclose(np.linalg.norm(images.array, axis=1), 1.0, atol=1e-5)  # LiT's unit image side
