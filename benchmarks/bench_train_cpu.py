@@ -51,14 +51,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _train_values(args: argparse.Namespace, out: Path, zero_stage: int, output_head: str = "full") -> dict:
-    from grace.experiments.pipeline import train_config_values
+    from grace.experiments.ablate import train_config
+    from grace.experiments.configs import AblateConfig
+    from grace.experiments.settings import ablation_settings
+    from grace.experiments.stage import RunContext
 
-    values = train_config_values(args.run, args.scheme, model=args.model, steps=args.steps, lr=args.lr,
-                                 batch_size_i2id=args.batch_size_i2id, batch_size_t2id=args.batch_size_t2id,
-                                 encoder=args.encoder, seed=0,
-                                 overrides={"max_length": args.max_length, "warmup_steps": 5, "export": False,
-                                            "resume": False, "zero_stage": zero_stage, "log_every": args.steps,
-                                            "output_head": output_head})
+    overrides = {"max_length": args.max_length, "warmup_steps": 5, "export": "false", "resume": "false",
+                 "zero_stage": zero_stage, "log_every": args.steps, "output_head": output_head}
+    training = ablation_settings(AblateConfig(
+        run=args.run, model=args.model, steps=args.steps, lr=args.lr, batch_size_i2id=args.batch_size_i2id,
+        batch_size_t2id=args.batch_size_t2id, train_overrides=[f"{k}={v}" for k, v in overrides.items()])).training
+    values = train_config(RunContext(args.run), args.scheme, training, encoder=args.encoder, seed=0)
     values["output_dir"] = str(out)
     return values
 

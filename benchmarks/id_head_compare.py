@@ -45,9 +45,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def _model_names(args: argparse.Namespace) -> dict[int, str]:
     """Checkpoint folder per training seed: the run's own (``args.base_seed``) and ``grace ablate``'s retrainings."""
-    from grace.experiments.ablate import seed_name
+    from grace.experiments.rows import generative
 
-    return {args.base_seed: args.scheme, **{s: seed_name(args.scheme, s) for s in args.seeds if s != args.base_seed}}
+    return {args.base_seed: args.scheme, **{s: generative(args.scheme, s).name for s in args.seeds if s != args.base_seed}}
 
 
 def _retrievers(args: argparse.Namespace, split: str) -> dict[tuple[str, int], object]:

@@ -4,7 +4,8 @@
     RUN/data/dataset.json   RUN/pseudo_queries/pseudo_queries.json   RUN/features/<encoder>
     RUN/ids/<scheme>    RUN/trie/<scheme>[-<split>]  RUN/shards/<scheme>
     RUN/ckpt/<name>/export                         RUN/baselines/<kind>/index[-<split>]
-    RUN/hybrid/<scheme>+<kind>                     RUN/results/[<query set>/]<row>.json
+    RUN/hybrid/<scheme>+<kind>                     RUN/evals/<row>/<query set>.json
+    RUN/results/[<query set>/]<row>.json (the report's copy of each row's scores)
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class RunLayout:
         return self.root / "hybrid" / name
 
     # results
+    def evaluation(self, row: str) -> Path:
+        """RUN/evals/<row>: one table row's scores on every query set (``<set>.json``) and their record."""
+        return self.root / "evals" / row
+
     @property
     def results(self) -> Path:
         return self.root / "results"

@@ -124,14 +124,23 @@ def test_demo_presets_and_overrides(tmp_path):
     assert full.steps == 7 and full.schemes == ["atomic"] and full.limit == 0 and len(quick.schemes) < 5
 
 
-def test_train_overrides_must_be_train_config_fields(tmp_path):
-    from grace.experiments.pipeline import train_config_values
+def test_the_training_config_is_made_in_one_place_from_typed_overrides(tmp_path):
+    from grace.experiments.ablate import train_config
+    from grace.experiments.settings import ablation_settings
+    from grace.experiments.stage import RunContext
 
-    kw = dict(model="tiny", steps=3, lr=1e-3, batch_size_i2id=2, batch_size_t2id=2, encoder="efficientnet-lite0", seed=0)
-    values = train_config_values(tmp_path, "numeric", overrides={"max_length": 80}, **kw)
+    flags = AblateConfig(run=tmp_path, steps=3, train_overrides=["max_length=80"], i2id_views=2)
+    settings = ablation_settings(flags)
+    assert settings.training.overrides == {"max_length": 80}  # typed by the TrainConfig field
+    values = train_config(RunContext(tmp_path), "numeric", settings.training, encoder="efficientnet-lite0", seed=4)
     assert values["max_length"] == 80 and values["shards_dir"] == str(tmp_path / "shards" / "numeric")
-    with pytest.raises(GraceError, match=r"\['max_len'\] are not TrainConfig fields"):
-        train_config_values(tmp_path, "numeric", overrides={"max_len": 80}, **kw)
+    assert values["steps"] == 3 and values["seed"] == 4 and values["i2id_views"] == 2
+    with pytest.raises(GraceError, match="'max_len' is not a TrainConfig field"):
+        ablation_settings(AblateConfig(run=tmp_path, train_overrides=["max_len=80"]))
+    with pytest.raises(GraceError, match="max_length takes an integer"):
+        ablation_settings(AblateConfig(run=tmp_path, train_overrides=["max_length=8.5"]))
+    with pytest.raises(GraceError, match="'kk' is not a SchemeConfig field"):
+        ablation_settings(AblateConfig(run=tmp_path, scheme_overrides=["kk=3"]))
 
 
 def test_an_export_without_its_trie_is_an_error(tmp_path):
@@ -217,7 +226,7 @@ def test_ids_reading_texts_are_rebuilt_when_the_pseudo_queries_change(shared_tin
 
 def test_tagged_protocol_adds_the_expanded_baselines():
     from grace.data_process.protocol import get_protocol
-    from grace.experiments.ablate import baselines_to_score
+    from grace.experiments.settings import baselines_to_score
 
     asked = ["clip_faiss", "late_interaction"]
     assert baselines_to_score(asked, get_protocol("image-only")) == asked
@@ -237,16 +246,18 @@ def test_expanded_clip_faiss_indexes_the_run_pseudo_queries(shared_tiny_dataset,
     )
     from grace.experiments.baseline_stages import stage_baseline
     from grace.experiments.query_sets import split_queries
-    from grace.experiments.stage import RunContext
+    from grace.experiments.stage import RunContext, Stage
 
     dataset_json = shared_tiny_dataset.root.parent / "dataset.json"
     sets = [split_queries(shared_tiny_dataset)]
 
     def score(max_queries):
         made = build_pseudo_queries(shared_tiny_dataset, KeywordPseudoQueries(max_queries=max_queries))
-        saved = save_pseudo_queries(tmp_path / "pseudo_queries" / "pseudo_queries.json", made, shared_tiny_dataset,
-                                    protocol="tagged")
-        result = stage_baseline(RunContext(tmp_path), "clip_faiss_expanded", dataset_json, shared_tiny_dataset,
+        ctx = RunContext(tmp_path)
+        saved = ctx.stage(Stage("pseudo-queries", tmp_path / "pseudo_queries", lambda folder: save_pseudo_queries(
+            folder / "pseudo_queries.json", made, shared_tiny_dataset, protocol="tagged"), lambda folder: None,
+            settings={"max_queries": max_queries}))  # the run's pseudo-queries stage, as stage_pseudo_queries leaves it
+        result = stage_baseline(ctx, "clip_faiss_expanded", dataset_json, shared_tiny_dataset,
                                 encoder="efficientnet-lite0", sets=sets)["test"]
         index_config = json.loads((tmp_path / "baselines" / "clip_faiss_expanded" / "index" /
                                    "index_config.json").read_text())
@@ -298,6 +309,7 @@ def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_datase
     from grace.data_process.dataset import save_karpathy
     from grace.experiments.ablate import rq_embedding
     from grace.experiments.pipeline import stage_features
+    from grace.experiments.settings import ablation_settings
     from grace.experiments.stage import RunContext
     from grace.identifiers import create_scheme
 
@@ -305,10 +317,10 @@ def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_datase
     ctx = RunContext(run)
     save_karpathy(shared_tiny_dataset, run / "data" / "dataset.json")  # absolute paths to the shared images
     features = stage_features(ctx, shared_tiny_dataset, "efficientnet-lite0")
-    config = AblateConfig(run=run, schemes=["rq"])
-    assert rq_embedding(ctx, shared_tiny_dataset, features, config, "features") == (features, run / "features" /
-                                                                                   "efficientnet-lite0")
-    embedded, stage = rq_embedding(ctx, shared_tiny_dataset, features, config, "clip_faiss")
+    encoder = "efficientnet-lite0"
+    assert rq_embedding(ctx, shared_tiny_dataset, features, encoder, "features") == (features, run / "features" /
+                                                                                    encoder)
+    embedded, stage = rq_embedding(ctx, shared_tiny_dataset, features, encoder, "clip_faiss")
     assert stage == run / "baselines" / "clip_faiss" / "heads" and (stage / "stage.json").is_file()
     assert embedded.ids == shared_tiny_dataset.image_ids() and embedded.array.shape[0] == len(shared_tiny_dataset)
     assert np.allclose(np.linalg.norm(embedded.array, axis=1), 1.0, atol=1e-5)
@@ -316,4 +328,6 @@ def test_rq_can_quantise_the_dense_retrievers_image_embedding(shared_tiny_datase
     idmap = create_scheme("rq", levels=2, codebook=4, tokenizer="byte").build(shared_tiny_dataset, embedded)
     assert len(set(idmap.identifiers())) == len(shared_tiny_dataset)
     with pytest.raises(GraceError, match="use 'features' or 'clip_faiss'"):
-        rq_embedding(ctx, shared_tiny_dataset, features, config, "openclip")
+        rq_embedding(ctx, shared_tiny_dataset, features, encoder, "openclip")
+    with pytest.raises(GraceError, match="use 'features' or 'clip_faiss'"):  # checked before anything is built
+        ablation_settings(AblateConfig(run=run, schemes=["rq"], scheme_overrides=["embedding=openclip"]))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from grace.experiments.baseline_stages import stage_baseline
+from grace.experiments.pipeline import features_dir
 from grace.experiments.query_sets import split_queries
-from grace.experiments.stage import RunContext
+from grace.experiments.stage import RunContext, Stage
 
 DENSE = ["build/clip_faiss/heads", "build/clip_faiss/features", "build/clip_faiss/index"]
 
@@ -50,8 +51,10 @@ def test_the_sibling_control_is_a_registered_baseline_reused_until_the_features_
     features = FeatureSet(ids, rng.standard_normal((len(ids), 8)).astype(np.float32), "random")
     sets = [split_queries(shared_tiny_dataset)]
 
-    def run(features):
+    def run(features, version=0):
         ctx = RunContext(tmp_path)
+        ctx.stage(Stage("features", features_dir(tmp_path, "random"), features.save, FeatureSet.load,
+                        settings={"version": version}))  # the run's features stage, as stage_features leaves it
         stage_baseline(ctx, "sibling", dataset_json, shared_tiny_dataset, encoder="random", sets=sets,
                        features=features)
         return [name for name in ctx.timer.built if name.startswith("build/")]
@@ -59,4 +62,4 @@ def test_the_sibling_control_is_a_registered_baseline_reused_until_the_features_
     assert run(features) == ["build/sibling/index"]
     assert run(features) == []  # reused: loaded, not rebuilt
     other = FeatureSet(ids, rng.standard_normal((len(ids), 8)).astype(np.float32), "random")
-    assert run(other) == ["build/sibling/index"]
+    assert run(other, version=1) == ["build/sibling/index"]  # the features stage was rebuilt

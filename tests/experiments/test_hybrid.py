@@ -9,9 +9,11 @@ import types
 import pytest
 
 from grace.errors import GraceError
+from grace.experiments import rows
 from grace.experiments.hybrid import choose_weight, stage_hybrid
-from grace.experiments.stage import StageTimer
+from grace.experiments.stage import RunContext
 from grace.fusion import Candidates, HybridConfig, HybridRetriever, fuse, minmax
+from grace.io_utils import write_json
 from grace.retriever import Hit, Query, Rescorer, Retriever
 
 CORPUS = ["a", "b", "c", "d", "e"]
@@ -148,10 +150,16 @@ def test_stage_hybrid_chooses_on_val_scores_every_set_and_saves_the_retriever(tm
         return ListRetriever(CORPUS) if kind == "generative" else TableRescorer(table)
 
     def query_set(name, split, texts, gold):
-        return types.SimpleNamespace(name=name, split=split, texts=[Query(text=t) for t in texts], gold=gold)
+        return types.SimpleNamespace(name=name, split=split, texts=[Query(text=t) for t in texts], gold=gold,
+                                     ids=[f"{g}#0" for g in gold])
 
     sets = [query_set("test", "test", ["t1"], ["b"]), query_set("val", "val", ["q1", "q2"], ["c", "a"])]
-    out = stage_hybrid(tmp_path, "structured", "clip_faiss", dataset, StageTimer(), sets=sets, depth=10, load=load)
+    for upstream in ("ckpt/structured", "trie/structured", "trie/structured-val", "baselines/clip_faiss/index",
+                     "baselines/clip_faiss/index-val", "baselines/clip_faiss_expanded/index",
+                     "baselines/clip_faiss_expanded/index-val"):  # the records the stages it reads leave
+        write_json(tmp_path / upstream / "stage.json", {"built": upstream})
+    ctx = RunContext(tmp_path)
+    out = stage_hybrid(ctx, rows.hybrid("structured", "clip_faiss"), dataset, sets=sets, depth=10, load=load)
     # the smallest weight that puts both val golds first (q1's gold is third in the first order) ...
     assert out["val"]["weight"] == 0.4 and out["val"]["recall@1"] == 1.0
     assert out["test"]["weight"] == 0.4  # ... chosen on val, applied to test
@@ -163,10 +171,17 @@ def test_stage_hybrid_chooses_on_val_scores_every_set_and_saves_the_retriever(tm
     tries = {str(kwargs["trie"]) for spec, kwargs in loaded if spec.startswith("generative")}
     assert tries == {str(tmp_path / "trie" / "structured"), str(tmp_path / "trie" / "structured-val")}
     assert all(kwargs["num_beams"] >= 10 for spec, kwargs in loaded if spec.startswith("generative"))
-    expanded = stage_hybrid(tmp_path, "structured", "clip_faiss_expanded", dataset, StageTimer(), sets=sets,
-                            depth=10, load=load)
+    loaded.clear()
+    again = stage_hybrid(ctx, rows.hybrid("structured", "clip_faiss"), dataset, sets=sets, depth=10, load=load)
+    assert again == out and loaded == []  # unchanged: neither the choice nor the scores are redone
+    write_json(tmp_path / "baselines/clip_faiss/index-val/stage.json", {"built": "again"})  # a rebuilt val index
+    rescored = stage_hybrid(ctx, rows.hybrid("structured", "clip_faiss"), dataset, sets=sets, depth=10, load=load)
+    assert rescored["test"]["gold_ranks"] == out["test"]["gold_ranks"] and rescored["val"]["weight"] == 0.4
+    assert loaded  # ... re-chose the weight and re-scored
+    expanded = stage_hybrid(ctx, rows.hybrid("structured", "clip_faiss_expanded"), dataset, sets=sets, depth=10,
+                            load=load)
     assert expanded["test"]["recall@1"] == 1.0  # the same kind of retriever, over the expanded index
     saved = json.loads((tmp_path / "hybrid" / "structured+clip_faiss_expanded" / "hybrid.json").read_text())
     assert saved["second"] == f"clip_faiss:{tmp_path / 'baselines' / 'clip_faiss_expanded' / 'index'}"
     with pytest.raises(GraceError, match="needs --select-on val"):
-        stage_hybrid(tmp_path, "structured", "clip_faiss", dataset, StageTimer(), sets=sets[:1], load=load)
+        stage_hybrid(ctx, rows.hybrid("structured", "clip_faiss"), dataset, sets=sets[:1], load=load)

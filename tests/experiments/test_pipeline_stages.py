@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_packages import EMOJI, needs
+from grace.experiments.configs import AblateConfig
 from grace.experiments.stage import RunContext, Stage, differences
 
 
@@ -68,7 +69,9 @@ def test_stale_trie_and_shards_are_rebuilt_when_the_ids_change(shared_tiny_datas
 def test_a_training_killed_mid_way_resumes_in_its_folder_and_new_inputs_retrain_it(tmp_path):
     """An interrupted training keeps its checkpoints (its stage is resumable) and no record, so the next run
     resumes it; a model trained on other shards is never reused."""
-    from grace.experiments.pipeline import REAL_STAGES, stage_train, train_config_values
+    from grace.experiments.ablate import train_config
+    from grace.experiments.pipeline import REAL_STAGES, stage_train
+    from grace.experiments.settings import ablation_settings
 
     seen = []
 
@@ -82,8 +85,9 @@ def test_a_training_killed_mid_way_resumes_in_its_folder_and_new_inputs_retrain_
         return types.SimpleNamespace(export_dir=out / "export")
 
     stages = dataclasses.replace(REAL_STAGES, train=train)
-    values = train_config_values(tmp_path, "numeric", model="tiny", steps=2, lr=1e-3, batch_size_i2id=2,
-                                 batch_size_t2id=2, encoder="random", seed=0)
+    training = ablation_settings(AblateConfig(run=tmp_path, model="tiny", steps=2, batch_size_i2id=2,
+                                              batch_size_t2id=2)).training
+    values = train_config(RunContext(tmp_path), "numeric", training, encoder="random", seed=0)
     for folder in ("shards/numeric", "ids/numeric", "features/random"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "stage.json").write_text(json.dumps({"built": folder}))

@@ -48,8 +48,10 @@ def run_chain(tmp_path, ctx: RunContext, **kwargs) -> tuple[list[str], str]:
 def test_a_stage_is_reused_only_while_its_settings_and_inputs_match(tmp_path, capsys):
     ctx = lambda **kw: RunContext(tmp_path, StageTimer(), **kw)
     assert run_chain(tmp_path, ctx()) == (["upper", "count"], "4")
+    recorded = json.loads((tmp_path / "upper" / "stage.json").read_text())["build_s"]
     timer = StageTimer()
     assert run_chain(tmp_path, RunContext(tmp_path, timer)) == ([], "4") and timer.skipped == {"upper", "count"}
+    assert timer.build_seconds["upper"] == recorded  # a reused stage reports what its build took
     builds, _ = run_chain(tmp_path, ctx(), seed=1)  # a setting: the stage and its downstream
     assert builds == ["upper", "count"] and "[upper] stale (seed=0, now 1): rebuilding" in capsys.readouterr().out
     builds, out = run_chain(tmp_path, ctx(), seed=1, data="abcdef")  # an input file

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grace.experiments.configs import BASELINES, CONTROLS, SCHEMES, AblateConfig, split_seed
+from grace.experiments.configs import AblateConfig, split_seed
+from grace.experiments.rows import Row, names
 from grace.infer.evaluate import DEFAULT_KS as KS
 from grace.io_utils import read_json, save_config, write_json
 from grace.run_layout import RunLayout
@@ -43,17 +44,6 @@ def seeds_markdown(name: str, spread: dict, selected_on: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def row_kinds(results: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """``(generative rows, non-generative rows)`` among ``results``: the schemes; the baselines and the controls."""
-    return ([name for name in results if name in SCHEMES],
-            [name for name in results if name in BASELINES or name in CONTROLS])
-
-
-def hybrid_rows(results: dict[str, dict]) -> list[str]:
-    """The hybrid rows (``<scheme>+<baseline>``) among ``results``."""
-    return [name for name in results if name.partition("+")[0] in SCHEMES and "+" in name]
-
-
 def run_provenance(config: AblateConfig, pseudo_queries: dict, sets: list) -> dict:
     """How a table was made: protocol, pseudo-query source and digest (with the leak filter's counts), the
     query ids and gold images of every query set, the seeds, and the code's commit."""
@@ -81,9 +71,10 @@ def run_fallbacks(config: AblateConfig) -> list[dict]:
     return found
 
 
-def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, config,
+def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, config, table: list[Row],
                    provenance: dict | None = None) -> str:
-    """ablation.json / ablation.md / ablation.png; returns the Markdown tables.
+    """ablation.json / ablation.md / ablation.png of the ``table``'s rows (scored in ``by_set``: query set → row
+    name → result); returns the Markdown tables.
 
     Every recall gets its 95% bootstrap interval (resampling gold images). With ``--select-on val`` the best
     generative and non-generative rows are chosen by their val recall (``selection`` in the JSON), every scheme
@@ -103,8 +94,8 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
     out = RunLayout(run).results
     gold = {query_set.name: query_set.gold for query_set in sets}
     results = by_set["test"]
-    schemes, non_generative = row_kinds(results)
-    hybrids = hybrid_rows(results)
+    schemes, hybrids = names(table, "generative"), names(table, "hybrid")
+    non_generative = names(table, "baseline", "control")
     others = {}
     for query_set in sets[1:]:
         rows = by_set[query_set.name]

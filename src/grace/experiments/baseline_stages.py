@@ -94,7 +94,7 @@ def _dense_index(ctx: RunContext, kind: str, dataset_json: Path, *, encoder: str
     features = _clip_faiss_features(ctx, dataset_json, encoder=encoder, split=split)
     inputs = {"features": features}
     if expanded:
-        inputs["pseudo_queries"] = ctx.layout.pseudo_queries
+        inputs["pseudo_queries"] = ctx.layout.pseudo_queries.parent
 
     def build(folder: Path) -> Retriever:
         build_index(BuildIndexConfig(features=features, out=folder, index="Flat", seed=ctx.seed,
@@ -149,7 +149,7 @@ def _late_interaction_index(ctx: RunContext, kind: str, dataset_json: Path, *, e
     model = late_interaction_model(ctx, dataset_json, encoder=encoder)
     inputs = {"model": model, "dataset": dataset_json}
     if expanded:
-        inputs["pseudo_queries"] = ctx.layout.pseudo_queries
+        inputs["pseudo_queries"] = ctx.layout.pseudo_queries.parent
 
     def build(folder: Path) -> Retriever:
         dataset = load_karpathy(dataset_json)
@@ -206,14 +206,15 @@ def build_bm25(ctx: RunContext, dataset_json: Path, dataset=None, features=None,
 
     return ctx.stage(Stage(_stage_name("bm25", "index", split), ctx.layout.baseline_index("bm25", split), build,
                            BM25Retriever.load, settings={"seed": ctx.seed},
-                           inputs={"dataset": dataset_json, "pseudo_queries": ctx.layout.pseudo_queries}))
+                           inputs={"dataset": dataset_json, "pseudo_queries": ctx.layout.pseudo_queries.parent}))
 
 
-def build_sibling(ctx: RunContext, dataset_json: Path, dataset=None, features=None, *, encoder: str = "",
-                  split: str = "test") -> Retriever:
+def build_sibling(ctx: RunContext, dataset_json: Path, dataset=None, features=None, *,
+                  encoder: str = "efficientnet-lite0", split: str = "test") -> Retriever:
     """The no-training control over the ``split`` images: BM25 over the training images' own texts picks the
-    query's sibling, and the images nearest to it by the run's pooled image ``features`` are the answer
-    (:class:`~grace.retrieval_baselines.sibling.SiblingRetriever`), saved in RUN/baselines/sibling/index[-split]."""
+    query's sibling, and the images nearest to it by the run's pooled image ``features`` (RUN/features/<encoder>)
+    are the answer (:class:`~grace.retrieval_baselines.sibling.SiblingRetriever`), saved in
+    RUN/baselines/sibling/index[-split]."""
     from grace.retrieval_baselines.sibling import SiblingRetriever
 
     if features is None:
@@ -226,19 +227,8 @@ def build_sibling(ctx: RunContext, dataset_json: Path, dataset=None, features=No
         return SiblingRetriever.load(built.save(folder))
 
     return ctx.stage(Stage(_stage_name("sibling", "index", split), ctx.layout.baseline_index("sibling", split),
-                           build, SiblingRetriever.load, inputs={"dataset": dataset_json},
-                           settings={"seed": ctx.seed, "features": features_digest(features)}))
-
-
-def features_digest(features) -> str:
-    """A short fingerprint of a FeatureSet's ids and rows (what a stage built from it depends on)."""
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha1("\n".join(features.ids).encode())
-    digest.update(np.ascontiguousarray(np.asarray(features.array, dtype=np.float32)).tobytes())
-    return digest.hexdigest()[:16]
+                           build, SiblingRetriever.load, settings={"seed": ctx.seed},
+                           inputs={"dataset": dataset_json, "features": features_dir(ctx.run, encoder)}))
 
 
 #: every baseline and control, by kind: ``builder(ctx, dataset_json, dataset, features, *, encoder, split)``
@@ -254,30 +244,22 @@ BASELINES: dict[str, Callable[..., Retriever]] = {
 
 def stage_baseline(ctx: RunContext, kind: str, dataset_json: Path, dataset, *, encoder: str, sets: list,
                    features=None) -> dict[str, dict]:
-    """Build (or reuse) one baseline over each query set's corpus and evaluate it on those queries →
-    ``{set name: result}``, each written to ``RunLayout.result``. ``features``: the run's image features (the
-    sibling control's answers)."""
-    from grace.infer.evaluate import evaluate
+    """Build (or reuse) one baseline over each query set's corpus and score it on those queries (RUN/evals/<kind>,
+    :func:`~grace.experiments.scoring.score_sets`) → ``{set name: result}``. ``features``: the run's image
+    features (the sibling control's answers)."""
+    from grace.experiments.scoring import score_sets
 
     if kind not in BASELINES:
         raise GraceError(f"unknown baseline {kind!r}; known: {sorted(BASELINES)}")
-    timer = ctx.timer
-    out: dict[str, dict] = {}
+    retrievers = {}
     for split in dict.fromkeys(query_set.split for query_set in sets):
-        with timer.group(f"build/{kind}" if split == "test" else f"build/{kind}/{split}"):
-            retriever = BASELINES[kind](ctx, Path(dataset_json), dataset, features, encoder=encoder, split=split)
-        index_dir = ctx.layout.baseline_index(kind, split)
+        with ctx.timer.group(f"build/{kind}" if split == "test" else f"build/{kind}/{split}"):
+            retrievers[split] = BASELINES[kind](ctx, Path(dataset_json), dataset, features, encoder=encoder,
+                                                split=split)
 
-        def score(retriever=retriever, split=split, index_dir=index_dir) -> dict:
-            scored = {}
-            for query_set in (s for s in sets if s.split == split):
-                result = evaluate(retriever, query_set.texts, query_set.gold)
-                result["retriever"] = retriever.name  # what actually ran, e.g. late_interaction[flmr,exact]
-                result["index_bytes"] = folder_bytes(index_dir)
-                result["corpus_size"] = len(dataset.split(split))
-                write_json(ctx.layout.result(query_set.name, kind), result)
-                scored[query_set.name] = result
-            return scored
+    def extra(split: str, retriever) -> dict:
+        return {"index_bytes": folder_bytes(ctx.layout.baseline_index(kind, split)),
+                "corpus_size": len(dataset.split(split))}
 
-        out.update(timer.run(f"eval/{kind}" if split == "test" else f"eval/{kind}/{split}", False, score, lambda: None))
-    return out
+    return score_sets(ctx, kind, sets, retrievers.__getitem__, extra=extra,
+                      inputs={f"index-{split}": ctx.layout.baseline_index(kind, split) for split in retrievers})

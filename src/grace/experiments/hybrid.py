@@ -9,21 +9,20 @@ then every query set is scored with them; ``RUN/hybrid/<scheme>+<kind>/hybrid.js
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from grace.errors import GraceError
+from grace.experiments.rows import Row
+from grace.experiments.scoring import query_set_digest, score_sets
+from grace.experiments.stage import RunContext, Stage
 from grace.fusion import HybridConfig, HybridRetriever, fuse
 from grace.infer.evaluate import DEFAULT_KS as KS
 from grace.infer.evaluate import gold_rank
-from grace.run_layout import RunLayout
+from grace.io_utils import read_json, write_json
 
 #: the weights :func:`choose_weight` tries by default (0: the generative order; 1: the re-ranker's)
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-def hybrid_name(scheme: str, kind: str) -> str:
-    """The row (and folder) name of ``scheme`` re-scored by baseline ``kind``."""
-    return f"{scheme}+{kind}"
 
 
 def choose_weight(hybrid: HybridRetriever, queries: Sequence, gold: Sequence, *,
@@ -53,57 +52,68 @@ def choose_weight(hybrid: HybridRetriever, queries: Sequence, gold: Sequence, *,
     return {"split": split, "pool": best[0], "weight": float(best[1]), **table}
 
 
-def stage_hybrid(run: Path, scheme: str, kind: str, dataset, timer, *, sets: list, depth: int = 20,
-                 fusion: str = "interpolate", pools: Sequence[str] = ("first",), num_beams: int = 10,
-                 export_name: str | None = None, load: Callable[..., object] | None = None) -> dict[str, dict]:
-    """Choose the candidate pool (among ``pools``) and the weight on the ``val`` set, score every query set (each
-    over its split's corpus: the scheme's trie and the baseline's index of that split) → ``{set name: result}``
-    (``pool``, ``weight``, ``depth`` and the val choice in each), written to ``RunLayout.result``.
-    ``export_name`` (default ``scheme``): the checkpoint that generates, e.g. ``rq@seed1`` (its row is then
-    ``rq@seed1+<kind>``). ``load`` (default ``grace.experiments.retrievers.load_retriever``) opens ``KIND:PATH``
-    specs."""
+def stage_hybrid(ctx: RunContext, row: Row, dataset, *, sets: list, depth: int = 20, fusion: str = "interpolate",
+                 pools: Sequence[str] = ("first",), num_beams: int = 10,
+                 load: Callable[..., object] | None = None) -> dict[str, dict]:
+    """The stage ``hybrid/<name>`` (RUN/hybrid/<name>: the candidate pool among ``pools`` and the weight chosen
+    on the ``val`` set, saved as the test retriever ``hybrid.json`` and ``hybrid-<split>.json`` for the other
+    corpora), then every query set scored, each over its split's corpus (the scheme's trie and the baseline's
+    index of that split; :func:`~grace.experiments.scoring.score_sets`) → ``{set name: result}`` with ``pool``,
+    ``weight``, ``depth`` and the val choice in each. ``row``: the hybrid row (``rows.hybrid(scheme, kind,
+    seed)``): the checkpoint of its generator (``rq``, or ``rq@seed1`` retrained) generates, its rescorer
+    re-scores. ``load`` (default ``grace.experiments.retrievers.load_retriever``) opens ``KIND:PATH`` specs."""
     from grace.experiments.retrievers import load_retriever
-    from grace.infer.evaluate import evaluate
-    from grace.io_utils import write_json
 
     load = load or load_retriever
-    run = Path(run)
-    by_split = {query_set.split for query_set in sets}
-    if "val" not in by_split:
+    splits = sorted({query_set.split for query_set in sets})
+    if "val" not in splits:
         raise GraceError("--hybrid chooses its fusion weight on val: it needs --select-on val")
-    export = RunLayout(run).export(export_name or scheme)
-    name = hybrid_name(export_name or scheme, kind)
-
+    layout, scheme, kind, name = ctx.layout, row.retriever, row.rescorer, row.name
+    export = layout.export(row.generator.name)
+    val_set = next(s for s in sets if s.split == "val" and s.name == "val")
     # an _expanded baseline is the same kind of retriever over another index (its keys carry the pseudo-queries)
     retriever_kind = kind.removesuffix("_expanded")
+    hybrids: dict[str, HybridRetriever] = {}
 
     def hybrid_for(split: str) -> HybridRetriever:
-        first = load(f"generative:{export}", trie=RunLayout(run).trie(scheme, split), num_beams=max(num_beams, depth))
-        second_spec = f"{retriever_kind}:{RunLayout(run).baseline_index(kind, split)}"
-        return HybridRetriever(first, load(second_spec), HybridConfig(
-            first=f"generative:{export}", second=second_spec, depth=depth, fusion=fusion))
+        if split not in hybrids:
+            first = load(f"generative:{export}", trie=layout.trie(scheme, split), num_beams=max(num_beams, depth))
+            second_spec = f"{retriever_kind}:{layout.baseline_index(kind, split)}"
+            hybrids[split] = HybridRetriever(first, load(second_spec), HybridConfig(
+                first=f"generative:{export}", second=second_spec, depth=depth, fusion=fusion))
+        return hybrids[split]
 
-    def build() -> dict[str, dict]:
-        val_set = next(s for s in sets if s.split == "val" and s.name == "val")
-        hybrids = {split: hybrid_for(split) for split in sorted(by_split)}
-        choice = choose_weight(hybrids["val"], val_set.texts, val_set.gold, pools=pools)
-        out = {}
-        for split, hybrid in hybrids.items():
-            hybrid.config.pool, hybrid.config.weight = choice["pool"], choice["weight"]
-            hybrid.config.chosen = dict(hybrids["val"].config.chosen)
-            folder = RunLayout(run).hybrid(name)
+    def choose(folder: Path) -> dict:
+        choice = choose_weight(hybrid_for("val"), val_set.texts, val_set.gold, pools=pools)
+        for split in splits:
+            hybrid = configured(split, {**choice, "chosen": dict(hybrids["val"].config.chosen)})
             if split == "test":  # the test retriever is what search / serve / eval load by default
                 hybrid.save(folder)
             else:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_json(folder / f"hybrid-{split}.json", hybrid.config.__dict__)
-            for query_set in (s for s in sets if s.split == split):
-                result = evaluate(hybrid, query_set.texts, query_set.gold)
-                result.update(retriever=hybrid.name, weight=choice["weight"], pool=choice["pool"], depth=depth,
-                              fusion=fusion, weight_chosen_on=choice["split"],
-                              corpus_size=len(dataset.split(split)))
-                write_json(RunLayout(run).result(query_set.name, name), result)
-                out[query_set.name] = result
-        return out
+                write_json(folder / f"hybrid-{split}.json", asdict(hybrid.config))
+        return read_choice(folder)
 
-    return timer.run(f"eval/{name}", False, build, lambda: None)
+    def read_choice(folder: Path) -> dict:
+        config = read_json(folder / ("hybrid.json" if "test" in splits else f"hybrid-{splits[0]}.json"))
+        return {"split": config["chosen"]["split"], "pool": config["pool"], "weight": config["weight"],
+                "chosen": config["chosen"]}
+
+    def configured(split: str, choice: dict) -> HybridRetriever:
+        hybrid = hybrid_for(split)
+        hybrid.config.pool, hybrid.config.weight = choice["pool"], choice["weight"]
+        hybrid.config.chosen = dict(choice["chosen"])
+        return hybrid
+
+    parts = {"train": layout.ckpt(row.generator.name)}
+    for split in splits:
+        parts |= {f"trie-{split}": layout.trie(scheme, split), f"index-{split}": layout.baseline_index(kind, split)}
+    choice = ctx.stage(Stage(f"hybrid/{name}", layout.hybrid(name), choose, read_choice, inputs=parts,
+                             settings={"depth": depth, "fusion": fusion, "pools": list(pools), "num_beams": num_beams,
+                                       "val": query_set_digest(val_set)}))
+
+    def extra(split: str, retriever) -> dict:
+        return {"weight": choice["weight"], "pool": choice["pool"], "depth": depth, "fusion": fusion,
+                "weight_chosen_on": choice["split"], "corpus_size": len(dataset.split(split))}
+
+    return score_sets(ctx, name, sets, lambda split: configured(split, choice), extra=extra,
+                      inputs={"hybrid": layout.hybrid(name)})

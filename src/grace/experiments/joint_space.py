@@ -18,9 +18,9 @@ training's folder: an input of its stage).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-from grace.errors import GraceError
 from grace.experiments.stage import RunContext, Stage
 from grace.io_utils import to_jsonable, write_json
 
@@ -29,22 +29,20 @@ IMAGE_FOLDER = "joint_clip_faiss"
 TEXT_FOLDER = "joint_clip_faiss_texts"
 
 
-def check_vision_space(vision_space: str, query_mix: float) -> None:
-    """One-line errors for an unknown space or a mix it cannot apply."""
-    if vision_space not in VISION_SPACES:
-        raise GraceError(f"--vision-space {vision_space!r}: known {', '.join(VISION_SPACES)}")
-    if not 0.0 <= query_mix <= 1.0:
-        raise GraceError(f"--query-mix must be in [0, 1] (got {query_mix})")
-    if query_mix and vision_space == "features":
-        raise GraceError("--query-mix mixes a text's joint-space embedding with its image's: it needs "
-                         "--vision-space clip_faiss")
+@dataclass(frozen=True)
+class JointSpace:
+    """What a generator in the joint space trains on: the images' LiT embeddings (its ``features_cache``), every
+    t2id text's (``t2id_media``) and the model config reading one such embedding per row."""
+
+    images: Path
+    texts: Path
+    model_config: Path
 
 
-def joint_space_values(ctx: RunContext, scheme: str, *, encoder: str, model: str, query_mix: float,
-                       name: str) -> dict:
-    """The ``grace train`` values that put ``scheme``'s generator (trained into RUN/ckpt/<name>) in CLIP-FAISS's
-    LiT space: ``features_cache``, ``t2id_media``, ``t2id_media_mix`` and ``model``. Trains the LiT heads on the
-    train pairs first when the run has none (the same heads CLIP-FAISS uses)."""
+def joint_space_inputs(ctx: RunContext, scheme: str, *, encoder: str, model: str, name: str) -> JointSpace:
+    """The joint-space artefacts of ``scheme``'s generator (trained into RUN/ckpt/<name>), built or reused: the
+    LiT heads first when the run has none (the same heads CLIP-FAISS uses), then the two embeddings, and
+    RUN/ckpt/<name>.model_config.json (``ablate.train_config`` maps them onto the training config)."""
     from grace.data_process.features import FeatureSet
     from grace.experiments.baseline_stages import lit_heads
 
@@ -54,8 +52,7 @@ def joint_space_values(ctx: RunContext, scheme: str, *, encoder: str, model: str
     dim = int(FeatureSet.load(images).array.shape[1])
     model_json = ctx.layout.ckpt(name).with_name(f"{name}.model_config.json")
     write_json(model_json, joint_model_config(model, dim))
-    return {"features_cache": str(images), "t2id_media": str(texts), "t2id_media_mix": query_mix,
-            "model": str(model_json)}
+    return JointSpace(images, texts, model_json)
 
 
 def joint_model_config(model: str, dim: int) -> dict:

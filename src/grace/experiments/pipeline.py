@@ -4,8 +4,8 @@
 Each stage writes one folder under RUN/ with the record it was built from (``stage.json``: its settings and its
 inputs' records) and is reused only when that record matches what it would be built from now; otherwise it is
 rebuilt, and so is everything downstream of it: RUN/data, RUN/features/<enc>, RUN/pseudo_queries,
-RUN/ids/<scheme>, RUN/trie/<scheme>[-<split>], RUN/shards/<scheme>, RUN/ckpt/<name> (+ export/). The
-evaluations (RUN/results) are scored on every run.
+RUN/ids/<scheme>, RUN/trie/<scheme>[-<split>], RUN/shards/<scheme>, RUN/ckpt/<name> (+ export/) and
+RUN/evals/<name> (each row's scores, copied to RUN/results for the report).
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ from grace.data_process.pseudo_queries import (
 )
 from grace.data_process.shards import write_shards
 from grace.errors import GraceError
+from grace.experiments.scoring import score_sets
 from grace.experiments.stage import RunContext, Stage
 from grace.identifiers.idmap import IdentifierMap
 from grace.identifiers.schemes import SchemeConfig, create_scheme, held_out_texts, reads_held_out_texts
 from grace.identifiers.tokenization import IdentifierTokenizer
 from grace.identifiers.trie import Trie, build_trie
-from grace.infer.evaluate import DEFAULT_KS, evaluate
 from grace.infer.retriever import GenerativeRetriever
 from grace.io_utils import folder_bytes, save_config, write_json
 from grace.model.config import resolve_config
 from grace.model.factory import load_pretrained
-from grace.retrieval_baselines.random import RandomRetriever
 from grace.run_layout import RunLayout
 from grace.train import TrainConfig, train
 
@@ -215,26 +214,6 @@ def stage_shards(ctx: RunContext, scheme: str, dataset, idmap, pseudo_queries, *
                             "pseudo_queries": ctx.layout.pseudo_queries.parent}, resumable=True))
 
 
-def train_config_values(run: Path, scheme: str, *, model: str, steps: int, lr: float, batch_size_i2id: int,
-                        batch_size_t2id: int, encoder: str, seed: int, overrides: dict | None = None,
-                        name: str | None = None) -> dict:
-    """The ``grace train`` config of one scheme in the run layout (into RUN/ckpt/<name or scheme>), with the
-    user's ``overrides`` on top. An override that is not a TrainConfig field is an error (a typo would
-    otherwise change nothing)."""
-    layout = RunLayout(run)
-    values = {"shards_dir": layout.shards(scheme), "ids_dir": layout.ids(scheme), "trie_dir": layout.trie(scheme),
-              "features_cache": features_dir(run, encoder), "image_encoder": encoder, "model": model,
-              "steps": steps, "lr": lr, "batch_size_i2id": batch_size_i2id, "batch_size_t2id": batch_size_t2id,
-              "output_dir": layout.ckpt(name or scheme), "seed": seed}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides or {}) - known)
-    if unknown:
-        raise GraceError(f"train overrides {unknown} are not TrainConfig fields; known: {sorted(known)}")
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
-    values.update(overrides or {})
-    return values
-
-
 def model_visual_tokens(model: str) -> int:
     """Visual tokens per image that a model config reads (1: pooled features; more: the encoder's tokens)."""
     return int(resolve_config(model).n_visual_tokens)
@@ -243,7 +222,8 @@ def model_visual_tokens(model: str) -> int:
 def stage_train(ctx: RunContext, scheme: str, values: dict, *, nproc: int = 1, name: str | None = None,
                 stages: StageFunctions = REAL_STAGES) -> Path:
     """RUN/ckpt/<name or scheme>/export via ``grace train`` (in-process with ``stages.train``, or torchrun with
-    ``nproc`` > 1) on the train config ``values``; an interrupted training resumes from its last checkpoint."""
+    ``nproc`` > 1) on the train config ``values`` (``ablate.train_config``); an interrupted training resumes
+    from its last checkpoint."""
     name = name or scheme
     export = ctx.layout.export(name)
     inputs = {"shards": Path(values["shards_dir"]), "ids": Path(values["ids_dir"])}
@@ -272,33 +252,24 @@ def stage_train(ctx: RunContext, scheme: str, values: dict, *, nproc: int = 1, n
 
 def stage_eval(ctx: RunContext, scheme: str, export: Path, dataset, idmap, tokenizer, *, sets: list, tries: dict,
                num_beams: int = 10, name: str | None = None, stages: StageFunctions = REAL_STAGES) -> dict[str, dict]:
-    """Evaluate the trained model on every query set (``sets``: QuerySets; ``tries``: split → the trie of its
-    corpus) → ``{set name: result}``, each in ``RunLayout.result`` under ``name`` (default: the scheme).
-    The model is loaded once."""
+    """RUN/evals/<name or scheme>: the trained model scored on every query set (``sets``: QuerySets; ``tries``:
+    split → the trie of its corpus) → ``{set name: result}`` (:func:`~grace.experiments.scoring.score_sets`);
+    the model is loaded once, and only when the row is (re)scored."""
+    from grace.experiments.retrievers import query_encoder
+
     name = name or scheme
+    loaded: list = []
 
-    def build():
-        from grace.experiments.retrievers import query_encoder
+    def retriever_for(split: str) -> GenerativeRetriever:
+        if not loaded:
+            loaded.extend([*stages.load_pretrained(export), query_encoder(export)])
+        model, tok, query_media = loaded
+        return GenerativeRetriever(model, tok or tokenizer, idmap, tries[split], num_beams=num_beams,
+                                   query_media=query_media)
 
-        model, tok = stages.load_pretrained(export)
-        query_media = query_encoder(export)
-        out = {}
-        for query_set in sets:
-            retriever = GenerativeRetriever(model, tok or tokenizer, idmap, tries[query_set.split], num_beams=num_beams,
-                                            query_media=query_media)
-            res = evaluate(retriever, query_set.texts, query_set.gold)
-            res["index_bytes"] = folder_bytes(ctx.layout.trie(scheme, query_set.split))  # the generative "index"
-            res["corpus_size"] = len(dataset.split(query_set.split))
-            write_json(ctx.layout.result(query_set.name, name), res)
-            out[query_set.name] = res
-        return out
+    def extra(split: str, retriever) -> dict:  # the trie is the generative "index"
+        return {"index_bytes": folder_bytes(ctx.layout.trie(scheme, split)), "corpus_size": len(dataset.split(split))}
 
-    return ctx.timer.run(f"eval/{name}", False, build, lambda: None)
-
-
-def random_baseline(dataset, query_set, *, seed: int = 0) -> dict:
-    """Recall of the random ranking over the query set's corpus (+ its analytic expectation K/N)."""
-    corpus = [r.image_id for r in dataset.split(query_set.split)]
-    res = evaluate(RandomRetriever(corpus, seed=seed), query_set.texts, query_set.gold, progress=False)
-    res["expected"] = {f"recall@{k}": min(1.0, k / len(corpus)) for k in DEFAULT_KS}
-    return res
+    inputs = {"train": ctx.layout.ckpt(name)} | {f"trie-{split}": ctx.layout.trie(scheme, split)
+                                                 for split in sorted({s.split for s in sets})}
+    return score_sets(ctx, name, sets, retriever_for, inputs=inputs, settings={"num_beams": num_beams}, extra=extra)

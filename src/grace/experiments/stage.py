@@ -2,7 +2,8 @@
 
 A stage is a name, a folder, its settings, its inputs (upstream stage folders or plain files), a build function
 and a load function. Its record, ``folder/stage.json``, holds the settings, the digest of each input (an upstream
-stage's own ``stage.json``, or the file) and a token drawn at build time, and is written last:
+stage's own ``stage.json``, or the file), a token drawn at build time and the build's seconds, and is written
+last:
 
 - the stage is reused when the record is there and its settings and input digests equal the wanted ones;
 - otherwise the folder is emptied and rebuilt, and the log names what changed;
@@ -40,14 +41,19 @@ BUILDING = "stage.building.json"
 
 @dataclass
 class StageTimer:
-    """Seconds per stage (``skipped`` when reused, ``built`` in build order) — printed by the demo and the
-    ablation."""
+    """Seconds per stage in this run (``skipped`` when reused, ``built`` in build order) — printed by the demo
+    and the ablation — and what each stage's build took (``build_seconds``: now, or, reused, when it was built;
+    a group's is the sum of the stages inside)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)
     built: list[str] = field(default_factory=list)
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
 
-    def run(self, name: str, done: bool, fn: Callable[[], Any], load: Callable[[], Any]) -> Any:
+    def run(self, name: str, done: bool, fn: Callable[[], Any], load: Callable[[], Any], *,
+            built_s: float = 0.0) -> Any:
+        """``load()`` when ``done`` (its build took ``built_s`` when it was made), else ``fn()``."""
         t0 = time.perf_counter()
         if done:
             self.skipped.add(name)
@@ -58,6 +64,8 @@ class StageTimer:
             result = fn()
             self.built.append(name)
         self.seconds[name] = time.perf_counter() - t0
+        self.build_seconds[name] = built_s if done else self.seconds[name]
+        self.ran.append(name)
         if not done:
             print(f"[{name}] built in {self.seconds[name]:.1f} s")
         return result
@@ -65,9 +73,10 @@ class StageTimer:
     @contextmanager
     def group(self, name: str) -> Iterator[None]:
         """Time the stages run inside as one entry ``name``: built when any of them was built, else reused."""
-        t0, before = time.perf_counter(), len(self.built)
+        t0, before, first = time.perf_counter(), len(self.built), len(self.ran)
         yield
         self.seconds[name] = time.perf_counter() - t0
+        self.build_seconds[name] = sum(self.build_seconds[inside] for inside in self.ran[first:])
         if len(self.built) > before:
             self.skipped.discard(name)
         else:
@@ -148,13 +157,17 @@ def ensure(stage: Stage, *, timer: StageTimer | None = None, force: Iterable[str
         stage.folder.parent.mkdir(parents=True, exist_ok=True)
         if stage.resumable:
             write_json(building, want)
+        t0 = time.perf_counter()
         built = stage.build(stage.folder)
         stage.folder.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**want, "built": uuid.uuid4().hex})  # last: a crash before this leaves no record
+        write_json(path, {**want, "built": uuid.uuid4().hex,  # last: a crash before this leaves no record
+                          "build_s": round(time.perf_counter() - t0, 3)})
         building.unlink(missing_ok=True)
         return built
 
-    return timer.run(stage.name, not found and not forced, build, lambda: stage.load(stage.folder))
+    reuse = not found and not forced
+    return timer.run(stage.name, reuse, build, lambda: stage.load(stage.folder),
+                     built_s=float(read_json(path).get("build_s", 0.0)) if reuse else 0.0)
 
 
 @dataclass
