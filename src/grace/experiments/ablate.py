@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from grace.errors import GraceError
 from grace.experiments import pipeline as P
 from grace.experiments import rows
 from grace.experiments.ablation_report import run_provenance, seed_spread, write_ablation
@@ -25,6 +24,7 @@ from grace.experiments.settings import (
     IdentifierSettings,
     TrainingSettings,
     ablation_settings,
+    check_rq_embedding,
 )
 from grace.experiments.stage import RunContext
 from grace.io_utils import seed_everything
@@ -48,12 +48,11 @@ def scheme_artefacts(ctx: RunContext, scheme: str, dataset, features, pseudo_que
 def rq_embedding(ctx: RunContext, dataset, features, encoder: str, embedding: str) -> tuple:
     """What the ``rq`` scheme quantises, and the stage folder it comes from: the run's image features, or the
     dense retriever's image embedding (LiT's image head: RUN/baselines/clip_faiss/heads)."""
+    check_rq_embedding(embedding)
     if embedding == "features":
         return features, P.features_dir(ctx.run, encoder)
-    if embedding == "clip_faiss":
-        heads = heads_stage(ctx.run, ctx.layout.dataset, encoder=encoder, seed=ctx.seed, progress=ctx.progress).folder
-        return dense_image_embedding(ctx, ctx.layout.dataset, dataset, features, encoder=encoder), heads
-    raise GraceError(f"--scheme-overrides embedding {embedding!r}: use 'features' or 'clip_faiss'")
+    heads = heads_stage(ctx.run, ctx.layout.dataset, encoder=encoder, seed=ctx.seed, progress=ctx.progress).folder
+    return dense_image_embedding(ctx, ctx.layout.dataset, dataset, features, encoder=encoder), heads
 
 
 def train_config(ctx: RunContext, scheme: str, training: TrainingSettings, *, encoder: str, seed: int,

@@ -126,9 +126,7 @@ def write_ablation(run: Path, by_set: dict[str, dict[str, dict]], sets: list, co
                 row["val R@1"] = f"{100 * by_set['val'][name]['recall@1']:.1f}" + \
                     (" (selected)" if name in (selection["generative"], selection["non_generative"],
                                                selection.get("hybrid")) else "")
-    paired = paired_markdown(comparisons, KS, "non-generative row")
-    if selection:
-        paired = paired.replace("the best non-generative row by R@1", "the non-generative row selected on val")
+    paired = paired_markdown(comparisons, KS, "non-generative row", selected_on="val" if selection else "")
     rest = paired + (verdict_markdown(decision, KS) if decision else "") + \
         (verdict_markdown(hybrid_decision, KS) if hybrid_decision else "")
     if hybrids:

@@ -157,7 +157,6 @@ def split_seed(config: AblateConfig) -> int:
     return config.split_seed if config.split_seed >= 0 else config.seed
 
 
-
 @dataclass
 class DemoConfig:
     """The whole pipeline on the embedded emoji benchmark; ``--quick`` is the CPU preset."""

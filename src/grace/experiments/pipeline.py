@@ -11,6 +11,7 @@ RUN/evals/<name> (each row's scores, copied to RUN/results for the report).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import subprocess
@@ -258,12 +259,13 @@ def stage_eval(ctx: RunContext, scheme: str, export: Path, dataset, idmap, token
     from grace.experiments.retrievers import query_encoder
 
     name = name or scheme
-    loaded: list = []
+
+    @functools.cache
+    def trained() -> tuple:  # (model, tokenizer, query encoder): loaded once, for the first split scored
+        return (*stages.load_pretrained(export), query_encoder(export))
 
     def retriever_for(split: str) -> GenerativeRetriever:
-        if not loaded:
-            loaded.extend([*stages.load_pretrained(export), query_encoder(export)])
-        model, tok, query_media = loaded
+        model, tok, query_media = trained()
         return GenerativeRetriever(model, tok or tokenizer, idmap, tries[split], num_beams=num_beams,
                                    query_media=query_media)
 

@@ -67,13 +67,18 @@ def comparison_columns(ks: Sequence[int]) -> list[str]:
 
 
 def paired_markdown(comparisons: dict | None, ks: Sequence[int], reference_kind: str, *,
-                    chosen: bool = False) -> str:
+                    chosen: bool = False, selected_on: str = "") -> str:
     """The paired-comparison table under its one-line heading, or "" when nothing was compared; ``chosen``:
-    the reference was named by the user, not picked as the best ``reference_kind`` by R@1."""
+    the reference was named by the user, ``selected_on``: it was the ``reference_kind`` chosen on that split,
+    else it is the best ``reference_kind`` by R@1."""
     if not comparisons or not comparisons.get("by_retriever"):
         return ""
-    against = (f"{comparisons['reference']}, the chosen reference" if chosen
-               else f"the best {reference_kind} by R@{min(ks)} ({comparisons['reference']})")
+    if chosen:
+        against = f"{comparisons['reference']}, the chosen reference"
+    elif selected_on:
+        against = f"the {reference_kind} selected on {selected_on} ({comparisons['reference']})"
+    else:
+        against = f"the best {reference_kind} by R@{min(ks)} ({comparisons['reference']})"
     return (f"\nPaired vs {against}, same queries "
             f"(ΔR@K in points [95% paired bootstrap interval]):\n\n"
             + markdown_table(comparison_rows(comparisons, ks), comparison_columns(ks)))

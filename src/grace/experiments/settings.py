@@ -141,9 +141,7 @@ def ablation_settings(config: AblateConfig) -> AblationSettings:
     check_vision_space(config.vision_space, config.query_mix)
     check_publish_name(config.publish_name)
     scheme_settings = key_values(config.scheme_overrides, "--scheme-overrides", SchemeConfig)
-    if scheme_settings.get("embedding", "features") not in RQ_EMBEDDINGS:
-        raise GraceError(f"--scheme-overrides embedding {scheme_settings['embedding']!r}: use 'features' or "
-                         "'clip_faiss'")
+    check_rq_embedding(scheme_settings.get("embedding", "features"))
     overrides = key_values(config.train_overrides, "--train-overrides", TrainConfig)
     baselines = baselines_to_score(config.baselines, protocol)
     hybrid = HybridSettings(tuple(config.hybrid), config.hybrid_depth, config.hybrid_fusion, tuple(config.hybrid_pools))
@@ -160,6 +158,12 @@ def ablation_settings(config: AblateConfig) -> AblationSettings:
                                       key_values(config.pseudo_queries, "--pseudo-queries"), tuple(baselines),
                                       config.select_on, config.natural_queries, config.max_queries, config.num_beams),
         hybrid=hybrid, publish=PublishSettings(config.publish, config.publish_name))
+
+
+def check_rq_embedding(embedding: str) -> None:
+    """A one-line error for an embedding ``rq`` cannot quantise."""
+    if embedding not in RQ_EMBEDDINGS:
+        raise GraceError(f"--scheme-overrides embedding {embedding!r}: use {' or '.join(map(repr, RQ_EMBEDDINGS))}")
 
 
 def force_patterns(force) -> tuple[str, ...]:

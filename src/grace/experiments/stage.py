@@ -140,11 +140,12 @@ def ensure(stage: Stage, *, timer: StageTimer | None = None, force: Iterable[str
     timer = timer or StageTimer()
     want = stage.wanted()
     path, building = stage.folder / RECORD, stage.folder / BUILDING
-    found = differences(read_json(path) if path.is_file() else None, want)
+    have = read_json(path) if path.is_file() else None
+    found = differences(have, want)
     forced = matches(stage.name, force)
-    resume = (stage.resumable and not forced and not path.is_file() and building.is_file()
+    resume = (stage.resumable and not forced and have is None and building.is_file()
               and read_json(building) == want)
-    if found and path.is_file():
+    if found and have is not None:
         print(f"[{stage.name}] stale ({'; '.join(found)}): rebuilding")
     elif forced and not found:
         print(f"[{stage.name}] forced: rebuilding")
@@ -167,7 +168,7 @@ def ensure(stage: Stage, *, timer: StageTimer | None = None, force: Iterable[str
 
     reuse = not found and not forced
     return timer.run(stage.name, reuse, build, lambda: stage.load(stage.folder),
-                     built_s=float(read_json(path).get("build_s", 0.0)) if reuse else 0.0)
+                     built_s=float(have.get("build_s", 0.0)) if reuse else 0.0)
 
 
 @dataclass
